@@ -1,0 +1,101 @@
+package redistest
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// Proxy is a loopback TCP proxy in front of a Redis that can lose a reply:
+// the command reaches Redis and runs, but the client never sees the answer
+// and its connection drops, as on a network failure. go-redis then retries
+// the command on a new connection.
+type Proxy struct {
+	// Addr is where clients connect.
+	Addr string
+
+	target   string
+	ln       net.Listener
+	dropNext atomic.Bool
+	dropped  atomic.Int64
+
+	mu    sync.Mutex
+	conns []net.Conn // guarded by mu
+	wg    sync.WaitGroup
+}
+
+// NewProxy starts a proxy to target, closed when the test ends.
+func NewProxy(tb testing.TB, target string) *Proxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("redistest: proxy: %v", err)
+	}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln}
+	p.wg.Add(1)
+	go p.accept()
+	tb.Cleanup(p.close)
+	return p
+}
+
+// DropNextReply makes the proxy swallow the next reply any server sends
+// and close that client's connection.
+func (p *Proxy) DropNextReply() { p.dropNext.Store(true) }
+
+// Dropped is how many replies were swallowed.
+func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() { defer p.wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
+		go func() { defer p.wg.Done(); p.replies(c, s) }()
+	}
+}
+
+// replies forwards server replies to the client, unless one is to be lost.
+func (p *Proxy) replies(client, server net.Conn) {
+	defer client.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := server.Read(buf)
+		if n > 0 && p.dropNext.CompareAndSwap(true, false) {
+			p.dropped.Add(1)
+			server.Close()
+			return
+		}
+		if n > 0 {
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *Proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}

@@ -1,0 +1,118 @@
+// Package limiter enforces rate limits shared by every replica, on
+// github.com/go-redis/redis_rate (GCRA in one Redis script), and renders
+// them as RateLimit-Policy / RateLimit headers (IETF httpapi draft) and
+// Retry-After.
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+)
+
+// Limit is Rate events per Period, with bursts of up to Burst.
+type Limit = redis_rate.Limit
+
+// Parse reads a limit such as "10/m", "5/s", "1000/h" or "50/10s": a
+// positive count, a slash, and a unit (s, m, h) or a Go duration. The
+// burst equals the count. Zero, negative or malformed limits are errors,
+// caught at start rather than as Redis script errors later.
+func Parse(s string) (Limit, error) {
+	n, per, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return Limit{}, fmt.Errorf("limit %q: want COUNT/PERIOD, e.g. 10/m", s)
+	}
+	rate, err := strconv.Atoi(n)
+	if err != nil || rate <= 0 {
+		return Limit{}, fmt.Errorf("limit %q: count must be a positive whole number", s)
+	}
+	var period time.Duration
+	switch per {
+	case "s":
+		period = time.Second
+	case "m":
+		period = time.Minute
+	case "h":
+		period = time.Hour
+	default:
+		period, err = time.ParseDuration(per)
+		if err != nil || period < time.Millisecond {
+			return Limit{}, fmt.Errorf("limit %q: period must be s, m, h or a duration of at least 1ms", s)
+		}
+	}
+	return Limit{Rate: rate, Burst: rate, Period: period}, nil
+}
+
+// Limiter checks limits in Redis. It is safe for concurrent use.
+type Limiter struct {
+	rl     *redis_rate.Limiter
+	prefix string
+}
+
+// New returns a Limiter whose keys start with prefix (default "tp").
+func New(rdb redis.UniversalClient, prefix string) *Limiter {
+	if prefix == "" {
+		prefix = "tp"
+	}
+	return &Limiter{rl: redis_rate.NewLimiter(rdb), prefix: prefix + ":rl:"}
+}
+
+// Decision is the outcome of one check.
+type Decision struct {
+	Allowed bool
+	Limit   Limit
+	// Remaining is how many more events would be allowed right now.
+	Remaining int
+	// RetryAfter is how long until the next event is allowed, when denied.
+	RetryAfter time.Duration
+	// ResetAfter is how long until the full burst is available again.
+	ResetAfter time.Duration
+}
+
+// Allow counts one event for key against lim.
+func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, error) {
+	return l.AllowN(ctx, key, lim, 1)
+}
+
+// AllowN counts n events for key against lim, all or none.
+func (l *Limiter) AllowN(ctx context.Context, key string, lim Limit, n int) (Decision, error) {
+	if lim.Rate <= 0 || lim.Period <= 0 {
+		return Decision{}, errors.New("limiter: zero limit")
+	}
+	res, err := l.rl.AllowN(ctx, l.prefix+key, lim, n)
+	if err != nil {
+		return Decision{}, fmt.Errorf("limiter: %w", err)
+	}
+	return Decision{
+		Allowed: res.Allowed >= n, Limit: lim, Remaining: res.Remaining,
+		RetryAfter: max(res.RetryAfter, 0), ResetAfter: max(res.ResetAfter, 0),
+	}, nil
+}
+
+// SetHeaders adds this decision as the named policy to h:
+//
+//	RateLimit-Policy: "user";q=30;w=60
+//	RateLimit: "user";r=29;t=2
+//
+// and, when denied, Retry-After in whole seconds (at least 1).
+func (d Decision) SetHeaders(h http.Header, policy string) {
+	name := strconv.Quote(policy)
+	h.Add("RateLimit-Policy", fmt.Sprintf("%s;q=%d;w=%d", name, d.Limit.Rate, seconds(d.Limit.Period)))
+	h.Add("RateLimit", fmt.Sprintf("%s;r=%d;t=%d", name, d.Remaining, seconds(d.ResetAfter)))
+	if !d.Allowed {
+		h.Set("Retry-After", strconv.Itoa(max(seconds(d.RetryAfter), 1)))
+	}
+}
+
+// seconds rounds d up to whole seconds.
+func seconds(d time.Duration) int {
+	return int(math.Ceil(d.Seconds()))
+}

@@ -1,0 +1,244 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// DefaultOrgaBaseURL is Orga AI's production API.
+const DefaultOrgaBaseURL = "https://api.orga-ai.com"
+
+// maxBody bounds what is read of any provider answer.
+const maxBody = 1 << 20
+
+// OrgaConfig configures an Orga minter. Zero values mean the default.
+type OrgaConfig struct {
+	// APIKey is the long-lived key (sk_orga_ai_…). Required.
+	APIKey string
+	// BaseURL of the Orga API. default: DefaultOrgaBaseURL
+	BaseURL string
+	// Client makes the calls. Deadlines come from the caller's context.
+	// default: NewHTTPClient()
+	Client *http.Client
+	// Now is the clock, for the "ttl" answer. default: time.Now
+	Now func() time.Time
+	// PerCallerEmail mints for one caller, sending the caller's email
+	// (pool.CallerFrom) as ?email=, as older Orga accounts that bind
+	// tokens to an email need. Such credentials can't be pooled.
+	PerCallerEmail bool
+}
+
+// Orga mints Orga AI session credentials: a client secret, then the ICE
+// servers fetched with it, both under the caller's one deadline. It is
+// safe for concurrent use.
+type Orga struct {
+	cfg OrgaConfig
+}
+
+// NewOrga checks cfg and returns an Orga minter.
+func NewOrga(cfg OrgaConfig) (*Orga, error) {
+	if cfg.APIKey == "" {
+		return nil, errors.New("upstream: orga: API key is required")
+	}
+	var err error
+	if cfg.BaseURL, err = baseURL("orga", cfg.BaseURL, DefaultOrgaBaseURL); err != nil {
+		return nil, err
+	}
+	if cfg.Client == nil {
+		cfg.Client = NewHTTPClient()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Orga{cfg: cfg}, nil
+}
+
+// baseURL fills in a provider's default base URL and checks it.
+func baseURL(provider, u, def string) (string, error) {
+	if u == "" {
+		u = def
+	}
+	u = strings.TrimRight(u, "/")
+	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return "", fmt.Errorf("upstream: %s: base URL %q: want http:// or https://", provider, u)
+	}
+	return u, nil
+}
+
+// NewHTTPClient returns a client for provider calls: pooled keep-alive
+// connections sized for concurrent mints, and no overall timeout, since
+// every call carries its context's deadline.
+func NewHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 64
+	return &http.Client{Transport: t}
+}
+
+// orgaSecret accepts both spellings of the mint answer (UPSTREAMS.md).
+type orgaSecret struct {
+	TokenSnake string          `json:"ephemeral_token"`
+	TokenCamel string          `json:"ephemeralToken"`
+	ExpiresAt  json.RawMessage `json:"expires_at"`
+	TTL        *float64        `json:"ttl"`
+}
+
+// Mint asks Orga for a client secret, then for the ICE servers with it.
+func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
+	path := "/v1/realtime/client-secrets"
+	if o.cfg.PerCallerEmail {
+		c, _ := pool.CallerFrom(ctx)
+		if c.Email == "" {
+			return pool.Credential{}, &pool.RequestError{Status: http.StatusForbidden,
+				Message: "this profile mints for one caller and needs an email claim in the caller's JWT"}
+		}
+		path += "?email=" + url.QueryEscape(c.Email)
+	}
+	sent := o.cfg.Now()
+	body, err := o.call(ctx, http.MethodPost, path, "mint", o.cfg.APIKey)
+	if err != nil {
+		return pool.Credential{}, err
+	}
+	var sec orgaSecret
+	if err := json.Unmarshal(body, &sec); err != nil {
+		return pool.Credential{}, protocolErrorf("orga: mint: answer is not JSON: %v", err)
+	}
+	token := sec.TokenSnake
+	if token == "" {
+		token = sec.TokenCamel
+	}
+	if token == "" {
+		return pool.Credential{}, protocolErrorf("orga: mint: answer has no ephemeral_token or ephemeralToken")
+	}
+	exp, err := orgaExpiry(sec, token, sent)
+	if err != nil {
+		return pool.Credential{}, err
+	}
+
+	body, err = o.call(ctx, http.MethodGet, "/v1/realtime/ice-config", "ice", token)
+	if err != nil {
+		return pool.Credential{}, err
+	}
+	ice, err := parseICE(body)
+	if err != nil {
+		return pool.Credential{}, err
+	}
+	return pool.Credential{Token: token, ICEServers: ice, ExpiresAt: exp}, nil
+}
+
+// call makes one authorised request and returns the body of a 2xx answer.
+func (o *Orga) call(ctx context.Context, method, path, op, bearer string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, o.cfg.BaseURL+path, http.NoBody)
+	if err != nil {
+		return nil, fmt.Errorf("orga: %s: %w", op, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	req.Header.Set("Accept", "application/json")
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := o.cfg.Client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("orga: %s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, fmt.Errorf("orga: %s: reading answer: %w", op, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, &StatusError{
+			Provider: "orga", Op: op, Code: resp.StatusCode,
+			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), o.cfg.Now()),
+			Body:       snippet(body, o.cfg.APIKey, bearer),
+		}
+	}
+	return body, nil
+}
+
+// orgaExpiry takes the expiry from expires_at (ISO-8601; zone-less means
+// UTC), else ttl seconds from when the mint was sent, else the JWT's exp.
+func orgaExpiry(sec orgaSecret, token string, sent time.Time) (time.Time, error) {
+	if raw := bytes.TrimSpace(sec.ExpiresAt); len(raw) > 0 && string(raw) != "null" {
+		var s string
+		if err := json.Unmarshal(raw, &s); err == nil {
+			for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999"} {
+				if t, err := time.Parse(layout, s); err == nil {
+					return t, nil
+				}
+			}
+			return time.Time{}, protocolErrorf("orga: mint: expires_at %q is not ISO-8601", s)
+		}
+		var unix float64
+		if err := json.Unmarshal(raw, &unix); err == nil && unix > 0 {
+			return time.UnixMilli(int64(unix * 1000)), nil
+		}
+		return time.Time{}, protocolErrorf("orga: mint: expires_at is neither a string nor a number")
+	}
+	if sec.TTL != nil && *sec.TTL > 0 {
+		return sent.Add(time.Duration(*sec.TTL * float64(time.Second))), nil
+	}
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err == nil && claims.ExpiresAt != nil {
+		return claims.ExpiresAt.Time, nil
+	}
+	return time.Time{}, protocolErrorf("orga: mint: answer has no expires_at or ttl, and the token has no exp")
+}
+
+// parseICE checks the ice-config answer and returns its iceServers array
+// as compact JSON.
+func parseICE(body []byte) (json.RawMessage, error) {
+	var a struct {
+		ICEServers []json.RawMessage `json:"iceServers"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		return nil, protocolErrorf("orga: ice: answer is not JSON: %v", err)
+	}
+	if len(a.ICEServers) == 0 {
+		return nil, protocolErrorf("orga: ice: answer has no iceServers")
+	}
+	for i, s := range a.ICEServers {
+		var srv struct {
+			URLs json.RawMessage `json:"urls"`
+		}
+		if err := json.Unmarshal(s, &srv); err != nil || !validURLs(srv.URLs) {
+			return nil, protocolErrorf("orga: ice: iceServers[%d] has no urls string or list", i)
+		}
+	}
+	out, err := json.Marshal(a.ICEServers)
+	if err != nil {
+		return nil, fmt.Errorf("orga: ice: %w", err)
+	}
+	return out, nil
+}
+
+// validURLs accepts a non-empty string or a non-empty list of them, as
+// RTCIceServer.urls does.
+func validURLs(raw json.RawMessage) bool {
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return one != ""
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err != nil || len(many) == 0 {
+		return false
+	}
+	for _, u := range many {
+		if u == "" {
+			return false
+		}
+	}
+	return true
+}
