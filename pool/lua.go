@@ -1,0 +1,171 @@
+package pool
+
+import "github.com/redis/go-redis/v9"
+
+// The Redis model of one profile p (every key shares the hash tag {p}, so
+// each script touches one Cluster slot):
+//
+//	<prefix>:{p}:ready    ZSET  entry id -> retire time (ms): when it stops being handed out
+//	<prefix>:{p}:e        HASH  entry id -> entry body
+//	<prefix>:{p}:minting  ZSET  reservation id -> lease deadline (ms)
+//	<prefix>:{p}:handed   ZSET  entry id -> retire time (ms): the handout ledger
+//	<prefix>:{p}:stats    HASH  counters; the demand rates d_fast, d_slow (per second) at d_at (ms); target
+//	<prefix>:{p}:prewarm  HASH  ready, until (ms): a raised floor, expiring at until
+//	<prefix>:{p}:claim:<request id>  STRING "<entry id> <body>", short TTL
+//
+// Times come from Redis TIME so replicas with skewed clocks agree; a
+// script given a non-zero "now" uses it instead (the sizing simulation runs
+// on a virtual clock). A retire
+// time is the provider's expiry minus a per-entry jitter; an entry is usable
+// while retire > now + min remaining (the caller adds its clock-skew margin).
+
+// luaPrelude is shared by the scripts below.
+const luaPrelude = `
+local function fmt(ms)
+  return string.format('%d', ms)
+end
+
+local function clock(override)
+  local o = tonumber(override)
+  if o and o > 0 then return o end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- rates returns the demand rates decayed to now.
+local function rates(stats, now, tau_fast, tau_slow)
+  local v = redis.call('HMGET', stats, 'd_fast', 'd_slow', 'd_at')
+  local dt = math.max(0, now - (tonumber(v[3]) or now))
+  return (tonumber(v[1]) or 0) * math.exp(-dt / tau_fast), (tonumber(v[2]) or 0) * math.exp(-dt / tau_slow)
+end
+
+-- demand counts one request in the demand rates: r = r * e^(-dt/tau) + 1/tau.
+local function demand(stats, now, tau_fast, tau_slow)
+  local fast, slow = rates(stats, now, tau_fast, tau_slow)
+  redis.call('HSET', stats, 'd_fast', tostring(fast + 1000 / tau_fast),
+    'd_slow', tostring(slow + 1000 / tau_slow), 'd_at', fmt(now))
+end
+
+-- evict drops at most 256 entries that retire at or before cutoff and
+-- counts them as waste.
+local function evict(ready, entries, stats, cutoff)
+  local ids = redis.call('ZRANGEBYSCORE', ready, '-inf', fmt(cutoff), 'LIMIT', 0, 256)
+  if #ids == 0 then return 0 end
+  redis.call('ZREM', ready, unpack(ids))
+  redis.call('HDEL', entries, unpack(ids))
+  redis.call('HINCRBY', stats, 'wasted', #ids)
+  return #ids
+end
+`
+
+// takeScript hands out the usable entry that retires soonest, exactly once,
+// and counts the request in the profile's demand.
+//
+// KEYS: ready, entries, stats, claim, handed
+// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast, slow) ms
+// Reply: {status, id, body, evicted}: status 1 handed out, 2 the entry of
+// an earlier call with this claim, 0 nothing usable.
+//
+// A retried call (same claim key) gets the entry of the first call back
+// instead of a second one. An id already in the ledger is never handed out
+// again; it is dropped and counted as a prevented duplicate.
+var takeScript = redis.NewScript(luaPrelude + `
+local claimed = redis.call('GET', KEYS[4])
+if claimed then
+  local sp = string.find(claimed, ' ', 1, true)
+  return {2, string.sub(claimed, 1, sp - 1), string.sub(claimed, sp + 1), 0}
+end
+local now = clock(ARGV[3])
+local cutoff = now + tonumber(ARGV[1])
+local evicted = evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
+demand(KEYS[3], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+for _ = 1, 16 do
+  local hit = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #hit == 0 then break end
+  local id, retire = hit[1], hit[2]
+  redis.call('ZREM', KEYS[1], id)
+  local body = redis.call('HGET', KEYS[2], id)
+  redis.call('HDEL', KEYS[2], id)
+  if not body then
+    redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
+  elseif redis.call('ZSCORE', KEYS[5], id) then
+    redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
+  else
+    redis.call('ZADD', KEYS[5], retire, id)
+    redis.call('HINCRBY', KEYS[3], 'handed_out', 1)
+    redis.call('SET', KEYS[4], id .. ' ' .. body, 'PX', ARGV[2])
+    return {1, id, body, evicted}
+  end
+end
+redis.call('HINCRBY', KEYS[3], 'misses', 1)
+return {0, '', '', evicted}
+`)
+
+// reserveScript leases mint reservations so that, across every replica,
+// usable entries + in-flight mints never exceed the target. It also sweeps:
+// lapsed leases (a crashed replica's), unusable entries (waste) and ledger
+// entries past their retire time. An active prewarm raises the target.
+//
+// KEYS: ready, entries, minting, stats, handed, prewarm
+// ARGV: target, want, lease ms, min remaining ms, lead ms, now ms (0: TIME),
+// demand taus (fast, slow) ms, reservation id prefix, first id number; the
+// granted ids are the prefix followed by first, first+1, …
+// Reply: {granted, usable, in flight before granting, ready total, target,
+// evicted, lapsed, fast demand, slow demand (per second, as strings)}
+//
+// "usable" counts only entries still usable lead ms from now, the time a
+// refill takes, so replacements are minted before old entries go stale.
+var reserveScript = redis.NewScript(luaPrelude + `
+local now = clock(ARGV[6])
+local lapsed = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+if lapsed > 0 then redis.call('HINCRBY', KEYS[4], 'lapsed', lapsed) end
+local cutoff = now + tonumber(ARGV[4])
+local evicted = evict(KEYS[1], KEYS[2], KEYS[4], cutoff)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', fmt(now))
+local target = tonumber(ARGV[1])
+local pw = redis.call('HMGET', KEYS[6], 'ready', 'until')
+if tonumber(pw[2]) and tonumber(pw[2]) > now then
+  target = math.max(target, tonumber(pw[1]) or 0)
+end
+redis.call('HSET', KEYS[4], 'target', target)
+local usable = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(cutoff + tonumber(ARGV[5])), '+inf')
+local inflight = redis.call('ZCARD', KEYS[3])
+local grant = math.min(tonumber(ARGV[2]), target - usable - inflight)
+if grant < 0 then grant = 0 end
+local lease = fmt(now + tonumber(ARGV[3]))
+for i = 0, grant - 1 do
+  redis.call('ZADD', KEYS[3], lease, ARGV[9] .. fmt(tonumber(ARGV[10]) + i))
+end
+local fast, slow = rates(KEYS[4], now, tonumber(ARGV[7]), tonumber(ARGV[8]))
+return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, lapsed, tostring(fast), tostring(slow)}
+`)
+
+// putScript adds a minted entry and ends its reservation. It is safe to
+// retry: an entry already pooled or already handed out is not added again.
+//
+// KEYS: ready, entries, minting, stats, handed
+// ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms (0: TIME)
+// Reply: 1 pooled, 0 wasted (already unusable) or already handed out.
+var putScript = redis.NewScript(luaPrelude + `
+if redis.call('ZSCORE', KEYS[5], ARGV[2]) then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'minted', 1)
+if tonumber(ARGV[3]) <= clock(ARGV[6]) + tonumber(ARGV[5]) then
+  redis.call('HINCRBY', KEYS[4], 'wasted', 1)
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+return 1
+`)
+
+// releaseScript ends reservations whose mints failed or were abandoned.
+//
+// KEYS: minting, stats
+// ARGV: counter to increment, reservation ids...
+var releaseScript = redis.NewScript(`
+local n = redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
+redis.call('HINCRBY', KEYS[2], ARGV[1], #ARGV - 1)
+return n
+`)

@@ -1,0 +1,143 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the pool's Prometheus metrics, counted by this replica (sum
+// them over replicas). Labels are profile names and fixed words, never a
+// caller. A nil *Metrics records nothing.
+type Metrics struct {
+	handouts *prometheus.CounterVec // profile, source
+	misses   *prometheus.CounterVec // profile
+	wasted   *prometheus.CounterVec // profile
+	mints    *prometheus.CounterVec // profile, kind, outcome
+}
+
+// NewMetrics registers the pool's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		handouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_handouts_total",
+			Help: "Credentials handed out, by profile and source: pool, direct (minted on a miss) or on_demand (settings or a key no pool has).",
+		}, []string{"profile", "source"}),
+		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_misses_total",
+			Help: "Takes that found no usable pooled credential.",
+		}, []string{"profile"}),
+		wasted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_wasted_total",
+			Help: "Pooled credentials that fell below the minimum remaining life unused, evicted by this replica.",
+		}, []string{"profile"}),
+		mints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_mints_total",
+			Help: "Mints by profile, kind (refill or request) and outcome (ok, failed, unavailable, cancelled).",
+		}, []string{"profile", "kind", "outcome"}),
+	}
+	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints)
+	return m
+}
+
+// known creates every label combination of profile at zero, so series
+// exist before their first event.
+func (m *Metrics) known(profile string) {
+	if m == nil {
+		return
+	}
+	for _, src := range []Source{SourcePool, SourceDirect, SourceOnDemand} {
+		m.handouts.WithLabelValues(profile, string(src))
+	}
+	m.misses.WithLabelValues(profile)
+	m.wasted.WithLabelValues(profile)
+	for _, kind := range []string{"refill", "request"} {
+		for _, out := range []string{"ok", "failed", "unavailable", "cancelled"} {
+			m.mints.WithLabelValues(profile, kind, out)
+		}
+	}
+}
+
+func (m *Metrics) handout(profile string, src Source) {
+	if m != nil {
+		m.handouts.WithLabelValues(profile, string(src)).Inc()
+	}
+}
+
+func (m *Metrics) miss(profile string) {
+	if m != nil {
+		m.misses.WithLabelValues(profile).Inc()
+	}
+}
+
+func (m *Metrics) waste(profile string, n int64) {
+	if m != nil && n > 0 {
+		m.wasted.WithLabelValues(profile).Add(float64(n))
+	}
+}
+
+func (m *Metrics) mint(profile, kind string, err error) {
+	if m == nil {
+		return
+	}
+	m.mints.WithLabelValues(profile, kind, outcome(err)).Inc()
+}
+
+// outcome classes a mint's error for the mints metric.
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	return "failed"
+}
+
+// poolCollector reports each profile's shared state, read from Redis on
+// every scrape (every replica reports the same fleet-wide values).
+type poolCollector struct {
+	p                                      *Pool
+	ready, usable, target, inflight, rates *prometheus.Desc
+}
+
+// Collector returns a Prometheus collector of every profile's pool: ready,
+// usable, target, in flight and demand.
+func (p *Pool) Collector() prometheus.Collector {
+	l := []string{"profile"}
+	return &poolCollector{
+		p:        p,
+		ready:    prometheus.NewDesc("tokenpool_pool_ready", "Credentials pooled (fleet-wide).", l, nil),
+		usable:   prometheus.NewDesc("tokenpool_pool_usable", "Pooled credentials with at least the minimum remaining life (fleet-wide).", l, nil),
+		target:   prometheus.NewDesc("tokenpool_pool_target", "The pool's current target, demand-sized, floor and prewarm included (fleet-wide).", l, nil),
+		inflight: prometheus.NewDesc("tokenpool_pool_in_flight", "Mints in flight, all replicas.", l, nil),
+		rates:    prometheus.NewDesc("tokenpool_demand_per_second", "Handout requests per second, fleet-wide, decaying over 5s (fast) and 60s (slow).", []string{"profile", "window"}, nil),
+	}
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.ready, c.usable, c.target, c.inflight, c.rates} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, name := range c.p.names {
+		st, err := c.p.Stats(ctx, name)
+		if err != nil {
+			continue // Redis away: no sample rather than a wrong one
+		}
+		ch <- prometheus.MustNewConstMetric(c.ready, prometheus.GaugeValue, float64(st.Ready), name)
+		ch <- prometheus.MustNewConstMetric(c.usable, prometheus.GaugeValue, float64(st.Usable), name)
+		ch <- prometheus.MustNewConstMetric(c.target, prometheus.GaugeValue, float64(st.Target), name)
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(st.InFlight), name)
+		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Fast, name, "fast")
+		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Slow, name, "slow")
+	}
+}

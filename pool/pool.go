@@ -1,0 +1,411 @@
+// Package pool keeps pre-minted provider credentials in Redis and hands each
+// one to exactly one caller.
+//
+// A Pool has one or more profiles (a provider and its session settings).
+// Each replica of the daemon runs one refiller that keeps every profile's
+// pool at its target; a take is one Redis script call. See DESIGN.md "The
+// pool: invariants" for what is promised.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Minter mints one credential from a provider. Implementations must be safe
+// for concurrent use and honour ctx's deadline. An error that matches
+// ErrUnavailable means the provider was not asked (breaker open, backing
+// off); any other error is a provider failure.
+type Minter interface {
+	Mint(ctx context.Context) (Credential, error)
+}
+
+// availability is implemented by Minters that know when their provider is
+// out of service (an open breaker). Readiness uses it.
+type availability interface {
+	Available() bool
+}
+
+// Profile is one kind of credential the pool keeps.
+type Profile struct {
+	// Name identifies the profile in requests and in Redis keys:
+	// 1–64 of A–Z a–z 0–9 . _ -
+	Name string
+	// Minter mints this profile's credentials. Required.
+	Minter Minter
+	// Target is the floor of the pool: the least usable credentials kept
+	// ready, shared by all replicas. Demand raises the target above it (see
+	// Sizing). default: 20; a negative value keeps no pool, so every handout
+	// is minted for its request.
+	Target int
+	// MaxTarget is the ceiling demand can raise the target to; a prewarm
+	// may go above it. default: 5000
+	MaxTarget int
+	// MinRemaining is the least life a handed-out credential has left.
+	// default: 30s
+	MinRemaining time.Duration
+}
+
+// Config configures a Pool. Zero values mean the documented default.
+type Config struct {
+	// Store holds the pool. Required.
+	Store *Store
+	// Profiles lists the profiles; at least one.
+	Profiles []Profile
+	// MaxClockSkew is added to each profile's MinRemaining to allow for
+	// clocks of provider, daemon and Redis that disagree. default: 2s
+	MaxClockSkew time.Duration
+	// ExpiryJitter retires each entry early by a random part, up to this
+	// fraction, of its usable life, so entries minted together don't all go
+	// stale at once. default: 0.1; negative: none
+	ExpiryJitter float64
+	// RefillConcurrency bounds the mints in flight per profile on this
+	// replica; the fleet-wide reservations bound them all. default: 32
+	RefillConcurrency int
+	// RefillInterval is how often the refiller looks at every profile when
+	// nothing wakes it sooner. default: 1s
+	RefillInterval time.Duration
+	// MintTimeout is the deadline of one refill mint, retries included.
+	// Reservations are leased for MintTimeout + 5s. default: 10s
+	MintTimeout time.Duration
+	// DirectMints bounds the concurrent mints for requests (misses and
+	// on-demand mints) per profile on this replica. default: 16; negative:
+	// never mint on a miss (answer ErrUnavailable at once)
+	DirectMints int
+	// Logger receives the refiller's logs. default: slog.Default()
+	Logger *slog.Logger
+
+	// Headroom and Margin tune demand sizing (see Sizing).
+	// default: 2s and 0.25
+	Headroom time.Duration
+	Margin   float64
+	// Metrics records the pool's metrics. default: none
+	Metrics *Metrics
+
+	// ReplicaID names this replica in reservation ids, so an operator can
+	// tell whose mints are in flight. default: host name and a random suffix
+	ReplicaID string
+
+	// Now and NewID replace the clock and the id source in tests.
+	Now   func() time.Time // default: time.Now
+	NewID func() string    // default: uuid.NewString
+}
+
+// Pool hands out credentials. It is safe for concurrent use.
+type Pool struct {
+	store     *Store
+	profiles  map[string]*profile
+	names     []string // sorted profile names
+	skew      time.Duration
+	jitter    float64
+	direct    chan struct{} // semaphore of direct mints; nil when disabled
+	log       *slog.Logger
+	now       func() time.Time
+	newID     func() string
+	replicaID string
+	random    func() float64 // retire jitter; tests make it repeatable
+	metrics   *Metrics
+
+	refill *refiller
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// profile is a Profile with defaults filled in.
+type profile struct {
+	Profile
+	minLife time.Duration // MinRemaining + skew: what Redis scripts check
+	sizing  Sizing
+	// direct bounds this profile's mints for requests (misses and on-demand
+	// mints) on this replica, so a burst on one profile can't take every
+	// slot from the others; nil when direct minting is off.
+	direct chan struct{}
+}
+
+var profileName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// New checks cfg and returns a Pool. Open starts its refiller.
+func New(cfg Config) (*Pool, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("pool: config: Store is required")
+	}
+	if len(cfg.Profiles) == 0 {
+		return nil, errors.New("pool: config: no profiles")
+	}
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = 2 * time.Second
+	}
+	if cfg.ExpiryJitter == 0 {
+		cfg.ExpiryJitter = 0.1
+	}
+	if cfg.ExpiryJitter < 0 {
+		cfg.ExpiryJitter = 0
+	}
+	if cfg.ExpiryJitter >= 1 {
+		return nil, errors.New("pool: config: ExpiryJitter must be below 1")
+	}
+	if cfg.RefillConcurrency <= 0 {
+		cfg.RefillConcurrency = 32
+	}
+	if cfg.RefillInterval <= 0 {
+		cfg.RefillInterval = time.Second
+	}
+	if cfg.MintTimeout <= 0 {
+		cfg.MintTimeout = 10 * time.Second
+	}
+	if cfg.DirectMints == 0 {
+		cfg.DirectMints = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.NewID == nil {
+		cfg.NewID = uuid.NewString
+	}
+	if cfg.ReplicaID == "" {
+		host, _ := os.Hostname()
+		cfg.ReplicaID = host + "-" + uuid.NewString()[:8]
+	}
+
+	cfg.Store.metrics = cfg.Metrics
+	p := &Pool{
+		store:     cfg.Store,
+		profiles:  make(map[string]*profile, len(cfg.Profiles)),
+		skew:      cfg.MaxClockSkew,
+		jitter:    cfg.ExpiryJitter,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		newID:     cfg.NewID,
+		replicaID: cfg.ReplicaID,
+		random:    rand.Float64,
+		metrics:   cfg.Metrics,
+		closed:    make(chan struct{}),
+	}
+	for _, pr := range cfg.Profiles {
+		if !profileName.MatchString(pr.Name) {
+			return nil, fmt.Errorf("pool: config: profile name %q: want 1-64 of A-Z a-z 0-9 . _ -", pr.Name)
+		}
+		if _, dup := p.profiles[pr.Name]; dup {
+			return nil, fmt.Errorf("pool: config: profile %q listed twice", pr.Name)
+		}
+		if pr.Minter == nil {
+			return nil, fmt.Errorf("pool: config: profile %q: Minter is required", pr.Name)
+		}
+		if pr.Target == 0 {
+			pr.Target = 20
+		}
+		if pr.MinRemaining <= 0 {
+			pr.MinRemaining = 30 * time.Second
+		}
+		prof := &profile{Profile: pr, minLife: pr.MinRemaining + cfg.MaxClockSkew,
+			sizing: Sizing{Floor: max(pr.Target, 0), Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
+		if cfg.DirectMints > 0 {
+			prof.direct = make(chan struct{}, cfg.DirectMints)
+		}
+		p.profiles[pr.Name] = prof
+		p.names = append(p.names, pr.Name)
+		cfg.Metrics.known(pr.Name)
+	}
+	sort.Strings(p.names)
+	p.refill = newRefiller(p, cfg)
+	return p, nil
+}
+
+// Open starts the refiller. Call Close to stop it.
+func (p *Pool) Open() {
+	p.refill.start()
+}
+
+// Close stops the refiller: no new mints start, mints in flight finish
+// and are pooled until ctx is done, then they are cancelled and their
+// reservations released. Close is idempotent.
+func (p *Pool) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() { close(p.closed) })
+	return p.refill.stop(ctx)
+}
+
+// Profiles returns the profile names, sorted.
+func (p *Pool) Profiles() []string { return append([]string(nil), p.names...) }
+
+// Get hands one credential of the named profile to one caller. requestID
+// must be unique per request and not chosen by the caller: a retried Redis
+// call with the same requestID gets the same credential back.
+//
+// On a miss it mints directly within ctx's deadline. It returns an error
+// matching ErrUnknownProfile, ErrUnavailable (with RetryAfter), ErrProvider
+// or ErrClosed.
+func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout, error) {
+	pr, ok := p.profiles[profileName]
+	if !ok {
+		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	select {
+	case <-p.closed:
+		return Handout{}, ErrClosed
+	default:
+	}
+	if pr.Target > 0 {
+		h, err := p.store.Take(ctx, pr.Name, requestID, pr.minLife)
+		p.refill.wake()
+		if err == nil {
+			p.metrics.handout(pr.Name, SourcePool)
+		}
+		if !errors.Is(err, ErrEmpty) {
+			return h, err
+		}
+	}
+	return p.mintDirect(ctx, pr)
+}
+
+// mintDirect mints a credential for one request on a miss. It is never
+// pooled.
+func (p *Pool) mintDirect(ctx context.Context, pr *profile) (Handout, error) {
+	h, err := p.mintFor(ctx, pr, pr.Minter, pr.minLife)
+	if err != nil {
+		return Handout{}, err
+	}
+	if err := p.store.count(ctx, pr.Name, "direct", 1); err != nil {
+		p.log.Warn("pool: counting a direct mint", "profile", pr.Name, "err", err)
+	}
+	p.metrics.handout(pr.Name, SourceDirect)
+	return h, nil
+}
+
+// MintOnce mints one credential with m for one request, under the named
+// profile's bound on request mints, and never pools it: for settings or a
+// key that no pooled profile has. It counts the mint under label in the
+// fleet's on-demand counters (OnDemand). minRemaining is the least life
+// the credential must have.
+func (p *Pool) MintOnce(ctx context.Context, profileName string, m Minter, label string, minRemaining time.Duration) (Handout, error) {
+	pr, ok := p.profiles[profileName]
+	if !ok {
+		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	h, err := p.mintFor(ctx, pr, m, minRemaining+p.skew)
+	if err != nil {
+		return Handout{}, err
+	}
+	if err := p.store.countOnDemand(ctx, label); err != nil {
+		p.log.Warn("pool: counting an on-demand mint", "label", label, "err", err)
+	}
+	p.metrics.handout(pr.Name, SourceOnDemand)
+	return h, nil
+}
+
+// OnDemand returns the fleet's on-demand mint counters by label.
+func (p *Pool) OnDemand(ctx context.Context) (map[string]int64, error) {
+	return p.store.onDemand(ctx)
+}
+
+// mintFor mints with m for one request, within ctx's deadline and pr's
+// bound on request mints.
+func (p *Pool) mintFor(ctx context.Context, pr *profile, m Minter, minLife time.Duration) (Handout, error) {
+	select {
+	case <-p.closed:
+		return Handout{}, ErrClosed
+	default:
+	}
+	if pr.direct == nil {
+		return Handout{}, &UnavailableError{Err: ErrEmpty, RetryAfter: time.Second}
+	}
+	// Waiting for a slot and then for the quota share one RequestWait: a
+	// burst past what the slots and the quota serve gets fast 503s, not a
+	// queue that holds every request to its deadline.
+	waitEnd := time.Now().Add(RequestWait)
+	t := time.NewTimer(RequestWait)
+	defer t.Stop()
+	select {
+	case pr.direct <- struct{}{}:
+		defer func() { <-pr.direct }()
+	case <-t.C:
+		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: every mint slot for requests is busy", ErrEmpty), RetryAfter: time.Second}
+	case <-ctx.Done():
+		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: waiting to mint: %w", ErrEmpty, ctx.Err()), RetryAfter: time.Second}
+	}
+	c, err := m.Mint(withRequestMint(ctx, waitEnd))
+	p.metrics.mint(pr.Name, "request", err)
+	var re *RequestError
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrUnavailable), errors.Is(err, context.Canceled), errors.As(err, &re):
+		return Handout{}, err
+	case errors.Is(err, context.DeadlineExceeded):
+		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: minting: %w", ErrEmpty, err), RetryAfter: time.Second}
+	default:
+		return Handout{}, fmt.Errorf("%w: %w", ErrProvider, err)
+	}
+	if life := c.ExpiresAt.Sub(p.now()); life < minLife {
+		return Handout{}, fmt.Errorf("%w: a new credential lives %s, less than the %s a handout needs", ErrProvider, life.Round(time.Second), minLife)
+	}
+	return Handout{ID: p.newID(), Profile: pr.Name, Source: SourceDirect, Credential: c}, nil
+}
+
+// Ready reports whether the pool can serve: Redis answers, and for every
+// profile the provider is available or the pool holds entries.
+func (p *Pool) Ready(ctx context.Context) error {
+	if err := p.store.Ping(ctx); err != nil {
+		return err
+	}
+	for _, name := range p.names {
+		a, ok := p.profiles[name].Minter.(availability)
+		if !ok || a.Available() {
+			continue
+		}
+		st, err := p.store.Stats(ctx, name, p.profiles[name].minLife)
+		if err != nil {
+			return err
+		}
+		if st.Usable == 0 {
+			return fmt.Errorf("pool: profile %q: provider unavailable and pool empty", name)
+		}
+	}
+	return nil
+}
+
+// SetPrewarm raises the named profile's floor to ready, for every
+// replica, until the given time; ready 0 ends a prewarm.
+func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, until time.Time) error {
+	pr, ok := p.profiles[profileName]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	if pr.Target < 0 {
+		return &RequestError{Status: 400, Message: "this profile keeps no pool"}
+	}
+	if err := p.store.SetPrewarm(ctx, profileName, ready, until); err != nil {
+		return err
+	}
+	p.refill.wake()
+	return nil
+}
+
+// Prewarm returns the named profile's active prewarm (ready 0: none).
+func (p *Pool) Prewarm(ctx context.Context, profileName string) (int, time.Time, error) {
+	if _, ok := p.profiles[profileName]; !ok {
+		return 0, time.Time{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	return p.store.Prewarm(ctx, profileName)
+}
+
+// Stats returns the named profile's shared snapshot.
+func (p *Pool) Stats(ctx context.Context, profileName string) (Stats, error) {
+	pr, ok := p.profiles[profileName]
+	if !ok {
+		return Stats{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	return p.store.Stats(ctx, profileName, pr.minLife)
+}

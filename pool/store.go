@@ -1,0 +1,467 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Store keeps the pool in Redis. Every operation is one script call, so it
+// is atomic across replicas. A Store is safe for concurrent use.
+type Store struct {
+	rdb      redis.UniversalClient
+	prefix   string
+	claimTTL time.Duration
+	sealer   *Sealer
+	waitN    int
+	waitFor  time.Duration
+
+	metrics *Metrics         // set by the Pool using the store
+	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
+}
+
+// now is the "now" argument of the scripts: 0 for Redis's clock.
+func (s *Store) now() int64 {
+	if s.clock == nil {
+		return 0
+	}
+	return s.clock().UnixMilli()
+}
+
+// StoreConfig configures a Store. Zero values mean the documented default.
+type StoreConfig struct {
+	// KeyPrefix starts every key, so several deployments can share a Redis.
+	// default: "tp"
+	KeyPrefix string
+	// ClaimTTL is how long a take's claim key lets a retried call get the
+	// same entry back. default: 10s
+	ClaimTTL time.Duration
+	// Sealer encrypts entry bodies at rest. default: none (plain JSON); with
+	// a Sealer, unsealed entries are discarded.
+	Sealer *Sealer
+	// WaitReplicas, when positive, makes each take wait (Redis WAIT) until
+	// that many replicas have its writes, or WaitTimeout passes, before the
+	// entry is handed out: a failover to such a replica can't bring the
+	// entry back. Takes no replica acknowledged in time are still handed
+	// out, and counted. default: 0 (don't wait)
+	WaitReplicas int
+	// WaitTimeout bounds that wait. default: 50ms
+	WaitTimeout time.Duration
+}
+
+// NewStore returns a Store on rdb, a *redis.Client or *redis.ClusterClient.
+func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
+	if cfg.KeyPrefix == "" {
+		cfg.KeyPrefix = "tp"
+	}
+	if cfg.ClaimTTL <= 0 {
+		cfg.ClaimTTL = 10 * time.Second
+	}
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = 50 * time.Millisecond
+	}
+	return &Store{
+		rdb: rdb, prefix: cfg.KeyPrefix, claimTTL: cfg.ClaimTTL, sealer: cfg.Sealer,
+		waitN: cfg.WaitReplicas, waitFor: cfg.WaitTimeout,
+	}
+}
+
+// keys names one profile's keys; all share the hash tag {profile}.
+type keys struct{ base string }
+
+func (s *Store) keys(profile string) keys {
+	return keys{base: s.prefix + ":{" + profile + "}:"}
+}
+
+func (k keys) ready() string          { return k.base + "ready" }
+func (k keys) entries() string        { return k.base + "e" }
+func (k keys) minting() string        { return k.base + "minting" }
+func (k keys) stats() string          { return k.base + "stats" }
+func (k keys) handed() string         { return k.base + "handed" }
+func (k keys) prewarm() string        { return k.base + "prewarm" }
+func (k keys) claim(id string) string { return k.base + "claim:" + id }
+
+// Take hands out the usable entry of profile that retires soonest: one with
+// more than minRemaining of life left by Redis's clock. claimID (the request
+// id) makes the call idempotent: a retry with the same claimID within the
+// claim TTL returns the same entry. It returns ErrEmpty when nothing usable
+// is pooled.
+//
+// An entry that cannot be opened or decoded (sealed with a key no longer
+// configured, tampered with) is discarded, counted, and the next one taken,
+// up to maxDiscards times.
+func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (Handout, error) {
+	for attempt := 0; ; attempt++ {
+		claim := claimID
+		if attempt > 0 {
+			// A fresh claim: the first one holds the entry that failed.
+			claim = claimID + "#" + strconv.Itoa(attempt)
+		}
+		id, body, err := s.take(ctx, profile, claim, minRemaining)
+		if err != nil {
+			return Handout{}, err
+		}
+		cred, err := s.decode(profile, id, body)
+		if err == nil {
+			return Handout{ID: id, Profile: profile, Source: SourcePool, Credential: cred}, nil
+		}
+		if cerr := s.count(ctx, profile, "discarded", 1); cerr != nil {
+			return Handout{}, cerr
+		}
+		if attempt+1 >= maxDiscards {
+			return Handout{}, fmt.Errorf("%w (%d entries in a row could not be opened: %v)", ErrEmpty, maxDiscards, err)
+		}
+	}
+}
+
+// maxDiscards bounds the undecodable entries one Take skips.
+const maxDiscards = 3
+
+// takeReplicated runs takeScript and WAIT in one pipeline on the
+// connection of the master that owns profile's slot, so WAIT covers the
+// take's writes and it stays one round trip.
+func (s *Store) takeReplicated(ctx context.Context, profile string, keys []string, args []any) (any, error) {
+	var node redis.Cmdable = s.rdb
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		c, err := cc.MasterForKey(ctx, keys[0])
+		if err != nil {
+			return nil, err
+		}
+		node = c
+	}
+	for loaded := false; ; loaded = true {
+		pipe := node.Pipeline()
+		take := pipe.EvalSha(ctx, takeScript.Hash(), keys, args...)
+		wait := pipe.Do(ctx, "WAIT", s.waitN, s.waitFor.Milliseconds())
+		_, _ = pipe.Exec(ctx)
+		if err := take.Err(); err != nil && !loaded && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			if err := takeScript.Load(ctx, node).Err(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if acked, err := wait.Int64(); take.Err() == nil && err == nil && acked < int64(s.waitN) {
+			if err := s.count(ctx, profile, "unreplicated", 1); err != nil {
+				return nil, err
+			}
+		}
+		return take.Result()
+	}
+}
+
+// take runs takeScript and returns the entry id and its stored body.
+func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (id, body string, err error) {
+	k := s.keys(profile)
+	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
+	args := []any{minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds()}
+	var v any
+	if s.waitN > 0 {
+		v, err = s.takeReplicated(ctx, profile, keys, args)
+	} else {
+		v, err = takeScript.Run(ctx, s.rdb, keys, args...).Result()
+	}
+	if err != nil {
+		return "", "", storeError("take", err)
+	}
+	reply, ok := v.([]any)
+	if !ok || len(reply) != 4 {
+		return "", "", fmt.Errorf("pool: take: unexpected reply %T", v)
+	}
+	status, ok0 := reply[0].(int64)
+	id, ok1 := reply[1].(string)
+	body, ok2 := reply[2].(string)
+	evicted, ok3 := reply[3].(int64)
+	if !ok0 || !ok1 || !ok2 || !ok3 {
+		return "", "", fmt.Errorf("pool: take: unexpected reply types %T %T %T %T", reply[0], reply[1], reply[2], reply[3])
+	}
+	s.metrics.waste(profile, evicted)
+	if status == 0 {
+		s.metrics.miss(profile)
+		return "", "", ErrEmpty
+	}
+	return id, body, nil
+}
+
+// encode turns a credential into the stored body, sealed when configured.
+func (s *Store) encode(profile, id string, c Credential) ([]byte, error) {
+	b, err := encodeEntry(c)
+	if err != nil || s.sealer == nil {
+		return b, err
+	}
+	return s.sealer.seal(profile, id, b), nil
+}
+
+// decode reverses encode.
+func (s *Store) decode(profile, id, body string) (Credential, error) {
+	b := []byte(body)
+	if s.sealer != nil {
+		var err error
+		if b, err = s.sealer.open(profile, id, b); err != nil {
+			return Credential{}, err
+		}
+	}
+	return decodeEntry(b)
+}
+
+// reserveArgs are the inputs of one reservation round.
+type reserveArgs struct {
+	target       int
+	want         int           // reservations the caller could use
+	idPrefix     string        // reservation ids are idPrefix followed by firstID, firstID+1, …
+	firstID      uint64        // (unique per replica: the prefix names it)
+	lease        time.Duration // how long a reservation holds before it lapses
+	minRemaining time.Duration
+	lead         time.Duration // time a refill takes: entries unusable by then don't count
+}
+
+// reservation is what reserveScript granted and saw.
+type reservation struct {
+	ids      []string // granted reservation ids
+	usable   int      // entries still usable after the lead
+	inFlight int      // reservations already held, by any replica
+	ready    int      // every pooled entry, usable or not yet evicted
+	target   int      // the target applied: the asked one, or a prewarm's
+	evicted  int64    // entries this round dropped as waste
+	demand   Demand   // the fleet's demand, now
+}
+
+func (s *Store) reserve(ctx context.Context, profile string, a reserveArgs) (reservation, error) {
+	k := s.keys(profile)
+	v, err := reserveScript.Run(ctx, s.rdb,
+		[]string{k.ready(), k.entries(), k.minting(), k.stats(), k.handed(), k.prewarm()},
+		a.target, a.want, a.lease.Milliseconds(), a.minRemaining.Milliseconds(), a.lead.Milliseconds(),
+		s.now(), demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), a.idPrefix, a.firstID).Result()
+	if err != nil {
+		return reservation{}, storeError("reserve", err)
+	}
+	list, ok := v.([]any)
+	if !ok || len(list) != 9 {
+		return reservation{}, fmt.Errorf("pool: reserve: unexpected reply %T", v)
+	}
+	n, err := int64s(list[:7], 7)
+	if err != nil {
+		return reservation{}, fmt.Errorf("pool: reserve: %w", err)
+	}
+	fast, err1 := floatString(list[7])
+	slow, err2 := floatString(list[8])
+	if err1 != nil || err2 != nil {
+		return reservation{}, fmt.Errorf("pool: reserve: demand: %v %v", err1, err2)
+	}
+	s.metrics.waste(profile, n[5])
+	granted := min(int(n[0]), a.want)
+	ids := make([]string, granted)
+	for i := range ids {
+		ids[i] = a.idPrefix + strconv.FormatUint(a.firstID+uint64(i), 10)
+	}
+	return reservation{
+		ids: ids, usable: int(n[1]), inFlight: int(n[2]), ready: int(n[3]),
+		target: int(n[4]), evicted: n[5], demand: Demand{Fast: fast, Slow: slow},
+	}, nil
+}
+
+func floatString(v any) (float64, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, fmt.Errorf("unexpected %T", v)
+	}
+	return strconv.ParseFloat(s, 64)
+}
+
+// SetPrewarm raises profile's floor to ready until the given time, for
+// every replica; ready 0 ends a prewarm.
+func (s *Store) SetPrewarm(ctx context.Context, profile string, ready int, until time.Time) error {
+	k := s.keys(profile).prewarm()
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if ready <= 0 {
+			p.Del(ctx, k)
+			return nil
+		}
+		p.HSet(ctx, k, "ready", ready, "until", until.UnixMilli())
+		p.PExpireAt(ctx, k, until)
+		return nil
+	})
+	if err != nil {
+		return storeError("prewarm", err)
+	}
+	return nil
+}
+
+// Prewarm returns profile's active prewarm; ready is 0 when there is none.
+func (s *Store) Prewarm(ctx context.Context, profile string) (ready int, until time.Time, err error) {
+	v, err := s.rdb.HMGet(ctx, s.keys(profile).prewarm(), "ready", "until").Result()
+	if err != nil {
+		return 0, time.Time{}, storeError("prewarm", err)
+	}
+	r, _ := v[0].(string)
+	u, _ := v[1].(string)
+	ready, _ = strconv.Atoi(r)
+	ms, _ := strconv.ParseInt(u, 10, 64)
+	if ready <= 0 || ms <= time.Now().UnixMilli() {
+		return 0, time.Time{}, nil
+	}
+	return ready, time.UnixMilli(ms), nil
+}
+
+// put pools a minted credential under entryID and ends reservation resID.
+// It reports whether the entry was pooled (false: already unusable).
+func (s *Store) put(ctx context.Context, profile, resID, entryID string, retire time.Time, c Credential, minRemaining time.Duration) (bool, error) {
+	body, err := s.encode(profile, entryID, c)
+	if err != nil {
+		return false, fmt.Errorf("pool: put: %w", err)
+	}
+	k := s.keys(profile)
+	n, err := putScript.Run(ctx, s.rdb,
+		[]string{k.ready(), k.entries(), k.minting(), k.stats(), k.handed()},
+		resID, entryID, retire.UnixMilli(), body, minRemaining.Milliseconds(), s.now()).Int64()
+	if err != nil {
+		return false, storeError("put", err)
+	}
+	return n == 1, nil
+}
+
+// release ends reservations without an entry and adds their number to the
+// counter named by why.
+func (s *Store) release(ctx context.Context, profile, why string, resIDs ...string) error {
+	if len(resIDs) == 0 {
+		return nil
+	}
+	k := s.keys(profile)
+	args := make([]any, 0, 1+len(resIDs))
+	args = append(args, why)
+	for _, id := range resIDs {
+		args = append(args, id)
+	}
+	if err := releaseScript.Run(ctx, s.rdb, []string{k.minting(), k.stats()}, args...).Err(); err != nil {
+		return storeError("release", err)
+	}
+	return nil
+}
+
+// count adds n to one counter of profile.
+func (s *Store) count(ctx context.Context, profile, counter string, n int64) error {
+	if err := s.rdb.HIncrBy(ctx, s.keys(profile).stats(), counter, n).Err(); err != nil {
+		return storeError("count", err)
+	}
+	return nil
+}
+
+// countOnDemand adds one to the fleet-wide on-demand counter label. The
+// key holds no profile's hash tag: it is one key, touched alone.
+func (s *Store) countOnDemand(ctx context.Context, label string) error {
+	if err := s.rdb.HIncrBy(ctx, s.prefix+":ondemand", label, 1).Err(); err != nil {
+		return storeError("count", err)
+	}
+	return nil
+}
+
+func (s *Store) onDemand(ctx context.Context) (map[string]int64, error) {
+	m, err := s.rdb.HGetAll(ctx, s.prefix+":ondemand").Result()
+	if err != nil {
+		return nil, storeError("on-demand counters", err)
+	}
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k], _ = strconv.ParseInt(v, 10, 64)
+	}
+	return out, nil
+}
+
+// Stats is a snapshot of one profile's pool, shared by every replica.
+type Stats struct {
+	Ready    int    // entries pooled, including any not yet evicted as unusable
+	Usable   int    // entries with at least the minimum life left, by this host's clock
+	InFlight int    // mint reservations held by all replicas
+	Target   int    // the target last applied by a refiller, prewarm included
+	Demand   Demand // the fleet's handout requests per second, now
+	// Counters since the keys were created.
+	Minted              int64 // credentials minted into the pool
+	HandedOut           int64 // handed out from the pool
+	Direct              int64 // minted for a request on a miss and handed out
+	Wasted              int64 // expired or fell below the minimum life unused
+	Misses              int64 // takes that found nothing usable
+	MintFailed          int64 // reservations released after a failed mint
+	Lapsed              int64 // reservations that lapsed (a replica died mid-mint)
+	DuplicatesPrevented int64 // entries seen again after being handed out
+	Discarded           int64 // entries no configured key could open
+	Unreplicated        int64 // takes no replica acknowledged in time (WaitReplicas)
+}
+
+// Stats reads profile's snapshot in one round trip. Usable counts the
+// entries that retire more than minLife from now.
+func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration) (Stats, error) {
+	k := s.keys(profile)
+	var (
+		ready, usable, minting *redis.IntCmd
+		counters               *redis.MapStringStringCmd
+	)
+	cutoff := "(" + strconv.FormatInt(time.Now().Add(minLife).UnixMilli(), 10)
+	// All keys share a slot, so this pipeline is one round trip on a
+	// Cluster too.
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		ready = p.ZCard(ctx, k.ready())
+		usable = p.ZCount(ctx, k.ready(), cutoff, "+inf")
+		minting = p.ZCard(ctx, k.minting())
+		counters = p.HGetAll(ctx, k.stats())
+		return nil
+	})
+	if err != nil {
+		return Stats{}, storeError("stats", err)
+	}
+	c := counters.Val()
+	n := func(name string) int64 { v, _ := strconv.ParseInt(c[name], 10, 64); return v }
+	f := func(name string) float64 { v, _ := strconv.ParseFloat(c[name], 64); return v }
+	dt := time.Since(time.UnixMilli(n("d_at"))).Seconds()
+	if n("d_at") == 0 || dt < 0 {
+		dt = 0
+	}
+	return Stats{
+		Target: int(n("target")),
+		Demand: Demand{
+			Fast: f("d_fast") * math.Exp(-dt/demandTauFast.Seconds()),
+			Slow: f("d_slow") * math.Exp(-dt/demandTauSlow.Seconds()),
+		},
+		Ready: int(ready.Val()), Usable: int(usable.Val()), InFlight: int(minting.Val()),
+		Minted: n("minted"), HandedOut: n("handed_out"), Direct: n("direct"),
+		Wasted: n("wasted"), Misses: n("misses"), MintFailed: n("mint_failed"),
+		Lapsed: n("lapsed"), DuplicatesPrevented: n("duplicates_prevented"), Discarded: n("discarded"), Unreplicated: n("unreplicated"),
+	}, nil
+}
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return storeError("ping", err)
+	}
+	return nil
+}
+
+// int64s checks that v is a list of at least n integers.
+func int64s(v any, n int) ([]int64, error) {
+	list, ok := v.([]any)
+	if !ok || len(list) < n {
+		return nil, fmt.Errorf("unexpected reply %T", v)
+	}
+	out := make([]int64, len(list))
+	for i, x := range list {
+		if out[i], ok = x.(int64); !ok {
+			return nil, fmt.Errorf("unexpected reply element %d: %T", i, x)
+		}
+	}
+	return out, nil
+}
+
+// storeError wraps a Redis failure so callers can tell it from a provider
+// failure: it matches ErrUnavailable and asks callers to retry in a second.
+func storeError(op string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("pool: %s: %w", op, err)
+	}
+	return &UnavailableError{Err: fmt.Errorf("pool: %s: redis: %w", op, err), RetryAfter: time.Second}
+}
