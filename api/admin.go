@@ -1,0 +1,135 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// Admin is what the admin routes need of the pool.
+type Admin interface {
+	Stats(ctx context.Context, profile string) (pool.Stats, error)
+	SetPrewarm(ctx context.Context, profile string, ready int, until time.Time) error
+	Prewarm(ctx context.Context, profile string) (int, time.Time, error)
+}
+
+// maxPrewarm bounds a prewarm's size and reach.
+const (
+	maxPrewarmReady = 100000
+	maxPrewarmAhead = 7 * 24 * time.Hour
+)
+
+// authenticateAdmin requires an admin key (TOKENPOOL_ADMIN_KEYS); caller
+// credentials don't open the admin routes.
+func (s *Server) authenticateAdmin(c *gin.Context) {
+	if _, err := s.admins.authenticate(c.Request); err != nil {
+		he := errorf(http.StatusUnauthorized, codeUnauthenticated, "an admin key is required: X-API-Key or Authorization: Bearer")
+		he.header = http.Header{"Www-Authenticate": {`Bearer realm="tokenpool-admin"`}}
+		s.fail(c, he)
+		return
+	}
+	c.Next()
+}
+
+type prewarmRequest struct {
+	Ready *int      `json:"ready"`
+	Until time.Time `json:"until"`
+}
+
+type prewarmAnswer struct {
+	Profile string    `json:"profile"`
+	Ready   int       `json:"ready"`
+	Until   time.Time `json:"until"`
+}
+
+// postPrewarm answers POST /v1/admin/profiles/:name/prewarm: raise the
+// profile's floor to ready until the given time, for every replica.
+// ready 0 ends a prewarm.
+func (s *Server) postPrewarm(c *gin.Context) {
+	name := c.Param("name")
+	if _, ok := s.cfg.Profiles[name]; !ok {
+		s.fail(c, pool.ErrUnknownProfile)
+		return
+	}
+	var req prewarmRequest
+	if err := readJSON(c, &req, true); err != nil {
+		s.fail(c, err)
+		return
+	}
+	now := s.now()
+	switch {
+	case req.Ready == nil:
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"ready" is required: how many credentials to keep ready`))
+		return
+	case *req.Ready < 0 || *req.Ready > maxPrewarmReady:
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"ready" must be 0 to %d`, maxPrewarmReady))
+		return
+	case *req.Ready > 0 && !req.Until.After(now):
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"until" must be an RFC 3339 time in the future`))
+		return
+	case req.Until.Sub(now) > maxPrewarmAhead:
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"until" must be at most 7 days ahead`))
+		return
+	}
+	if err := s.cfg.Admin.SetPrewarm(c.Request.Context(), name, *req.Ready, req.Until); err != nil {
+		s.fail(c, err)
+		return
+	}
+	s.log.Info("prewarm set", "request_id", requestID(c), "profile", name, "ready", *req.Ready, "until", req.Until)
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, prewarmAnswer{Profile: name, Ready: *req.Ready, Until: req.Until.UTC()})
+}
+
+// profileReport is one profile in GET /v1/admin/profiles. Pool numbers are
+// fleet-wide.
+type profileReport struct {
+	Name     string `json:"name"`
+	Provider string `json:"provider"`
+	// Ready are pooled credentials; Usable those with enough life left.
+	Ready     int                `json:"ready"`
+	Usable    int                `json:"usable"`
+	Target    int                `json:"target"`
+	InFlight  int                `json:"inFlight"`
+	Minted    int64              `json:"minted"`
+	HandedOut int64              `json:"handedOut"`
+	Direct    int64              `json:"direct"`
+	Wasted    int64              `json:"wasted"`
+	Misses    int64              `json:"misses"`
+	Breaker   string             `json:"breaker"`
+	Demand    map[string]float64 `json:"demandPerSecond"`
+	Prewarm   *prewarmAnswer     `json:"prewarm,omitempty"`
+}
+
+// getProfiles answers GET /v1/admin/profiles.
+func (s *Server) getProfiles(c *gin.Context) {
+	ctx := c.Request.Context()
+	out := []profileReport{}
+	for _, name := range s.profileNames {
+		st, err := s.cfg.Admin.Stats(ctx, name)
+		if err != nil {
+			s.fail(c, err)
+			return
+		}
+		r := profileReport{
+			Name: name, Provider: s.cfg.Profiles[name].Provider,
+			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
+			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
+			Breaker: "closed", Demand: map[string]float64{"fast": round2(st.Demand.Fast), "slow": round2(st.Demand.Slow)},
+		}
+		if s.cfg.Breaker != nil {
+			r.Breaker = s.cfg.Breaker(name)
+		}
+		if ready, until, err := s.cfg.Admin.Prewarm(ctx, name); err == nil && ready > 0 {
+			r.Prewarm = &prewarmAnswer{Profile: name, Ready: ready, Until: until.UTC()}
+		}
+		out = append(out, r)
+	}
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, gin.H{"profiles": out})
+}
+
+func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }

@@ -1,0 +1,157 @@
+package api
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// maxCredentialLen bounds the caller credential read from a header or
+// cookie; longer is refused before any parsing.
+const maxCredentialLen = 4096
+
+// APIKey is a server caller's key: the caller sends the key itself, the
+// daemon keeps only its SHA-256.
+type APIKey struct {
+	Name   string
+	SHA256 [32]byte
+}
+
+// ParseAPIKeys reads "name:sha256hex,…".
+func ParseAPIKeys(s string) ([]APIKey, error) {
+	var keys []APIKey
+	seen := map[string]bool{}
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, hexSum, ok := strings.Cut(item, ":")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("entry %d: want name:sha256hex", len(keys)+1)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("key name %q listed twice", name)
+		}
+		sum, err := hex.DecodeString(hexSum)
+		if err != nil || len(sum) != sha256.Size {
+			return nil, fmt.Errorf("key %q: want 64 hex digits of SHA-256", name)
+		}
+		k := APIKey{Name: name}
+		copy(k.SHA256[:], sum)
+		keys = append(keys, k)
+		seen[name] = true
+	}
+	return keys, nil
+}
+
+// caller is who an authenticated request comes from.
+type caller struct {
+	subject string         // "user:<sub>" for a JWT, "key:<name>" for an API key
+	kind    string         // "jwt" or "api_key"
+	keyName string         // the API key's name
+	claims  map[string]any // the JWT's claims
+	email   string         // the JWT's email claim, if a string
+}
+
+// authenticator checks caller credentials: an HS256 JWT (Authorization:
+// Bearer, or a cookie when configured) or a static API key (X-API-Key, or
+// a Bearer value that is not a JWT). It is safe for concurrent use.
+type authenticator struct {
+	secret []byte
+	parser *jwt.Parser
+	keys   []APIKey
+	cookie string
+}
+
+func newAuthenticator(cfg Config) *authenticator {
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(5 * time.Second),
+	}
+	if cfg.JWTIssuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
+	}
+	if cfg.JWTAudience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.JWTAudience))
+	}
+	if cfg.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(cfg.Now))
+	}
+	return &authenticator{secret: cfg.JWTSecret, parser: jwt.NewParser(opts...), keys: cfg.APIKeys, cookie: cfg.JWTCookie}
+}
+
+var (
+	errNoCredentials  = errors.New("no credentials")
+	errBadCredentials = errors.New("invalid credentials")
+)
+
+// authenticate returns the caller of r, errNoCredentials when r carries
+// none, or errBadCredentials. The reason a credential failed is not
+// returned: it would help an attacker and could echo the credential.
+func (a *authenticator) authenticate(r *http.Request) (caller, error) {
+	if v := r.Header.Get("X-API-Key"); v != "" {
+		return a.apiKey(v)
+	}
+	if h := r.Header.Get("Authorization"); h != "" {
+		if len(h) > maxCredentialLen {
+			return caller{}, errBadCredentials
+		}
+		scheme, value, _ := strings.Cut(h, " ")
+		value = strings.TrimSpace(value)
+		if !strings.EqualFold(scheme, "Bearer") || value == "" {
+			return caller{}, errBadCredentials
+		}
+		if strings.Count(value, ".") == 2 {
+			return a.jwt(value)
+		}
+		return a.apiKey(value)
+	}
+	if a.cookie != "" {
+		if ck, err := r.Cookie(a.cookie); err == nil && ck.Value != "" {
+			return a.jwt(ck.Value)
+		}
+	}
+	return caller{}, errNoCredentials
+}
+
+func (a *authenticator) jwt(token string) (caller, error) {
+	if len(a.secret) == 0 || len(token) > maxCredentialLen {
+		return caller{}, errBadCredentials
+	}
+	claims := jwt.MapClaims{}
+	_, err := a.parser.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	sub, _ := claims.GetSubject()
+	if err != nil || sub == "" || len(sub) > 256 {
+		return caller{}, errBadCredentials
+	}
+	email, _ := claims["email"].(string)
+	return caller{subject: "user:" + sub, kind: "jwt", claims: claims, email: email}, nil
+}
+
+// apiKey compares the key's hash with every configured hash in constant
+// time, without stopping at a match.
+func (a *authenticator) apiKey(key string) (caller, error) {
+	if len(key) > maxCredentialLen {
+		return caller{}, errBadCredentials
+	}
+	sum := sha256.Sum256([]byte(key))
+	match := -1
+	for i, k := range a.keys {
+		if subtle.ConstantTimeCompare(sum[:], k.SHA256[:]) == 1 {
+			match = i
+		}
+	}
+	if match < 0 {
+		return caller{}, errBadCredentials
+	}
+	return caller{subject: "key:" + a.keys[match].Name, kind: "api_key", keyName: a.keys[match].Name}, nil
+}

@@ -1,0 +1,128 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// Error codes of the JSON error body.
+const (
+	codeBadRequest       = "bad_request"
+	codeUnauthenticated  = "unauthenticated"
+	codeForbidden        = "forbidden"
+	codeNotFound         = "not_found"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeTooLarge         = "body_too_large"
+	codeMediaType        = "unsupported_media_type"
+	codeRateLimited      = "rate_limited"
+	codeUnavailable      = "unavailable"
+	codeProvider         = "provider_error"
+	codeNotReady         = "not_ready"
+	codeInternal         = "internal"
+)
+
+// httpError is an error the API raises itself, with its answer decided.
+// Its message is shown to the caller, so it never holds a secret.
+type httpError struct {
+	status  int
+	code    string
+	message string
+	header  http.Header // extra answer headers, e.g. WWW-Authenticate
+}
+
+func (e *httpError) Error() string { return e.message }
+
+func errorf(status int, code, format string, args ...any) *httpError {
+	return &httpError{status: status, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// errorBody is the JSON shape of every error answer.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	RequestID string `json:"requestId"`
+}
+
+// fail is the one place errors become HTTP answers (STYLE.md rule 8). The
+// caller sees a fixed message per class; the cause goes to the log only.
+func (s *Server) fail(c *gin.Context, err error) {
+	var (
+		he     *httpError
+		re     *pool.RequestError
+		pm     publicMessager
+		status int
+		code   string
+		msg    string
+	)
+	switch {
+	case errors.As(err, &he):
+		status, code, msg = he.status, he.code, he.message
+		for k, vs := range he.header {
+			for _, v := range vs {
+				c.Writer.Header().Add(k, v)
+			}
+		}
+	case errors.As(err, &re):
+		status, code, msg = re.Status, codeForStatus(re.Status), re.Message
+	case errors.Is(err, pool.ErrUnknownProfile):
+		status, code, msg = http.StatusBadRequest, codeBadRequest, "unknown profile"
+	case errors.Is(err, pool.ErrNotAllowed):
+		status, code, msg = http.StatusForbidden, codeForbidden, "this caller may not use that profile"
+	case errors.Is(err, pool.ErrClosed):
+		status, code, msg = http.StatusServiceUnavailable, codeUnavailable, "shutting down; retry on another replica"
+		setRetryAfter(c, time.Second)
+	case errors.Is(err, pool.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		status, code, msg = http.StatusServiceUnavailable, codeUnavailable, "no credential available right now; retry later"
+		setRetryAfter(c, pool.RetryAfter(err))
+	case errors.Is(err, pool.ErrProvider):
+		status, code, msg = http.StatusBadGateway, codeProvider, "the provider failed to issue a credential"
+		if errors.As(err, &pm) && pm.PublicMessage() != "" {
+			msg = pm.PublicMessage() // e.g. Navai's "OpenAI client_secrets failed (401): …"
+		}
+	case errors.Is(err, context.Canceled):
+		// The caller went away; nobody reads this answer.
+		status, code, msg = http.StatusServiceUnavailable, codeUnavailable, "request cancelled"
+	default:
+		status, code, msg = http.StatusInternalServerError, codeInternal, "internal error"
+	}
+	c.Set(ctxErrCode, code)
+	if status >= 500 {
+		s.log.LogAttrs(c.Request.Context(), slog.LevelWarn, "request failed",
+			slog.String("request_id", requestID(c)), slog.Int("status", status),
+			slog.String("code", code), slog.String("err", err.Error()))
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message, body.RequestID = code, msg, requestID(c)
+	c.Header("Cache-Control", "no-store")
+	c.AbortWithStatusJSON(status, body)
+}
+
+// publicMessager is a provider error with a message fit for the caller.
+type publicMessager interface{ PublicMessage() string }
+
+func codeForStatus(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return codeUnauthenticated
+	case http.StatusForbidden:
+		return codeForbidden
+	case http.StatusNotFound:
+		return codeNotFound
+	}
+	return codeBadRequest
+}
+
+func setRetryAfter(c *gin.Context, d time.Duration) {
+	c.Header("Retry-After", strconv.Itoa(max(int((d+time.Second-1)/time.Second), 1)))
+}

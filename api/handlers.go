@@ -1,0 +1,162 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// ctxSource records on the gin.Context where a handout came from, for the
+// access log.
+const ctxSource = "tokenpool.source"
+
+// maxBodyBytes bounds a request body.
+const maxBodyBytes = 16 << 10
+
+// sessionConfig is the credential answer: what the Orga client SDK's
+// fetchSessionConfig reads (ephemeralToken, iceServers) plus expiry and
+// provenance.
+type sessionConfig struct {
+	EphemeralToken string          `json:"ephemeralToken"`
+	ICEServers     json.RawMessage `json:"iceServers"`
+	ExpiresAt      string          `json:"expiresAt"`
+	ExpiresIn      int64           `json:"expiresIn"`
+	Profile        string          `json:"profile"`
+	ID             string          `json:"id"`
+}
+
+// sessionRequest is the optional body of POST /v1/session-config.
+type sessionRequest struct {
+	Profile string `json:"profile"`
+}
+
+// postSessionConfig answers POST /v1/session-config.
+func (s *Server) postSessionConfig(c *gin.Context) {
+	var req sessionRequest
+	if err := readJSON(c, &req, true); err != nil {
+		s.fail(c, err)
+		return
+	}
+	s.handOut(c, req.Profile, false)
+}
+
+// getSessionConfig answers GET /api/orga-client-secrets: the same body,
+// for the Orga client SDK's plain GET. ?profile= picks a profile, which
+// must be an Orga one: the SDK requires ICE servers.
+func (s *Server) getSessionConfig(c *gin.Context) {
+	s.handOut(c, c.Query("profile"), true)
+}
+
+func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
+	if profile == "" {
+		profile = s.cfg.DefaultProfile
+	}
+	info, ok := s.cfg.Profiles[profile]
+	switch {
+	case !ok:
+		s.fail(c, pool.ErrUnknownProfile)
+		return
+	case !info.Access.allows(c.MustGet(ctxCaller).(caller)):
+		s.fail(c, pool.ErrNotAllowed)
+		return
+	case orgaOnly && info.Provider != "orga":
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest,
+			"that profile is an OpenAI Realtime profile: fetch it from POST /navai/realtime/client-secret"))
+		return
+	}
+	h, err := s.pool.Get(c.Request.Context(), profile, requestID(c))
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	ice := h.ICEServers
+	if len(ice) == 0 {
+		ice = json.RawMessage("[]") // OpenAI: WebRTC with its own ICE
+	}
+	s.credentialHeaders(c, h)
+	c.JSON(http.StatusOK, sessionConfig{
+		EphemeralToken: h.Token,
+		ICEServers:     ice,
+		ExpiresAt:      h.ExpiresAt.UTC().Format(time.RFC3339),
+		ExpiresIn:      int64(h.ExpiresAt.Sub(s.now()) / time.Second),
+		Profile:        h.Profile,
+		ID:             h.ID,
+	})
+}
+
+// credentialHeaders marks an answer carrying a credential.
+func (s *Server) credentialHeaders(c *gin.Context, h pool.Handout) {
+	c.Set(ctxSource, string(h.Source))
+	c.Header("X-Credential-Source", string(h.Source))
+	c.Header("Cache-Control", "no-store")
+	c.Header("Pragma", "no-cache")
+}
+
+// readJSON decodes an optional JSON object body into v: a body must be
+// application/json, at most maxBodyBytes, one object; strict refuses
+// unknown fields. An empty body leaves v as it is.
+func readJSON(c *gin.Context, v any, strict bool) error {
+	r := c.Request
+	if r.Body == nil || r.ContentLength == 0 {
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, r.Body, maxBodyBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return errorf(http.StatusRequestEntityTooLarge, codeTooLarge, "request body is larger than %d bytes", maxBodyBytes)
+	case err != nil:
+		return errorf(http.StatusBadRequest, codeBadRequest, "could not read the request body")
+	case len(bytes.TrimSpace(body)) == 0:
+		return nil
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return errorf(http.StatusUnsupportedMediaType, codeMediaType, "Content-Type must be application/json")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(v); err != nil {
+		return errorf(http.StatusBadRequest, codeBadRequest, "request body is not a JSON object of the expected fields")
+	}
+	if dec.More() {
+		return errorf(http.StatusBadRequest, codeBadRequest, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// healthz answers liveness: the process serves HTTP.
+func (s *Server) healthz(c *gin.Context) {
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+}
+
+// readyz answers readiness: Redis answers and every profile can serve.
+func (s *Server) readyz(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), time.Second)
+	defer cancel()
+	if err := s.pool.Ready(ctx); err != nil {
+		s.log.Warn("not ready", "request_id", requestID(c), "err", err.Error())
+		he := errorf(http.StatusServiceUnavailable, codeNotReady, "not ready")
+		he.header = http.Header{"Retry-After": {"1"}}
+		s.fail(c, he)
+		return
+	}
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+}
+
+// unavailable wraps a Redis failure outside the pool as a 503.
+func unavailable(err error) error {
+	return &pool.UnavailableError{Err: err, RetryAfter: time.Second}
+}

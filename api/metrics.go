@@ -1,0 +1,48 @@
+package api
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the API's Prometheus metrics. Labels are route templates,
+// status codes and policy names, never a caller. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	requests *prometheus.HistogramVec // route, status
+	denials  *prometheus.CounterVec   // policy
+}
+
+// NewMetrics registers the API's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tokenpool_http_request_duration_seconds",
+			Help:    "Server time of HTTP requests, by route template and status.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"route", "status"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_limiter_denials_total",
+			Help: "Requests refused by a rate limit, by policy (ip or user).",
+		}, []string{"policy"}),
+	}
+	reg.MustRegister(m.requests, m.denials)
+	for _, policy := range []string{"ip", "user"} {
+		m.denials.WithLabelValues(policy)
+	}
+	return m
+}
+
+func (m *Metrics) request(route string, status int, took time.Duration) {
+	if m != nil {
+		m.requests.WithLabelValues(route, strconv.Itoa(status)).Observe(took.Seconds())
+	}
+}
+
+func (m *Metrics) denied(policy string) {
+	if m != nil {
+		m.denials.WithLabelValues(policy).Inc()
+	}
+}

@@ -1,0 +1,137 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// Keys of values kept on the gin.Context.
+const (
+	ctxRequestID = "tokenpool.request_id"
+	ctxCaller    = "tokenpool.caller"
+	ctxErrCode   = "tokenpool.err_code"
+)
+
+func requestID(c *gin.Context) string { return c.GetString(ctxRequestID) }
+
+// withRequestID gives every request a fresh id, in X-Request-Id and in
+// every log line. An id sent by the caller is not reused: the id keys the
+// pool's retry-safe claim, so it must not be chosen by a caller.
+func withRequestID(c *gin.Context) {
+	id := uuid.NewString()
+	c.Set(ctxRequestID, id)
+	c.Header("X-Request-Id", id)
+	c.Next()
+}
+
+// accessLog writes one line per request, after it is answered. It logs
+// the route template, never the query or any header value.
+func (s *Server) accessLog(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
+	}
+	took := time.Since(start)
+	s.metrics.request(route, c.Writer.Status(), took)
+	attrs := []slog.Attr{
+		slog.String("request_id", requestID(c)),
+		slog.String("method", c.Request.Method),
+		slog.String("route", route),
+		slog.Int("status", c.Writer.Status()),
+		slog.Float64("duration_ms", float64(took.Microseconds())/1000),
+		slog.String("client_ip", c.ClientIP()),
+	}
+	if who, ok := c.Get(ctxCaller); ok {
+		attrs = append(attrs, slog.String("subject", who.(caller).subject))
+	}
+	if code := c.GetString(ctxErrCode); code != "" {
+		attrs = append(attrs, slog.String("error_code", code))
+	}
+	if src := c.GetString(ctxSource); src != "" {
+		attrs = append(attrs, slog.String("source", src))
+	}
+	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// recoverPanic turns a panic into a 500 with the stack in the log.
+func (s *Server) recoverPanic(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+				panic(v)
+			}
+			s.log.Error("panic", "request_id", requestID(c), "panic", v, "stack", string(debug.Stack()))
+			s.fail(c, errors.New("panic"))
+		}
+	}()
+	c.Next()
+}
+
+// withDeadline bounds the rest of the request by the request timeout, so
+// a slow provider or Redis answers 503 in time instead of hanging.
+func (s *Server) withDeadline(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	c.Request = c.Request.WithContext(ctx)
+	c.Next()
+}
+
+// authenticate requires a caller (JWT or API key); 401 otherwise.
+func (s *Server) authenticate(c *gin.Context) {
+	who, err := s.auth.authenticate(c.Request)
+	if err != nil {
+		challenge := `Bearer realm="tokenpool"`
+		msg := "authentication required: send Authorization: Bearer <JWT> or X-API-Key"
+		if !errors.Is(err, errNoCredentials) {
+			challenge += `, error="invalid_token"`
+			msg = "invalid or expired credentials"
+		}
+		he := errorf(http.StatusUnauthorized, codeUnauthenticated, "%s", msg)
+		he.header = http.Header{"Www-Authenticate": {challenge}}
+		s.fail(c, he)
+		return
+	}
+	c.Set(ctxCaller, who)
+	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
+	c.Next()
+}
+
+// limitIP applies the per-IP limit to the client address Gin derives from
+// trusted proxies only.
+func (s *Server) limitIP(c *gin.Context) {
+	s.limit(c, "ip", "ip:"+c.ClientIP(), s.cfg.PerIP)
+}
+
+// limitUser applies the per-user limit to the authenticated subject.
+func (s *Server) limitUser(c *gin.Context) {
+	who := c.MustGet(ctxCaller).(caller)
+	s.limit(c, "user", who.subject, s.cfg.PerUser)
+}
+
+func (s *Server) limit(c *gin.Context, policy, key string, lim limiter.Limit) {
+	d, err := s.limiter.Allow(c.Request.Context(), key, lim)
+	if err != nil {
+		// Without Redis no credential can be handed out either.
+		s.fail(c, unavailable(err))
+		return
+	}
+	d.SetHeaders(c.Writer.Header(), policy)
+	if !d.Allowed {
+		s.metrics.denied(policy)
+		s.fail(c, errorf(http.StatusTooManyRequests, codeRateLimited, "too many requests (%s limit); retry later", policy))
+		return
+	}
+	c.Next()
+}

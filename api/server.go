@@ -1,0 +1,206 @@
+// Package api is tokenpool's HTTP interface: the Gin router, the
+// credential handlers, and the middleware in front of them (request id,
+// logging, per-IP limit, caller auth, per-user limit). It is the only
+// package that imports Gin, and it reaches Redis only through pool and
+// limiter.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gin-contrib/cors"
+	"github.com/gin-gonic/gin"
+
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
+)
+
+// Pool is what the API needs of the pool.
+type Pool interface {
+	Get(ctx context.Context, profile, requestID string) (pool.Handout, error)
+	Ready(ctx context.Context) error
+}
+
+// Limiter is what the API needs of the limiter.
+type Limiter interface {
+	Allow(ctx context.Context, key string, lim limiter.Limit) (limiter.Decision, error)
+}
+
+// Config configures a Server. Zero values mean the documented default.
+type Config struct {
+	Pool    Pool    // required
+	Limiter Limiter // required
+
+	// Profiles are the profiles callers may name, with their provider and
+	// access rule. default: one Orga profile named DefaultProfile, open to
+	// every authenticated caller
+	Profiles map[string]ProfileInfo
+	// DefaultProfile serves requests that name none. default: "default"
+	DefaultProfile string
+	// Realtime serves the Navai routes (POST /navai/realtime/client-secret,
+	// POST /api/realtime-token). default: none, the routes are off
+	Realtime Realtime
+
+	// JWTSecret is the HS256 key of caller JWTs. JWTs are refused when empty.
+	JWTSecret []byte
+	// JWTIssuer and JWTAudience, when set, are required in every JWT.
+	JWTIssuer, JWTAudience string
+	// JWTCookie names a cookie that may carry the caller JWT. default: none
+	JWTCookie string
+	// APIKeys are the static keys of server callers.
+	APIKeys []APIKey
+
+	// PerUser limits credential requests per authenticated subject, PerIP
+	// per client address. default: 30/m and 300/m
+	PerUser, PerIP limiter.Limit
+	// TrustedProxies are the CIDRs or addresses whose X-Forwarded-For is
+	// believed when deriving the client address. default: none
+	TrustedProxies []string
+	// CORSOrigins are the browser origins allowed to call. default: none
+	CORSOrigins []string
+	// RequestTimeout bounds each credential request, a direct mint on a
+	// miss included. default: 3s
+	RequestTimeout time.Duration
+
+	// Admin serves the admin routes (GET /v1/admin/profiles, POST
+	// /v1/admin/profiles/{name}/prewarm) to holders of AdminKeys, separate
+	// from caller keys. default: none, the routes are off
+	Admin     Admin
+	AdminKeys []APIKey
+	// Breaker reports a profile's provider breaker state, for the admin
+	// report. default: "closed"
+	Breaker func(profile string) string
+	// Metrics records the API's metrics; MetricsHandler serves /metrics.
+	// default: none
+	Metrics        *Metrics
+	MetricsHandler http.Handler
+
+	// Logger receives the access log. default: slog.Default()
+	Logger *slog.Logger
+	// Now is the clock. default: time.Now
+	Now func() time.Time
+}
+
+// Server is the HTTP API. It is safe for concurrent use.
+type Server struct {
+	cfg     Config
+	pool    Pool
+	limiter Limiter
+	auth    *authenticator
+	admins  *authenticator
+	log     *slog.Logger
+	metrics *Metrics
+
+	profileNames []string // sorted
+	now          func() time.Time
+	engine       *gin.Engine
+}
+
+var releaseMode sync.Once
+
+// New checks cfg and builds the router.
+func New(cfg Config) (*Server, error) {
+	if cfg.Pool == nil || cfg.Limiter == nil {
+		return nil, errors.New("api: config: Pool and Limiter are required")
+	}
+	if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 {
+		return nil, errors.New("api: config: no caller can authenticate: set a JWT secret or API keys")
+	}
+	if cfg.DefaultProfile == "" {
+		cfg.DefaultProfile = "default"
+	}
+	if len(cfg.Profiles) == 0 {
+		cfg.Profiles = map[string]ProfileInfo{cfg.DefaultProfile: {Provider: "orga"}}
+	}
+	if _, ok := cfg.Profiles[cfg.DefaultProfile]; !ok {
+		return nil, fmt.Errorf("api: config: default profile %q is not among the profiles", cfg.DefaultProfile)
+	}
+	if cfg.PerUser.Rate == 0 {
+		cfg.PerUser = limiter.Limit{Rate: 30, Burst: 30, Period: time.Minute}
+	}
+	if cfg.PerIP.Rate == 0 {
+		cfg.PerIP = limiter.Limit{Rate: 300, Burst: 300, Period: time.Minute}
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg: cfg, pool: cfg.Pool, limiter: cfg.Limiter, auth: newAuthenticator(cfg),
+		admins: &authenticator{keys: cfg.AdminKeys}, log: cfg.Logger, now: cfg.Now, metrics: cfg.Metrics,
+	}
+	for name := range cfg.Profiles {
+		s.profileNames = append(s.profileNames, name)
+	}
+	sort.Strings(s.profileNames)
+	if err := s.routes(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Handler returns the http.Handler serving the API.
+func (s *Server) Handler() http.Handler { return s.engine }
+
+func (s *Server) routes() error {
+	releaseMode.Do(func() { gin.SetMode(gin.ReleaseMode) })
+	e := gin.New()
+	e.HandleMethodNotAllowed = true
+	// Gin trusts every proxy unless told otherwise; nil trusts none.
+	if err := e.SetTrustedProxies(s.cfg.TrustedProxies); err != nil {
+		return fmt.Errorf("api: trusted proxies: %w", err)
+	}
+	e.Use(withRequestID, s.accessLog, s.recoverPanic)
+	if len(s.cfg.CORSOrigins) > 0 {
+		cc := cors.Config{
+			AllowOrigins:     s.cfg.CORSOrigins,
+			AllowMethods:     []string{http.MethodGet, http.MethodPost, http.MethodOptions},
+			AllowHeaders:     []string{"Authorization", "Content-Type", "X-API-Key"},
+			ExposeHeaders:    []string{"X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"},
+			AllowCredentials: true,
+			MaxAge:           10 * time.Minute,
+		}
+		if err := cc.Validate(); err != nil {
+			return fmt.Errorf("api: CORS origins: %w", err)
+		}
+		e.Use(cors.New(cc))
+	}
+	e.NoRoute(func(c *gin.Context) { s.fail(c, errorf(http.StatusNotFound, codeNotFound, "no such route")) })
+	e.NoMethod(func(c *gin.Context) {
+		s.fail(c, errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route"))
+	})
+
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/openapi.yaml", serveOpenAPI)
+	if s.cfg.MetricsHandler != nil {
+		e.GET("/metrics", gin.WrapH(s.cfg.MetricsHandler))
+	}
+	if s.cfg.Admin != nil && len(s.cfg.AdminKeys) > 0 {
+		admin := e.Group("/v1/admin", s.withDeadline, s.limitIP, s.authenticateAdmin)
+		admin.GET("/profiles", s.getProfiles)
+		admin.POST("/profiles/:name/prewarm", s.postPrewarm)
+	}
+
+	creds := e.Group("", s.withDeadline, s.limitIP, s.authenticate, s.limitUser)
+	creds.POST("/v1/session-config", s.postSessionConfig)
+	creds.GET("/api/orga-client-secrets", s.getSessionConfig)
+	if s.cfg.Realtime != nil {
+		creds.POST("/navai/realtime/client-secret", s.realtimeSecret)
+		creds.POST("/api/realtime-token", s.realtimeSecret)
+	}
+	s.engine = e
+	return nil
+}
