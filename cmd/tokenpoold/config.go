@@ -1,0 +1,322 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/upstream"
+)
+
+// Config is the daemon's configuration, read from the environment
+// (DESIGN.md "Configuration"). Flags override a few local switches.
+type Config struct {
+	Addr string // TOKENPOOL_ADDR
+
+	// One Redis topology at most; none: embedded Redis.
+	RedisURL            string        // REDIS_URL
+	RedisClusterAddrs   []string      // REDIS_CLUSTER_ADDRS
+	RedisSentinelAddrs  []string      // REDIS_SENTINEL_ADDRS
+	RedisSentinelMaster string        // REDIS_SENTINEL_MASTER
+	RedisUsername       string        // REDIS_USERNAME, for Cluster and Sentinel
+	RedisPassword       string        // REDIS_PASSWORD, for Cluster and Sentinel
+	RedisSentinelPass   string        // REDIS_SENTINEL_PASSWORD
+	RedisTLS            bool          // REDIS_TLS, for Cluster and Sentinel
+	RedisWaitReplicas   int           // TOKENPOOL_REDIS_WAIT_REPLICAS
+	RedisWaitTimeout    time.Duration // TOKENPOOL_REDIS_WAIT_TIMEOUT
+
+	SealKeys     [][]byte      // TOKENPOOL_SEAL_KEYS
+	UpstreamRate limiter.Limit // TOKENPOOL_UPSTREAM_RATE; zero: unlimited
+	MintTimeout  time.Duration // TOKENPOOL_MINT_TIMEOUT
+
+	OrgaAPIKey    string // ORGA_API_KEY
+	OrgaBaseURL   string // ORGA_BASE_URL
+	OpenAIBaseURL string // OPENAI_BASE_URL
+
+	// ConfigFile is TOKENPOOL_CONFIG, a YAML file of named profiles.
+	ConfigFile string
+	// Profiles are the profiles from ConfigFile, else from the environment.
+	Profiles Profiles
+
+	JWTSecret   []byte // TOKENPOOL_JWT_SECRET
+	JWTIssuer   string // TOKENPOOL_JWT_ISSUER
+	JWTAudience string // TOKENPOOL_JWT_AUDIENCE
+	JWTCookie   string // TOKENPOOL_JWT_COOKIE
+	APIKeys     []api.APIKey
+	AdminKeys   []api.APIKey // TOKENPOOL_ADMIN_KEYS
+
+	PerUser limiter.Limit // TOKENPOOL_RATE_PER_USER
+	PerIP   limiter.Limit // TOKENPOOL_RATE_PER_IP
+
+	PoolTarget        int           // TOKENPOOL_POOL_TARGET: the floor; 0: no pool
+	PoolMax           int           // TOKENPOOL_POOL_MAX: the ceiling demand may raise the target to
+	MinRemaining      time.Duration // TOKENPOOL_MIN_REMAINING
+	RefillConcurrency int           // TOKENPOOL_REFILL_CONCURRENCY
+	RequestTimeout    time.Duration // TOKENPOOL_REQUEST_TIMEOUT
+	ShutdownTimeout   time.Duration // TOKENPOOL_SHUTDOWN_TIMEOUT
+	BreakerCooldown   time.Duration // TOKENPOOL_BREAKER_COOLDOWN
+
+	TrustedProxies []string // TOKENPOOL_TRUSTED_PROXIES
+	CORSOrigins    []string // TOKENPOOL_CORS_ORIGINS
+
+	LogLevel  slog.Level // TOKENPOOL_LOG_LEVEL
+	DebugAddr string     // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty
+
+	Demo bool // -demo
+}
+
+// minJWTSecret is the least HS256 key length (RFC 7518 §3.2: a key of the
+// hash's size).
+const minJWTSecret = 32
+
+// LoadConfig reads the configuration from getenv. For demo it fills what
+// the demo supplies itself (provider, JWT secret). Every invalid value is
+// reported, each naming its variable.
+func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
+	e := envReader{get: getenv}
+	cfg := Config{
+		Demo:                demo,
+		Addr:                e.str("TOKENPOOL_ADDR", ":8080"),
+		RedisURL:            e.redisURL("REDIS_URL"),
+		RedisClusterAddrs:   e.addrs("REDIS_CLUSTER_ADDRS"),
+		RedisSentinelAddrs:  e.addrs("REDIS_SENTINEL_ADDRS"),
+		RedisSentinelMaster: e.str("REDIS_SENTINEL_MASTER", ""),
+		RedisUsername:       e.str("REDIS_USERNAME", ""),
+		RedisPassword:       e.str("REDIS_PASSWORD", ""),
+		RedisSentinelPass:   e.str("REDIS_SENTINEL_PASSWORD", ""),
+		RedisTLS:            e.boolean("REDIS_TLS"),
+		RedisWaitReplicas:   e.intIn("TOKENPOOL_REDIS_WAIT_REPLICAS", 0, 0, 16),
+		RedisWaitTimeout:    e.duration("TOKENPOOL_REDIS_WAIT_TIMEOUT", 50*time.Millisecond),
+		SealKeys:            e.sealKeys("TOKENPOOL_SEAL_KEYS"),
+		UpstreamRate:        e.optionalLimit("TOKENPOOL_UPSTREAM_RATE"),
+		MintTimeout:         e.duration("TOKENPOOL_MINT_TIMEOUT", 10*time.Second),
+		OrgaAPIKey:          e.str("ORGA_API_KEY", ""),
+		OrgaBaseURL:         e.baseURL("ORGA_BASE_URL", upstream.DefaultOrgaBaseURL),
+		OpenAIBaseURL:       e.baseURL("OPENAI_BASE_URL", upstream.DefaultOpenAIBaseURL),
+		ConfigFile:          e.str("TOKENPOOL_CONFIG", ""),
+		JWTSecret:           []byte(e.str("TOKENPOOL_JWT_SECRET", "")),
+		JWTIssuer:           e.str("TOKENPOOL_JWT_ISSUER", ""),
+		JWTAudience:         e.str("TOKENPOOL_JWT_AUDIENCE", ""),
+		JWTCookie:           e.str("TOKENPOOL_JWT_COOKIE", ""),
+		APIKeys:             e.apiKeys("TOKENPOOL_API_KEYS"),
+		AdminKeys:           e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
+		PerUser:             e.limit("TOKENPOOL_RATE_PER_USER", "30/m"),
+		PerIP:               e.limit("TOKENPOOL_RATE_PER_IP", "300/m"),
+		PoolTarget:          e.intIn("TOKENPOOL_POOL_TARGET", 20, 0, 100000),
+		PoolMax:             e.intIn("TOKENPOOL_POOL_MAX", 5000, 1, 100000),
+		MinRemaining:        e.duration("TOKENPOOL_MIN_REMAINING", 30*time.Second),
+		RefillConcurrency:   e.intIn("TOKENPOOL_REFILL_CONCURRENCY", 32, 1, 1024),
+		RequestTimeout:      e.duration("TOKENPOOL_REQUEST_TIMEOUT", 3*time.Second),
+		ShutdownTimeout:     e.duration("TOKENPOOL_SHUTDOWN_TIMEOUT", 20*time.Second),
+		BreakerCooldown:     e.duration("TOKENPOOL_BREAKER_COOLDOWN", 10*time.Second),
+		TrustedProxies:      e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
+		CORSOrigins:         e.origins("TOKENPOOL_CORS_ORIGINS"),
+		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
+		DebugAddr:           e.str("TOKENPOOL_DEBUG_ADDR", ""),
+	}
+	if demo && getenv("TOKENPOOL_ADDR") == "" {
+		cfg.Addr = "127.0.0.1:8080"
+	}
+	if !demo {
+		switch {
+		case cfg.ConfigFile != "":
+			ps, err := profilesFromFile(cfg.ConfigFile, &cfg, getenv)
+			if err != nil {
+				e.fail("TOKENPOOL_CONFIG", fmt.Sprintf("(%s) is invalid:\n%v", cfg.ConfigFile, err))
+			}
+			cfg.Profiles = ps
+		case cfg.OrgaAPIKey == "" && strings.TrimSpace(getenv("OPENAI_API_KEY")) == "":
+			e.fail("ORGA_API_KEY", "(or OPENAI_API_KEY, or a TOKENPOOL_CONFIG file) is required: the provider key tokenpool exchanges for session credentials")
+		default:
+			cfg.Profiles = profilesFromEnv(&cfg, &e)
+		}
+		if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 {
+			e.fail("TOKENPOOL_JWT_SECRET", "or TOKENPOOL_API_KEYS is required, else no caller can authenticate")
+		}
+	}
+	topologies := 0
+	for _, set := range []bool{cfg.RedisURL != "", len(cfg.RedisClusterAddrs) > 0, len(cfg.RedisSentinelAddrs) > 0} {
+		if set {
+			topologies++
+		}
+	}
+	if topologies > 1 {
+		e.fail("REDIS_URL", "REDIS_CLUSTER_ADDRS and REDIS_SENTINEL_ADDRS are exclusive: set one")
+	}
+	if (len(cfg.RedisSentinelAddrs) > 0) != (cfg.RedisSentinelMaster != "") {
+		e.fail("REDIS_SENTINEL_MASTER", "and REDIS_SENTINEL_ADDRS go together: set both or neither")
+	}
+	if n := len(cfg.JWTSecret); n > 0 && n < minJWTSecret {
+		e.fail("TOKENPOOL_JWT_SECRET", fmt.Sprintf("must be at least %d bytes, got %d", minJWTSecret, n))
+	}
+	return cfg, errors.Join(e.errs...)
+}
+
+// envReader reads typed variables and collects one error per bad one.
+type envReader struct {
+	get  func(string) string
+	errs []error
+}
+
+func (e *envReader) fail(name, msg string) {
+	e.errs = append(e.errs, fmt.Errorf("%s %s", name, msg))
+}
+
+func (e *envReader) str(name, def string) string {
+	if v := strings.TrimSpace(e.get(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *envReader) intIn(name string, def, lo, hi int) int {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		e.fail(name, fmt.Sprintf("must be a whole number from %d to %d, got %q", lo, hi, v))
+		return def
+	}
+	return n
+}
+
+func (e *envReader) duration(name string, def time.Duration) time.Duration {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		e.fail(name, fmt.Sprintf("must be a positive duration such as 30s or 2m, got %q", v))
+		return def
+	}
+	return d
+}
+
+func (e *envReader) limit(name, def string) limiter.Limit {
+	v := e.str(name, def)
+	l, err := limiter.Parse(v)
+	if err != nil {
+		e.fail(name, fmt.Sprintf("must be a rate such as 10/m or 5/s: %v", err))
+	}
+	return l
+}
+
+// optionalLimit reads a limit that is off when unset.
+func (e *envReader) optionalLimit(name string) limiter.Limit {
+	if e.str(name, "") == "" {
+		return limiter.Limit{}
+	}
+	return e.limit(name, "")
+}
+
+func (e *envReader) boolean(name string) bool {
+	v := e.str(name, "false")
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.fail(name, fmt.Sprintf("must be true or false, got %q", v))
+	}
+	return b
+}
+
+// addrs reads a comma list of host:port.
+func (e *envReader) addrs(name string) []string {
+	items := e.list(name)
+	for _, item := range items {
+		if _, port, err := net.SplitHostPort(item); err != nil || port == "" {
+			e.fail(name, fmt.Sprintf("must list host:port addresses, got %q", item))
+		}
+	}
+	return items
+}
+
+func (e *envReader) sealKeys(name string) [][]byte {
+	keys, err := pool.ParseSealKeys(e.str(name, ""))
+	if err != nil {
+		// Never echo the value: it is a key.
+		e.fail(name, fmt.Sprintf("must be comma-separated base64 AES-256 keys: %v", err))
+	}
+	return keys
+}
+
+func (e *envReader) redisURL(name string) string {
+	v := e.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		e.fail(name, "must be a redis:// or rediss:// URL with a host")
+	}
+	return v
+}
+
+func (e *envReader) baseURL(name, def string) string {
+	v := e.str(name, def)
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		e.fail(name, "must be an http:// or https:// URL with a host")
+	}
+	return v
+}
+
+func (e *envReader) apiKeys(name string) []api.APIKey {
+	keys, err := api.ParseAPIKeys(e.str(name, ""))
+	if err != nil {
+		e.fail(name, fmt.Sprintf("must be name:sha256hex,…: %v", err))
+	}
+	return keys
+}
+
+func (e *envReader) list(name string) []string {
+	var out []string
+	for _, item := range strings.Split(e.str(name, ""), ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+func (e *envReader) cidrs(name string) []string {
+	items := e.list(name)
+	for _, item := range items {
+		if net.ParseIP(item) == nil {
+			if _, _, err := net.ParseCIDR(item); err != nil {
+				e.fail(name, fmt.Sprintf("must list IP addresses or CIDRs, got %q", item))
+			}
+		}
+	}
+	return items
+}
+
+func (e *envReader) origins(name string) []string {
+	items := e.list(name)
+	for _, item := range items {
+		u, err := url.Parse(item)
+		if item == "*" {
+			e.fail(name, "must list origins; * is not allowed since requests carry credentials")
+		} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			e.fail(name, fmt.Sprintf("must list origins such as https://app.example.com, got %q", item))
+		}
+	}
+	return items
+}
+
+func (e *envReader) level(name string) slog.Level {
+	var l slog.Level
+	if v := e.str(name, "info"); l.UnmarshalText([]byte(v)) != nil {
+		e.fail(name, fmt.Sprintf("must be debug, info, warn or error, got %q", v))
+	}
+	return l
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
+)
+
+// fleetEnv is the environment of a replica on redisURL minting from sim.
+func fleetEnv(redisURL string, sim *upstreamtest.Server, extra map[string]string) map[string]string {
+	env := map[string]string{
+		"REDIS_URL":               redisURL,
+		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
+		"ORGA_BASE_URL":           sim.URL(),
+		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
+		"TOKENPOOL_RATE_PER_IP":   "1000000/m",
+		"TOKENPOOL_RATE_PER_USER": "1000000/m",
+		"TOKENPOOL_LOG_LEVEL":     "warn",
+	}
+	for k, v := range extra {
+		if v == "" {
+			delete(env, k)
+		} else {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+func startFleet(tb testing.TB, n int, env map[string]string) []*process {
+	tb.Helper()
+	var ps []*process
+	for range n {
+		ps = append(ps, startProcess(tb, env))
+	}
+	return ps
+}
+
+// outcome is one answer seen by the load driver.
+type outcome struct {
+	status  int
+	token   string
+	latency time.Duration
+	at      time.Time
+}
+
+// load drives handouts from callers concurrent callers spread over urls,
+// until total answers or until stop is closed (total 0).
+type load struct {
+	mu       sync.Mutex
+	outcomes []outcome
+}
+
+func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan struct{}) {
+	tb.Helper()
+	var (
+		wg   sync.WaitGroup
+		next = make(chan struct{}) // unbuffered: stop means stop
+	)
+	go func() {
+		defer close(next)
+		for i := 0; total == 0 || i < total; i++ {
+			select {
+			case next <- struct{}{}:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bearer := callerJWT(tb, fmt.Sprintf("user-%d", c))
+			url := urls[c%len(urls)]
+			for range next {
+				start := time.Now()
+				req, _ := http.NewRequest(http.MethodPost, url+"/v1/session-config", nil)
+				req.Header.Set("Authorization", "Bearer "+bearer)
+				resp, err := client.Do(req)
+				o := outcome{at: start}
+				if err == nil {
+					var c credential
+					_ = json.NewDecoder(resp.Body).Decode(&c)
+					resp.Body.Close()
+					o.status, o.token = resp.StatusCode, c.EphemeralToken
+				}
+				o.latency = time.Since(start)
+				l.mu.Lock()
+				l.outcomes = append(l.outcomes, o)
+				l.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (l *load) snapshot() []outcome {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]outcome(nil), l.outcomes...)
+}
+
+// checkTokens fails on a duplicate or foreign token among the 200s and
+// returns how many there were.
+func checkTokens(tb testing.TB, sim *upstreamtest.Server, outs []outcome) int {
+	tb.Helper()
+	seen := map[string]bool{}
+	for _, o := range outs {
+		if o.status != 200 {
+			continue
+		}
+		if seen[o.token] {
+			tb.Fatalf("token handed out twice")
+		}
+		seen[o.token] = true
+		if _, ok := sim.Lookup(o.token); !ok {
+			tb.Fatalf("a token the provider did not mint")
+		}
+	}
+	return len(seen)
+}
+
+func statuses(outs []outcome) map[int]int {
+	m := map[int]int{}
+	for _, o := range outs {
+		m[o.status]++
+	}
+	return m
+}
+
+func percentile(outs []outcome, q float64) time.Duration {
+	if len(outs) == 0 {
+		return 0
+	}
+	ls := make([]time.Duration, len(outs))
+	for i, o := range outs {
+		ls[i] = o.latency
+	}
+	sort.Slice(ls, func(i, j int) bool { return ls[i] < ls[j] })
+	return ls[min(int(q*float64(len(ls))), len(ls)-1)]
+}
+
+func urlsOf(ps []*process) []string {
+	var us []string
+	for _, p := range ps {
+		us = append(us, p.url)
+	}
+	return us
+}
+
+// logTime returns the time of the first log line of p whose msg contains
+// msg.
+func (p *process) logTime(msg string) (time.Time, bool) {
+	for _, l := range strings.Split(p.stderr.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) != nil {
+			continue
+		}
+		if s, _ := m["msg"].(string); strings.Contains(s, msg) {
+			t, err := time.Parse(time.RFC3339Nano, m["time"].(string))
+			return t, err == nil
+		}
+	}
+	return time.Time{}, false
+}

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
+)
+
+const testJWTSecret = "test-secret-test-secret-test-secret!"
+
+// syncBuffer collects a daemon's logs; safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// daemon is one in-process tokenpoold for a test.
+type daemon struct {
+	*Main
+	url  string
+	logs *syncBuffer
+}
+
+func envOf(env map[string]string) func(string) string {
+	return func(k string) string { return env[k] }
+}
+
+// startDaemon runs a daemon on 127.0.0.1:0 with env on top of defaults
+// pointing at rs and sim. It is closed when the test ends.
+func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, env map[string]string) *daemon {
+	tb.Helper()
+	full := map[string]string{
+		"TOKENPOOL_ADDR":          "127.0.0.1:0",
+		"REDIS_URL":               rs.URL(),
+		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
+		"ORGA_BASE_URL":           sim.URL(),
+		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
+		"TOKENPOOL_RATE_PER_IP":   "1000000/m",
+		"TOKENPOOL_RATE_PER_USER": "1000000/m",
+	}
+	for k, v := range env {
+		full[k] = v
+	}
+	cfg, err := LoadConfig(envOf(full), false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	m := &Main{Config: cfg, Stderr: logs}
+	if err := m.Open(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Close(ctx); err != nil {
+			tb.Errorf("close: %v", err)
+		}
+	})
+	return &daemon{Main: m, url: "http://" + m.Addr(), logs: logs}
+}
+
+func startSim(tb testing.TB, cfg upstreamtest.Config) *upstreamtest.Server {
+	tb.Helper()
+	sim, err := upstreamtest.Start(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sim.Close() })
+	return sim
+}
+
+func callerJWT(tb testing.TB, sub string) string {
+	tb.Helper()
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject: sub, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour)),
+	}).SignedString([]byte(testJWTSecret))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// credential is the answer of the credential routes.
+type credential struct {
+	EphemeralToken string            `json:"ephemeralToken"`
+	ICEServers     []json.RawMessage `json:"iceServers"`
+	ExpiresAt      time.Time         `json:"expiresAt"`
+	ExpiresIn      int               `json:"expiresIn"`
+	Profile        string            `json:"profile"`
+	ID             string            `json:"id"`
+}
+
+type reply struct {
+	status   int
+	header   http.Header
+	body     []byte
+	received time.Time
+}
+
+var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+
+// fetch POSTs /v1/session-config with a bearer token ("" for none).
+func fetch(tb testing.TB, base, bearer string) reply {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/session-config", nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		tb.Error(err)
+		return reply{}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: b, received: time.Now()}
+}
+
+func (r reply) credential(tb testing.TB) credential {
+	tb.Helper()
+	var c credential
+	if r.status != 200 {
+		tb.Fatalf("status %d: %s", r.status, r.body)
+	}
+	if err := json.Unmarshal(r.body, &c); err != nil {
+		tb.Fatalf("%v: %s", err, r.body)
+	}
+	return c
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds tokenpoold once per test run, for tests that need real
+// processes.
+func binary(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tokenpoold-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "tokenpoold")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = &buildError{err: err, out: string(out)}
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return binPath
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n" + e.out }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// logLines returns the JSON log lines whose msg is msg.
+func logLines(logs, msg string) []map[string]any {
+	var out []map[string]any
+	for _, l := range strings.Split(logs, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func sha256hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// process is a tokenpoold started as its own process.
+type process struct {
+	url    string
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+}
+
+// startProcess runs the built binary with env (and nothing else from the
+// test's environment) on a free port, and waits for /healthz.
+func startProcess(tb testing.TB, env map[string]string) *process {
+	tb.Helper()
+	port := redistest.FreePort(tb)
+	cmd := exec.Command(binary(tb))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("TOKENPOOL_ADDR=127.0.0.1:%d", port)}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	p := &process{url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, stderr: &syncBuffer{}}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.stop(tb) })
+	waitFor(tb, "the daemon to answer /healthz", 15*time.Second, func() bool {
+		resp, err := http.Get(p.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits; the daemon must exit 0.
+func (p *process) stop(tb testing.TB) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			tb.Errorf("daemon exit: %v\n%s", err, p.stderr.String())
+		}
+	case <-time.After(25 * time.Second):
+		_ = p.cmd.Process.Kill()
+		tb.Errorf("daemon did not stop on SIGTERM")
+	}
+}
+
+// logsNow flushes the daemon's log buffer (later lines write through) and
+// returns everything logged so far.
+func (d *daemon) logsNow() string {
+	d.Main.logs.Stop()
+	return d.logs.String()
+}

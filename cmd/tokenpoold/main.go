@@ -1,0 +1,411 @@
+// Command tokenpoold is the tokenpool daemon: it pre-fetches realtime
+// provider credentials into a Redis-backed pool and hands one to each
+// authenticated caller.
+//
+//	tokenpoold          configuration from the environment
+//	tokenpoold -demo    embedded Redis, simulated provider, prints a curl line
+//	tokenpoold -healthcheck  exit 0 when the daemon on this host is ready
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/upstream"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit code. 2 means the
+// configuration is invalid.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tokenpoold", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	demo := fs.Bool("demo", false, "run with embedded Redis and a simulated provider; print a curl line that fetches a credential")
+	addr := fs.String("addr", "", "listen address (overrides TOKENPOOL_ADDR)")
+	health := fs.Bool("healthcheck", false, "GET /readyz of the daemon on this host and exit 0 when ready (for container health checks)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *health {
+		a := *addr
+		if a == "" {
+			a = getenv("TOKENPOOL_ADDR")
+		}
+		return healthcheck(ctx, a, stderr)
+	}
+	cfg, err := LoadConfig(getenv, *demo)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokenpoold: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	if *addr != "" {
+		cfg.Addr = *addr
+	}
+	m := &Main{Config: cfg, Stdout: stdout, Stderr: stderr}
+	if err := m.Open(ctx); err != nil {
+		fmt.Fprintf(stderr, "tokenpoold: %v\n", err)
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = m.Close(closeCtx)
+		return 1
+	}
+	<-ctx.Done()
+	m.log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	closeCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := m.Close(closeCtx); err != nil {
+		m.log.Error("shutdown", "err", err)
+		return 1
+	}
+	m.log.Info("stopped")
+	return 0
+}
+
+// healthcheck asks the daemon listening on addr's port on this host
+// whether it is ready.
+func healthcheck(ctx context.Context, addr string, stderr io.Writer) int {
+	if addr == "" {
+		addr = ":8080"
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: TOKENPOOL_ADDR %q: %v\n", addr, err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "healthcheck: /readyz answered %d\n", resp.StatusCode)
+		return 1
+	}
+	return 0
+}
+
+// Main is one running daemon: Open wires and starts everything, Close
+// stops it gracefully. Tests drive it on 127.0.0.1:0.
+type Main struct {
+	Config Config
+	Stdout io.Writer // the demo's curl line
+	Stderr io.Writer // JSON logs
+
+	log      *slog.Logger
+	logs     *logBuffer // batches the log lines
+	rdb      redis.UniversalClient
+	embedded *embeddedRedis
+	demo     *demo
+	pool     *pool.Pool
+	guards   map[string]*upstream.Guard // by provider
+
+	upstreamMetrics *upstream.Metrics
+	ln              net.Listener
+	http            *http.Server
+	debug           *http.Server
+	served          chan error
+}
+
+// Open starts the daemon and returns once it listens.
+func (m *Main) Open(ctx context.Context) error {
+	cfg := &m.Config
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
+	if m.Stderr == nil {
+		m.Stderr = io.Discard
+	}
+	m.logs = newLogBuffer(m.Stderr)
+	m.log = slog.New(slog.NewJSONHandler(m.logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
+
+	if cfg.Demo {
+		d, err := startDemo(cfg)
+		if err != nil {
+			return err
+		}
+		m.demo = d
+	}
+	if err := m.openRedis(ctx); err != nil {
+		return err
+	}
+
+	var (
+		sealer *pool.Sealer
+		err    error
+	)
+	if len(cfg.SealKeys) > 0 {
+		if sealer, err = pool.NewSealer(cfg.SealKeys); err != nil {
+			return err
+		}
+	} else if m.embedded == nil {
+		m.log.Warn("TOKENPOOL_SEAL_KEYS is unset: credentials are stored in Redis in plain text; anyone who can read this Redis can use them")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.upstreamMetrics = upstream.NewMetrics(reg)
+	replica := replicaID()
+	shared := upstream.NewShared(upstream.SharedConfig{Redis: m.rdb, Quota: cfg.UpstreamRate, Replica: replica})
+	ps := cfg.Profiles
+	var (
+		poolProfiles []pool.Profile
+		apiProfiles  = map[string]api.ProfileInfo{}
+		pooled       = map[string]upstream.RealtimeSession{}
+	)
+	for _, p := range ps.List {
+		minter, err := m.minter(p, shared, ps.List)
+		if err != nil {
+			return fmt.Errorf("profile %q: %w", p.Name, err)
+		}
+		target := p.Target
+		if target == 0 {
+			target = -1 // no pool: every handout minted for its request
+		}
+		poolProfiles = append(poolProfiles, pool.Profile{
+			Name: p.Name, Minter: minter, Target: target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining,
+		})
+		apiProfiles[p.Name] = api.ProfileInfo{Provider: p.Provider, Access: p.Access}
+		if p.Provider == "openai" && p.Target > 0 {
+			pooled[p.Name] = p.Navai.Session(upstream.NavaiRequest{})
+		}
+	}
+	m.pool, err = pool.New(pool.Config{
+		Store: pool.NewStore(m.rdb, pool.StoreConfig{
+			Sealer: sealer, WaitReplicas: cfg.RedisWaitReplicas, WaitTimeout: cfg.RedisWaitTimeout,
+		}),
+		Profiles:          poolProfiles,
+		RefillConcurrency: cfg.RefillConcurrency,
+		MintTimeout:       cfg.MintTimeout,
+		ReplicaID:         replica,
+		Metrics:           pool.NewMetrics(reg),
+		Logger:            m.log,
+	})
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(m.pool.Collector())
+	var realtime api.Realtime
+	if rp, ok := ps.Get(ps.Realtime); ok {
+		rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
+			Profile: rp.Name, Options: rp.Navai, Pooled: pooled, Pool: m.pool,
+			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL, MinRemaining: rp.MinRemaining,
+		})
+		if err != nil {
+			return fmt.Errorf("profile %q: %w", rp.Name, err)
+		}
+		realtime = api.RealtimeFunc(func(ctx context.Context, r api.RealtimeRequest, id string, may func(string) bool) (pool.Handout, error) {
+			return rt.ClientSecret(ctx, upstream.NavaiRequest(r), id, may)
+		})
+	}
+	srv, err := api.New(api.Config{
+		Pool: m.pool, Limiter: limiter.New(m.rdb, ""),
+		Profiles: apiProfiles, DefaultProfile: ps.Default, Realtime: realtime,
+		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudience: cfg.JWTAudience, JWTCookie: cfg.JWTCookie,
+		APIKeys: cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,
+		TrustedProxies: cfg.TrustedProxies, CORSOrigins: cfg.CORSOrigins,
+		RequestTimeout: cfg.RequestTimeout, Logger: m.log,
+		Admin: m.pool, AdminKeys: cfg.AdminKeys, Breaker: func(profile string) string {
+			if p, ok := ps.Get(profile); ok && m.guards[p.Provider] != nil {
+				return m.guards[p.Provider].State()
+			}
+			return "closed"
+		},
+		Metrics: api.NewMetrics(reg), MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+	})
+	if err != nil {
+		return err
+	}
+
+	m.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (TOKENPOOL_ADDR): %w", cfg.Addr, err)
+	}
+	m.http = &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      cfg.RequestTimeout + 5*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+	}
+	if cfg.DebugAddr != "" {
+		if err := m.openDebug(cfg.DebugAddr); err != nil {
+			return err
+		}
+	}
+	m.pool.Open()
+	m.served = make(chan error, 1)
+	go func() { m.served <- m.http.Serve(m.ln) }()
+
+	names := make([]string, 0, len(ps.List))
+	for _, p := range ps.List {
+		names = append(names, fmt.Sprintf("%s(%s, target %d)", p.Name, p.Provider, p.Target))
+	}
+	m.log.Info("listening", "addr", m.Addr(), "replica", replica, "redis", m.redisKind(),
+		"profiles", names, "default_profile", ps.Default, "realtime_profile", ps.Realtime,
+		"sealed", sealer != nil, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo)
+	if m.demo != nil {
+		return m.demo.announce(m)
+	}
+	return nil
+}
+
+// guard returns the provider's guard: one breaker per provider per
+// replica, shared by all its profiles. The bad-key line names every
+// variable the provider's keys come from.
+func (m *Main) guard(provider string, shared *upstream.Shared, all []Profile) *upstream.Guard {
+	if g, ok := m.guards[provider]; ok {
+		return g
+	}
+	var envs []string
+	for _, p := range all {
+		if p.Provider == provider && p.KeyEnv != "" && !slices.Contains(envs, p.KeyEnv) {
+			envs = append(envs, p.KeyEnv)
+		}
+	}
+	g := upstream.NewGuard(upstream.GuardConfig{
+		Provider: provider, KeyEnv: strings.Join(envs, " or "), OpenFor: m.Config.BreakerCooldown,
+		Logger: m.log, Shared: shared, Metrics: m.upstreamMetrics,
+	})
+	if m.guards == nil {
+		m.guards = map[string]*upstream.Guard{}
+	}
+	m.guards[provider] = g
+	return g
+}
+
+// minter builds a profile's minter behind its provider's guard.
+func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.Minter, error) {
+	switch p.Provider {
+	case "orga":
+		o, err := upstream.NewOrga(upstream.OrgaConfig{APIKey: p.OrgaAPIKey, BaseURL: p.OrgaBaseURL, PerCallerEmail: p.PerCallerEmail})
+		if err != nil {
+			return nil, err
+		}
+		return m.guard("orga", shared, all).Wrap(o), nil
+	case "openai":
+		if p.Navai.APIKey == "" {
+			return upstream.MissingKey, nil
+		}
+		o, err := upstream.NewOpenAI(upstream.OpenAIConfig{
+			APIKey: p.Navai.APIKey, BaseURL: p.OpenAIBaseURL, Session: p.Navai.Session(upstream.NavaiRequest{}),
+		})
+		if err != nil {
+			return nil, err
+		}
+		return m.guard("openai", shared, all).Wrap(o), nil
+	}
+	return nil, fmt.Errorf("unknown provider %q", p.Provider)
+}
+
+// replicaID names this process in reservation ids and fleet flags: the
+// host name (the container's, under Docker or Kubernetes) and the pid.
+func replicaID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "tokenpoold"
+	}
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
+
+func rateString(l limiter.Limit) string {
+	if l.Rate == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%d/%s", l.Rate, l.Period)
+}
+
+// openDebug serves net/http/pprof on addr (TOKENPOOL_DEBUG_ADDR), for
+// profiling; keep it on localhost.
+func (m *Main) openDebug(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (TOKENPOOL_DEBUG_ADDR): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	m.debug = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = m.debug.Serve(ln) }()
+	m.log.Warn("profiling endpoints are on (TOKENPOOL_DEBUG_ADDR)", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr is the address the daemon listens on.
+func (m *Main) Addr() string {
+	if m.ln == nil {
+		return ""
+	}
+	return m.ln.Addr().String()
+}
+
+// Close stops taking requests, lets requests in flight finish, stops the
+// refiller (mints in flight are pooled or their reservations released),
+// then closes Redis. It returns the first error.
+func (m *Main) Close(ctx context.Context) error {
+	var errs []error
+	if m.http != nil {
+		if err := m.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+		if err := <-m.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, fmt.Errorf("http serve: %w", err))
+		}
+		m.http = nil
+	}
+	if m.debug != nil {
+		_ = m.debug.Close()
+	}
+	if m.pool != nil {
+		if err := m.pool.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("pool close: %w", err))
+		}
+	}
+	if m.rdb != nil {
+		_ = m.rdb.Close()
+	}
+	if m.embedded != nil {
+		m.embedded.Close()
+	}
+	if m.demo != nil {
+		m.demo.Close()
+	}
+	if m.logs != nil {
+		m.logs.Stop() // flushed; later lines write through
+	}
+	return errors.Join(errs...)
+}

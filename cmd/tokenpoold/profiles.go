@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/upstream"
+)
+
+// Profile is one resolved profile: a provider, its settings, pool sizing
+// and who may use it.
+type Profile struct {
+	Name         string
+	Provider     string // "orga" or "openai"
+	Target       int    // the floor; 0: no pool, every handout minted for its request
+	MaxTarget    int    // the ceiling demand may raise the target to
+	MinRemaining time.Duration
+	Access       *api.Access // nil: every authenticated caller
+	KeyEnv       string      // the variable holding the provider key, for the bad-key log line
+
+	// Orga
+	OrgaAPIKey, OrgaBaseURL string
+	PerCallerEmail          bool
+	// OpenAI: Navai's options are the session and the key policy.
+	Navai         upstream.NavaiOptions
+	OpenAIBaseURL string
+}
+
+// Profiles is every profile and which serve requests that name none.
+type Profiles struct {
+	List     []Profile // sorted by name
+	Default  string    // for /v1/session-config and /api/orga-client-secrets
+	Realtime string    // for the Navai routes; "" when no OpenAI profile
+}
+
+// Get returns the named profile.
+func (ps Profiles) Get(name string) (Profile, bool) {
+	for _, p := range ps.List {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Profile{}, false
+}
+
+// profilesFromEnv is the configuration without TOKENPOOL_CONFIG: an Orga
+// profile named "default" when ORGA_API_KEY is set, and an OpenAI profile
+// from Navai's variables, named "default" when it is the only one, else
+// "realtime". Without OPENAI_API_KEY the OpenAI profile keeps no pool and
+// serves callers' own keys, as Navai does.
+func profilesFromEnv(cfg *Config, e *envReader) Profiles {
+	var ps Profiles
+	if cfg.OrgaAPIKey != "" {
+		ps.List = append(ps.List, Profile{
+			Name: "default", Provider: "orga", Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
+			OrgaAPIKey: cfg.OrgaAPIKey, OrgaBaseURL: cfg.OrgaBaseURL, KeyEnv: "ORGA_API_KEY",
+		})
+		ps.Default = "default"
+	}
+	navai, err := upstream.NavaiOptionsFromEnv(e.get)
+	if err != nil {
+		e.fail("OPENAI_REALTIME_CLIENT_SECRET_TTL", "is invalid: "+err.Error())
+		return ps
+	}
+	name := "realtime"
+	if ps.Default == "" {
+		name, ps.Default = "default", "default"
+	}
+	target := cfg.PoolTarget
+	if navai.APIKey == "" {
+		target = 0 // nothing to pool with: callers bring their own key
+	}
+	ps.List = append(ps.List, Profile{
+		Name: name, Provider: "openai", Target: target, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
+		Navai: navai, OpenAIBaseURL: cfg.OpenAIBaseURL, KeyEnv: "OPENAI_API_KEY",
+	})
+	ps.Realtime = name
+	sort.Slice(ps.List, func(i, j int) bool { return ps.List[i].Name < ps.List[j].Name })
+	return ps
+}
+
+// The TOKENPOOL_CONFIG file.
+type (
+	fileSpec struct {
+		DefaultProfile  string    `yaml:"default_profile"`
+		RealtimeProfile string    `yaml:"realtime_profile"`
+		Profiles        yaml.Node `yaml:"profiles"`
+	}
+	profileSpec struct {
+		Provider     string      `yaml:"provider"`
+		Target       *int        `yaml:"target"`
+		MaxTarget    *int        `yaml:"max_target"`
+		MinRemaining string      `yaml:"min_remaining"`
+		Allow        *accessSpec `yaml:"allow"`
+		Orga         *orgaSpec   `yaml:"orga"`
+		OpenAI       *openaiSpec `yaml:"openai"`
+	}
+	accessSpec struct {
+		APIKeys []string            `yaml:"api_keys"`
+		Claims  map[string][]string `yaml:"claims"`
+	}
+	orgaSpec struct {
+		APIKeyEnv      string `yaml:"api_key_env"`
+		BaseURL        string `yaml:"base_url"`
+		PerCallerEmail bool   `yaml:"per_caller_email"`
+	}
+	openaiSpec struct {
+		APIKeyEnv              string `yaml:"api_key_env"`
+		BaseURL                string `yaml:"base_url"`
+		Model                  string `yaml:"model"`
+		Voice                  string `yaml:"voice"`
+		Instructions           string `yaml:"instructions"`
+		Language               string `yaml:"language"`
+		VoiceAccent            string `yaml:"voice_accent"`
+		VoiceTone              string `yaml:"voice_tone"`
+		ClientSecretTTLSeconds *int   `yaml:"client_secret_ttl_seconds"`
+		AllowAPIKeyFromRequest *bool  `yaml:"allow_api_key_from_request"`
+	}
+)
+
+var (
+	profileNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	envNameRE     = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+)
+
+// knownFields reports the first key of a mapping node that t (a struct,
+// through its yaml tags) doesn't have, with the file's line, and descends
+// into nested structs. Decoding alone would name Go types and lose lines.
+func knownFields(n *yaml.Node, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		fields[tag] = t.Field(i).Type
+		names = append(names, tag)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		ft, ok := fields[k.Value]
+		if !ok {
+			return fmt.Errorf("line %d: unknown field %q (want one of %s)", k.Line, path+k.Value, strings.Join(names, ", "))
+		}
+		if err := knownFields(n.Content[i+1], ft, path+k.Value+"."); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// strictDecode decodes one YAML document into v, refusing unknown fields.
+func strictDecode(b []byte, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	return dec.Decode(v)
+}
+
+// profilesFromFile reads TOKENPOOL_CONFIG. Each error names the profile
+// and the field. Provider keys come from the environment (api_key_env),
+// never from the file.
+func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Profiles, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Profiles{}, err
+	}
+	var f fileSpec
+	if err := strictDecode(b, &f); err != nil {
+		return Profiles{}, err
+	}
+	if f.Profiles.Kind != yaml.MappingNode || len(f.Profiles.Content) == 0 {
+		return Profiles{}, errors.New("profiles: want a map of at least one named profile")
+	}
+	var ps Profiles
+	var errs []error
+	for i := 0; i+1 < len(f.Profiles.Content); i += 2 {
+		name, node := f.Profiles.Content[i].Value, f.Profiles.Content[i+1]
+		var spec profileSpec
+		err := knownFields(node, reflect.TypeOf(spec), "")
+		if err == nil {
+			err = node.Decode(&spec)
+		}
+		if err == nil {
+			var p Profile
+			p, err = resolveProfile(name, spec, cfg, getenv)
+			ps.List = append(ps.List, p)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("profile %q: %w", name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return Profiles{}, errors.Join(errs...)
+	}
+	sort.Slice(ps.List, func(i, j int) bool { return ps.List[i].Name < ps.List[j].Name })
+
+	if ps.Default, err = pick(ps, f.DefaultProfile, "default_profile", ""); err != nil {
+		return Profiles{}, err
+	}
+	if ps.Realtime, err = pick(ps, f.RealtimeProfile, "realtime_profile", "openai"); err != nil {
+		return Profiles{}, err
+	}
+	return ps, nil
+}
+
+// pick resolves a default: the named profile, else one named "default"
+// (of the provider, when one is asked for), else the only candidate.
+func pick(ps Profiles, name, field, provider string) (string, error) {
+	var candidates []string
+	for _, p := range ps.List {
+		if provider == "" || p.Provider == provider {
+			candidates = append(candidates, p.Name)
+		}
+	}
+	if name != "" {
+		p, ok := ps.Get(name)
+		if !ok {
+			return "", fmt.Errorf("%s: no profile %q", field, name)
+		}
+		if provider != "" && p.Provider != provider {
+			return "", fmt.Errorf("%s: profile %q is not an %s profile", field, name, provider)
+		}
+		return name, nil
+	}
+	for _, c := range candidates {
+		if c == "default" {
+			return c, nil
+		}
+	}
+	switch len(candidates) {
+	case 0:
+		if provider == "" {
+			return "", fmt.Errorf("%s: no profiles", field)
+		}
+		return "", nil // no OpenAI profile: the Navai routes are off
+	case 1:
+		return candidates[0], nil
+	}
+	return "", fmt.Errorf("%s: required when several profiles could serve and none is named \"default\"", field)
+}
+
+func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string) string) (Profile, error) {
+	if !profileNameRE.MatchString(name) {
+		return Profile{}, errors.New("name: want 1-64 of A-Z a-z 0-9 . _ -")
+	}
+	p := Profile{Name: name, Provider: s.Provider, Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining}
+	if s.MaxTarget != nil {
+		if *s.MaxTarget < 1 || *s.MaxTarget > 100000 {
+			return p, fmt.Errorf("max_target: want 1 to 100000, got %d", *s.MaxTarget)
+		}
+		p.MaxTarget = *s.MaxTarget
+	}
+	if s.Target != nil {
+		if *s.Target < 0 || *s.Target > 100000 {
+			return p, fmt.Errorf("target: want 0 to 100000, got %d", *s.Target)
+		}
+		p.Target = *s.Target
+	}
+	if s.MinRemaining != "" {
+		d, err := time.ParseDuration(s.MinRemaining)
+		if err != nil || d <= 0 {
+			return p, fmt.Errorf("min_remaining: want a positive duration such as 30s, got %q", s.MinRemaining)
+		}
+		p.MinRemaining = d
+	}
+	if s.Allow != nil {
+		if len(s.Allow.APIKeys) == 0 && len(s.Allow.Claims) == 0 {
+			return p, errors.New("allow: list api_keys or claims (or leave allow out to allow every caller)")
+		}
+		p.Access = &api.Access{APIKeys: s.Allow.APIKeys, Claims: s.Allow.Claims}
+	}
+	key := func(field, envName, def string) (string, error) {
+		if envName == "" {
+			envName = def
+		}
+		if !envNameRE.MatchString(envName) {
+			return "", fmt.Errorf("%s: %q is not an environment variable name", field, envName)
+		}
+		return strings.TrimSpace(getenv(envName)), nil
+	}
+	switch s.Provider {
+	case "orga":
+		if s.OpenAI != nil {
+			return p, errors.New("openai: not allowed in an orga profile")
+		}
+		o := s.Orga
+		if o == nil {
+			o = &orgaSpec{}
+		}
+		var err error
+		if p.OrgaAPIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
+			return p, err
+		}
+		p.KeyEnv = first(o.APIKeyEnv, "ORGA_API_KEY")
+		if p.OrgaAPIKey == "" {
+			return p, fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
+		}
+		p.OrgaBaseURL = first(o.BaseURL, cfg.OrgaBaseURL)
+		if err := checkBaseURL(p.OrgaBaseURL); err != nil {
+			return p, fmt.Errorf("orga.base_url: %w", err)
+		}
+		p.PerCallerEmail = o.PerCallerEmail
+		if p.PerCallerEmail && s.Target != nil && *s.Target > 0 {
+			return p, errors.New("target: a per_caller_email profile mints for each caller and keeps no pool; leave target out")
+		}
+		if p.PerCallerEmail {
+			p.Target = 0
+		}
+	case "openai":
+		if s.Orga != nil {
+			return p, errors.New("orga: not allowed in an openai profile")
+		}
+		o := s.OpenAI
+		if o == nil {
+			o = &openaiSpec{}
+		}
+		apiKey, err := key("openai.api_key_env", o.APIKeyEnv, "OPENAI_API_KEY")
+		if err != nil {
+			return p, err
+		}
+		p.KeyEnv = first(o.APIKeyEnv, "OPENAI_API_KEY")
+		p.Navai = upstream.NavaiOptions{
+			APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
+			Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
+			TTLSeconds: upstream.NavaiDefaultTTLSeconds, AllowRequestKey: apiKey == "",
+		}
+		if o.AllowAPIKeyFromRequest != nil {
+			p.Navai.AllowRequestKey = *o.AllowAPIKeyFromRequest
+		}
+		if o.ClientSecretTTLSeconds != nil {
+			p.Navai.TTLSeconds = *o.ClientSecretTTLSeconds
+		}
+		if err := upstream.CheckTTL(p.Navai.TTLSeconds); err != nil {
+			return p, fmt.Errorf("openai.client_secret_ttl_seconds: %w", err)
+		}
+		if err := p.Navai.Validate(); err != nil {
+			return p, fmt.Errorf("openai.api_key_env: %s is not set and allow_api_key_from_request is false: %w", p.KeyEnv, err)
+		}
+		if apiKey == "" && s.Target != nil && *s.Target > 0 {
+			return p, fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", first(o.APIKeyEnv, "OPENAI_API_KEY"))
+		}
+		if apiKey == "" {
+			p.Target = 0
+		}
+		p.OpenAIBaseURL = first(o.BaseURL, cfg.OpenAIBaseURL)
+		if err := checkBaseURL(p.OpenAIBaseURL); err != nil {
+			return p, fmt.Errorf("openai.base_url: %w", err)
+		}
+	default:
+		return p, fmt.Errorf("provider: want orga or openai, got %q", s.Provider)
+	}
+	return p, nil
+}
+
+func checkBaseURL(u string) error {
+	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return fmt.Errorf("want an http:// or https:// URL, got %q", u)
+	}
+	return nil
+}
+
+func first(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

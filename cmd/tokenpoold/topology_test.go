@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
+)
+
+// TestFleetOnRedisCluster: the handout test against a 3-master Redis
+// Cluster. Every script touches keys of one hash tag, so one slot; Redis
+// Cluster refuses a script that doesn't (CROSSSLOT).
+func TestFleetOnRedisCluster(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.Addr)
+	}
+	fleetHandouts(t, map[string]string{"REDIS_URL": "", "REDIS_CLUSTER_ADDRS": strings.Join(addrs, ",")})
+}
+
+// TestFleetOnSentinel: the handout test against a Sentinel-managed primary.
+func TestFleetOnSentinel(t *testing.T) {
+	s := redistest.StartSentinel(t)
+	fleetHandouts(t, map[string]string{"REDIS_URL": "", "REDIS_SENTINEL_ADDRS": s.Addr, "REDIS_SENTINEL_MASTER": s.Master})
+}
+
+// TestSentinelFailoverUnderLoad: kill -9 of the primary under load, with
+// TOKENPOOL_REDIS_WAIT_REPLICAS=1. Sentinel promotes the replica, the fleet
+// follows it, and no credential is handed out twice across the failover.
+func TestSentinelFailoverUnderLoad(t *testing.T) {
+	s := redistest.StartSentinel(t)
+	sim := startSim(t, upstreamtest.Config{Latency: 5 * time.Millisecond})
+	fleet := startFleet(t, 3, fleetEnv("", sim, map[string]string{
+		"REDIS_URL": "", "REDIS_SENTINEL_ADDRS": s.Addr, "REDIS_SENTINEL_MASTER": s.Master,
+		"TOKENPOOL_REDIS_WAIT_REPLICAS": "1",
+		"TOKENPOOL_POOL_TARGET":         "20",
+	}))
+	urls := urlsOf(fleet)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var l load
+	go func() { l.run(t, urls, 16, 0, stop); close(done) }()
+	time.Sleep(2 * time.Second)
+
+	killed := time.Now()
+	s.Primary.Stop()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer sc.Close()
+	waitFor(t, "sentinel to promote the replica", 30*time.Second, func() bool {
+		addr, err := sc.GetMasterAddrByName(context.Background(), s.Master).Result()
+		return err == nil && len(addr) == 2 && addr[0]+":"+addr[1] == s.Replica.Addr
+	})
+	promoted := time.Since(killed)
+	waitFor(t, "the fleet to hand out from the new primary", 15*time.Second, func() bool {
+		for _, o := range l.snapshot() {
+			if o.at.After(killed.Add(promoted)) && o.status == 200 {
+				return true
+			}
+		}
+		return false
+	})
+	served := time.Since(killed)
+	time.Sleep(2 * time.Second)
+	close(stop)
+	<-done
+
+	outs := l.snapshot()
+	for _, o := range outs {
+		if o.status != 200 && o.status != 503 {
+			t.Fatalf("answer %d across a failover", o.status)
+		}
+	}
+	got := checkTokens(t, sim, outs)
+	t.Logf("answers %v, %d distinct credentials; promoted %v after the kill, serving again after %v",
+		statuses(outs), got, promoted.Round(100*time.Millisecond), served.Round(100*time.Millisecond))
+}
