@@ -1,0 +1,21 @@
+# syntax=docker/dockerfile:1
+# tokenpoold and upstream-sim: static binaries in a small non-root image.
+#   docker build -t tokenpool .
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# ci: build command (.ci/run runs the next line as it stands; keep it one line)
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/ ./cmd/tokenpoold ./cmd/upstream-sim
+
+# distroless/static: CA certificates (for https://api.orga-ai.com), tzdata,
+# a nonroot user (65532), no shell.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /src/bin/tokenpoold /src/bin/upstream-sim /usr/local/bin/
+USER nonroot:nonroot
+ENV TOKENPOOL_ADDR=:8080
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/usr/local/bin/tokenpoold", "-healthcheck"]
+ENTRYPOINT ["/usr/local/bin/tokenpoold"]
