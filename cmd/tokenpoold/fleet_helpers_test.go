@@ -52,7 +52,9 @@ type outcome struct {
 }
 
 // load drives handouts from callers concurrent callers spread over urls,
-// until total answers or until stop is closed (total 0).
+// until total handouts or until stop is closed (total 0). With a total,
+// each handout is a 200: a caller that gets a 503 with Retry-After waits
+// as told and asks again, as a client does (every answer is recorded).
 type load struct {
 	mu       sync.Mutex
 	outcomes []outcome
@@ -81,25 +83,39 @@ func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan
 			bearer := callerJWT(tb, fmt.Sprintf("user-%d", c))
 			url := urls[c%len(urls)]
 			for range next {
-				start := time.Now()
-				req, _ := http.NewRequest(http.MethodPost, url+"/v1/session-config", nil)
-				req.Header.Set("Authorization", "Bearer "+bearer)
-				resp, err := client.Do(req)
-				o := outcome{at: start}
-				if err == nil {
-					var c credential
-					_ = json.NewDecoder(resp.Body).Decode(&c)
-					resp.Body.Close()
-					o.status, o.token = resp.StatusCode, c.EphemeralToken
+				for attempt := 1; ; attempt++ {
+					o, wait := l.once(url, bearer)
+					if total == 0 || o.status != http.StatusServiceUnavailable || wait == 0 || attempt == maxAttempts {
+						break
+					}
+					time.Sleep(wait)
 				}
-				o.latency = time.Since(start)
-				l.mu.Lock()
-				l.outcomes = append(l.outcomes, o)
-				l.mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
+}
+
+// once asks url for one handout and records the answer; wait is the
+// answer's Retry-After, 0 without one.
+func (l *load) once(url, bearer string) (o outcome, wait time.Duration) {
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/session-config", nil)
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	resp, err := client.Do(req)
+	o = outcome{at: start}
+	if err == nil {
+		var c credential
+		_ = json.NewDecoder(resp.Body).Decode(&c)
+		resp.Body.Close()
+		o.status, o.token = resp.StatusCode, c.EphemeralToken
+		wait = retryAfter(resp.Header)
+	}
+	o.latency = time.Since(start)
+	l.mu.Lock()
+	l.outcomes = append(l.outcomes, o)
+	l.mu.Unlock()
+	return o, wait
 }
 
 func (l *load) snapshot() []outcome {

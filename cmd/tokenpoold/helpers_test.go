@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -145,6 +147,35 @@ func fetch(tb testing.TB, base, bearer string) reply {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return reply{status: resp.StatusCode, header: resp.Header, body: b, received: time.Now()}
+}
+
+// maxAttempts bounds how often a test caller asks for one handout.
+const maxAttempts = 10
+
+// fetchServed is fetch by a client that, on a 503 with Retry-After, waits
+// as told and asks again, up to maxAttempts times; it adds the 503s it
+// got to *unavailable.
+func fetchServed(tb testing.TB, base, bearer string, unavailable *atomic.Int64) reply {
+	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		r := fetch(tb, base, bearer)
+		wait := retryAfter(r.header)
+		if r.status != http.StatusServiceUnavailable || wait == 0 || attempt == maxAttempts {
+			return r
+		}
+		unavailable.Add(1)
+		time.Sleep(wait)
+	}
+}
+
+// retryAfter is a Retry-After header in seconds, capped at a second for
+// tests; 0 when absent or malformed.
+func retryAfter(h http.Header) time.Duration {
+	s, err := strconv.Atoi(h.Get("Retry-After"))
+	if err != nil || s <= 0 {
+		return 0
+	}
+	return min(time.Duration(s)*time.Second, time.Second)
 }
 
 func (r reply) credential(tb testing.TB) credential {
