@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 )
 
@@ -76,18 +77,6 @@ func newTestPool(tb testing.TB, st *Store, m Minter, mut func(*Config)) *Pool {
 	}
 	tb.Cleanup(func() { _ = p.Close(context.Background()) })
 	return p
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func mustStats(tb testing.TB, st *Store, profile string) Stats {
@@ -242,7 +231,7 @@ func TestStore(t *testing.T) {
 		if _, err := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: 30 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the lease to lapse", 5*time.Second, func() bool {
+		poll.Until(t, "the lease to lapse", 5*time.Second, func() bool {
 			res, err := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 2, lease: time.Minute})
 			return err == nil && len(res.ids) == 1
 		})
@@ -301,7 +290,7 @@ func TestPool(t *testing.T) {
 		m := &fakeMinter{ttl: time.Hour}
 		p := newTestPool(t, st, m, nil)
 		p.Open()
-		waitFor(t, "5 ready", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		poll.Until(t, "5 ready", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
 		time.Sleep(200 * time.Millisecond) // several refill rounds that must not mint more
 		if s := mustStats(t, st, "default"); s.Ready != 5 || s.Minted != 5 || m.n.Load() != 5 {
 			t.Fatalf("stats = %+v, mints = %d; want exactly 5", s, m.n.Load())
@@ -312,12 +301,12 @@ func TestPool(t *testing.T) {
 		st := newTestStore(t)
 		p := newTestPool(t, st, &fakeMinter{ttl: time.Hour}, nil)
 		p.Open()
-		waitFor(t, "5 ready", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		poll.Until(t, "5 ready", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
 		h, err := p.Get(ctx, "default", "req-1")
 		if err != nil || h.Source != SourcePool {
 			t.Fatalf("get = %+v, %v", h, err)
 		}
-		waitFor(t, "the pool back at 5", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		poll.Until(t, "the pool back at 5", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
 	})
 
 	t.Run("a miss is minted directly and never pooled", func(t *testing.T) {
@@ -348,7 +337,7 @@ func TestPool(t *testing.T) {
 		m := &fakeMinter{ttl: time.Hour, delay: 3 * time.Second}
 		p := newTestPool(t, st, m, func(c *Config) { c.DirectMints = 1 })
 		go func() { _, _ = p.Get(ctx, "default", "holds-the-slot") }()
-		waitFor(t, "the slot to be taken", 2*time.Second, func() bool { return m.started.Load() == 1 })
+		poll.Until(t, "the slot to be taken", 2*time.Second, func() bool { return m.started.Load() == 1 })
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		start := time.Now()
@@ -396,7 +385,7 @@ func TestPool(t *testing.T) {
 		m.setErr(errors.New("provider down"))
 		p := newTestPool(t, st, m, func(c *Config) { c.RefillConcurrency = 2 })
 		p.Open()
-		waitFor(t, "failures", 5*time.Second, func() bool { return mustStats(t, st, "default").MintFailed >= 2 })
+		poll.Until(t, "failures", 5*time.Second, func() bool { return mustStats(t, st, "default").MintFailed >= 2 })
 		if s := mustStats(t, st, "default"); s.InFlight > 2 {
 			t.Fatalf("in flight = %d, want ≤ 2", s.InFlight)
 		}
@@ -407,7 +396,7 @@ func TestPool(t *testing.T) {
 			t.Fatalf("%d mint attempts in about a second of failures: no backoff", n)
 		}
 		m.setErr(nil)
-		waitFor(t, "recovery", 40*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		poll.Until(t, "recovery", 40*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
 	})
 
 	t.Run("close lets mints in flight finish into the pool", func(t *testing.T) {
@@ -415,7 +404,7 @@ func TestPool(t *testing.T) {
 		m := &fakeMinter{ttl: time.Hour, delay: 300 * time.Millisecond}
 		p := newTestPool(t, st, m, nil)
 		p.Open()
-		waitFor(t, "mints in flight", 5*time.Second, func() bool { return m.started.Load() > 0 })
+		poll.Until(t, "mints in flight", 5*time.Second, func() bool { return m.started.Load() > 0 })
 		if err := p.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -433,7 +422,7 @@ func TestPool(t *testing.T) {
 		m := &fakeMinter{ttl: time.Hour, delay: time.Hour}
 		p := newTestPool(t, st, m, nil)
 		p.Open()
-		waitFor(t, "mints in flight", 5*time.Second, func() bool { return m.started.Load() > 0 })
+		poll.Until(t, "mints in flight", 5*time.Second, func() bool { return m.started.Load() > 0 })
 		cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
 		if err := p.Close(cctx); !errors.Is(err, context.DeadlineExceeded) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 )
 
@@ -146,16 +147,16 @@ func TestMintsDuringAnOutageArePooledWhenRedisReturns(t *testing.T) {
 	})
 	p.Open()
 	// The first mint probes alone; once it succeeds, two more start.
-	waitFor(t, "two mints in flight after the probe", 5*time.Second, func() bool { return m.started.Load() == 3 })
+	poll.Until(t, "two mints in flight after the probe", 5*time.Second, func() bool { return m.started.Load() == 3 })
 	srv.Stop()
-	waitFor(t, "the mints to finish", 5*time.Second, func() bool { return m.n.Load() == 3 })
-	waitFor(t, "both credentials to be parked", 10*time.Second, func() bool {
+	poll.Until(t, "the mints to finish", 5*time.Second, func() bool { return m.n.Load() == 3 })
+	poll.Until(t, "both credentials to be parked", 10*time.Second, func() bool {
 		p.refill.mu.Lock()
 		defer p.refill.mu.Unlock()
 		return len(p.refill.state["default"].parked) == 2
 	})
 	srv.Start()
-	waitFor(t, "the parked credentials to be pooled", 10*time.Second, func() bool {
+	poll.Until(t, "the parked credentials to be pooled", 10*time.Second, func() bool {
 		s, err := st.Stats(context.Background(), "default", 0)
 		return err == nil && s.Ready == 3
 	})

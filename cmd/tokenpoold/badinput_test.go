@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -93,7 +94,7 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		od, _ := d.pool.OnDemand(ctx)
 		return append(out, od)
 	}
-	waitFor(t, "full pools and no mint in flight", 10*time.Second, func() bool {
+	poll.Until(t, "full pools and no mint in flight", 10*time.Second, func() bool {
 		for _, p := range []string{"default", "assistant", "premium"} {
 			st, _ := d.pool.Stats(ctx, p)
 			if st.InFlight != 0 || st.Minted == 0 || st.Usable != int(st.Minted) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -28,7 +29,7 @@ func BenchmarkHandoutLatency(b *testing.B) {
 		"TOKENPOOL_REFILL_CONCURRENCY": "64",
 	})
 	ctx := context.Background()
-	waitFor(b, "the pool to fill", 2*time.Minute, func() bool {
+	poll.Until(b, "the pool to fill", 2*time.Minute, func() bool {
 		st, _ := pooled.pool.Stats(ctx, "default")
 		return st.Usable >= 1000
 	})

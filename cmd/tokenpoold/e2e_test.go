@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -177,7 +178,11 @@ func TestHandoutsAreDistinctGenuineAndFresh(t *testing.T) {
 					defer wg.Done()
 					bearer := callerJWT(t, fmt.Sprintf("user-%d", c))
 					for range next {
-						r := fetchServed(t, d.url, bearer, &unavailable)
+						r := fetchServed(t, d.url, bearer, func(r reply) {
+							if r.status == http.StatusServiceUnavailable {
+								unavailable.Add(1)
+							}
+						})
 						if r.status != 200 {
 							t.Errorf("status %d: %s", r.status, r.body)
 							return
@@ -217,7 +222,7 @@ func TestHandoutsAreDistinctGenuineAndFresh(t *testing.T) {
 			if st.HandedOut+st.Direct != handouts {
 				t.Fatalf("stats %+v do not add up to %d handouts", st, handouts)
 			}
-			t.Logf("%s: %d from the pool, %d minted directly, %d minted in all; %d fast 503s retried",
+			t.Logf("%s: %d from the pool, %d minted directly, %d minted in all; %d fast 503s seen and retried",
 				shape, st.HandedOut, st.Direct, sim.Counts().Minted, unavailable.Load())
 		})
 	}
@@ -246,7 +251,7 @@ func TestPoolIsTimedAgainstTTL(t *testing.T) {
 		}
 		return st.Usable, st.Wasted, st.HandedOut, st.Direct
 	}
-	waitFor(t, "the pool to fill", 10*time.Second, func() bool { u, _, _, _ := stats(); return u >= target })
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { u, _, _, _ := stats(); return u >= target })
 
 	// Idle for three TTLs, sampling how many usable credentials are ready.
 	samples, short := 0, 0
@@ -289,7 +294,7 @@ func TestGracefulShutdownPoolsMintsInFlight(t *testing.T) {
 	rs := redistest.New(t)
 	sim := startSim(t, upstreamtest.Config{Latency: 300 * time.Millisecond})
 	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": "10"})
-	waitFor(t, "mints in flight", 5*time.Second, func() bool { return sim.Counts().MintCalls > 0 })
+	poll.Until(t, "mints in flight", 5*time.Second, func() bool { return sim.Counts().MintCalls > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.Close(ctx); err != nil {

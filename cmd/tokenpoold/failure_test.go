@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
@@ -42,7 +43,7 @@ func TestBreakerKeepsServingThenFailsFastThenRecovers(t *testing.T) {
 		"TOKENPOOL_REFILL_CONCURRENCY": "2",
 	})
 	ctx := context.Background()
-	waitFor(t, "the pool to fill", 10*time.Second, func() bool {
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool {
 		st, _ := d.pool.Stats(ctx, "default")
 		return st.Usable >= target
 	})
@@ -57,7 +58,7 @@ func TestBreakerKeepsServingThenFailsFastThenRecovers(t *testing.T) {
 		}
 	}
 	// The refiller's failures open the breaker; then a miss is a fast 503.
-	waitFor(t, "the breaker to open", 10*time.Second, func() bool { return d.guards["orga"].State() == "open" })
+	poll.Until(t, "the breaker to open", 10*time.Second, func() bool { return d.guards["orga"].State() == "open" })
 	callsBefore := sim.Counts().MintCalls
 	for i := range 20 {
 		r := fetch(t, d.url, bearer)
@@ -94,7 +95,7 @@ func TestBreakerKeepsServingThenFailsFastThenRecovers(t *testing.T) {
 	// The floor at least: the requests above count as demand, so the
 	// sized target may be above the floor for a while.
 	var st pool.Stats
-	waitFor(t, "the pool to refill", 30*time.Second, func() bool {
+	poll.Until(t, "the pool to refill", 30*time.Second, func() bool {
 		st, _ = d.pool.Stats(ctx, "default")
 		return st.Usable >= target && st.Usable >= st.Target
 	})
@@ -213,7 +214,7 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	}
 	sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 0 })
 	sim.RejectKey(true)
-	waitFor(t, "a refill to meet the rejected key", 15*time.Second, func() bool {
+	poll.Until(t, "a refill to meet the rejected key", 15*time.Second, func() bool {
 		return strings.Contains(d.logsNow(), "rejected the API key")
 	})
 	call(http.MethodPost, "/v1/session-config", "X-API-Key", apiKey)

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -83,12 +82,10 @@ func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan
 			bearer := callerJWT(tb, fmt.Sprintf("user-%d", c))
 			url := urls[c%len(urls)]
 			for range next {
-				for attempt := 1; ; attempt++ {
-					o, wait := l.once(url, bearer)
-					if total == 0 || o.status != http.StatusServiceUnavailable || wait == 0 || attempt == maxAttempts {
-						break
-					}
-					time.Sleep(wait)
+				if total == 0 {
+					l.record(fetch(tb, url, bearer))
+				} else {
+					fetchServed(tb, url, bearer, l.record)
 				}
 			}
 		}()
@@ -96,26 +93,16 @@ func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan
 	wg.Wait()
 }
 
-// once asks url for one handout and records the answer; wait is the
-// answer's Retry-After, 0 without one.
-func (l *load) once(url, bearer string) (o outcome, wait time.Duration) {
-	start := time.Now()
-	req, _ := http.NewRequest(http.MethodPost, url+"/v1/session-config", nil)
-	req.Header.Set("Authorization", "Bearer "+bearer)
-	resp, err := client.Do(req)
-	o = outcome{at: start}
-	if err == nil {
-		var c credential
-		_ = json.NewDecoder(resp.Body).Decode(&c)
-		resp.Body.Close()
-		o.status, o.token = resp.StatusCode, c.EphemeralToken
-		wait = retryAfter(resp.Header)
+// record keeps one answer.
+func (l *load) record(r reply) {
+	o := outcome{status: r.status, at: r.sent, latency: r.received.Sub(r.sent)}
+	var c credential
+	if json.Unmarshal(r.body, &c) == nil {
+		o.token = c.EphemeralToken
 	}
-	o.latency = time.Since(start)
 	l.mu.Lock()
 	l.outcomes = append(l.outcomes, o)
 	l.mu.Unlock()
-	return o, wait
 }
 
 func (l *load) snapshot() []outcome {

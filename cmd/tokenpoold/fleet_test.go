@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -136,7 +137,7 @@ func TestKilledReplica(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "the victim to hold reservations", 10*time.Second, func() bool { return held(victim) > 0 })
+	poll.Until(t, "the victim to hold reservations", 10*time.Second, func() bool { return held(victim) > 0 })
 
 	stop := make(chan struct{})
 	var l load
@@ -149,7 +150,7 @@ func TestKilledReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = victim.cmd.Wait()
-	waitFor(t, "the victim's reservations to lapse", 15*time.Second, func() bool { return held(victim) == 0 })
+	poll.Until(t, "the victim's reservations to lapse", 15*time.Second, func() bool { return held(victim) == 0 })
 	lapsedAfter := time.Since(killed)
 	lapsed, _ := rdb.HGet(ctx, "tp:{default}:stats", "lapsed").Int()
 	t.Logf("killed a replica holding %d reservations; they lapsed after %v (lease 8s); lapsed counter %d", n, lapsedAfter.Round(100*time.Millisecond), lapsed)
@@ -162,7 +163,7 @@ func TestKilledReplica(t *testing.T) {
 
 	close(stop)
 	<-done
-	waitFor(t, "the survivors to bring the pool to target", 20*time.Second, func() bool {
+	poll.Until(t, "the survivors to bring the pool to target", 20*time.Second, func() bool {
 		now := time.Now().Add(32 * time.Second).UnixMilli() // min remaining 30s + skew 2s
 		return rdb.ZCount(ctx, "tp:{default}:ready", fmt.Sprintf("(%d", now), "+inf").Val() >= target
 	})
@@ -185,7 +186,7 @@ func TestRetryAfterPausesTheFleet(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{Latency: 20 * time.Millisecond})
 	env := fleetEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_POOL_TARGET": fmt.Sprint(target)})
 	fleet := startFleet(t, 3, env)
-	waitFor(t, "a full pool and no mint in flight", 10*time.Second, func() bool {
+	poll.Until(t, "a full pool and no mint in flight", 10*time.Second, func() bool {
 		return rdb.ZCard(ctx, "tp:{default}:ready").Val() == target && rdb.ZCard(ctx, "tp:{default}:minting").Val() == 0
 	})
 
@@ -197,7 +198,7 @@ func TestRetryAfterPausesTheFleet(t *testing.T) {
 		}
 	}
 	var throttled time.Time
-	waitFor(t, "the 429", 5*time.Second, func() bool {
+	poll.Until(t, "the 429", 5*time.Second, func() bool {
 		for _, c := range sim.MintCallTimes() {
 			if c.After(armed) {
 				throttled = c
@@ -206,7 +207,7 @@ func TestRetryAfterPausesTheFleet(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(t, "minting to resume", 10*time.Second, func() bool {
+	poll.Until(t, "minting to resume", 10*time.Second, func() bool {
 		calls := sim.MintCallTimes()
 		return calls[len(calls)-1].Sub(throttled) >= 3*time.Second
 	})
@@ -245,11 +246,11 @@ func TestOpenBreakerStopsTheFleet(t *testing.T) {
 	})
 	others := startFleet(t, 2, env)
 	// Keep the others minting: drain their pool steadily.
-	stop := make(chan struct{})
-	defer close(stop)
+	stop, done := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-done }() // before the cleanups stop the fleet
 	var l load
-	go l.run(t, urlsOf(others), 2, 0, stop)
-	waitFor(t, "steady minting", 10*time.Second, func() bool { return healthy.Counts().Minted > 40 })
+	go func() { l.run(t, urlsOf(others), 2, 0, stop); close(done) }()
+	poll.Until(t, "steady minting", 10*time.Second, func() bool { return healthy.Counts().Minted > 40 })
 
 	// The third replica's provider is down.
 	dead := startSim(t, upstreamtest.Config{FailureRate: 1})
@@ -257,7 +258,7 @@ func TestOpenBreakerStopsTheFleet(t *testing.T) {
 	envA["TOKENPOOL_LOG_LEVEL"] = "info"
 	a := startProcess(t, envA)
 	var opened time.Time
-	waitFor(t, "its breaker to open", 10*time.Second, func() bool {
+	poll.Until(t, "its breaker to open", 10*time.Second, func() bool {
 		var ok bool
 		opened, ok = a.logTime("circuit breaker opened")
 		return ok
@@ -299,7 +300,7 @@ func TestSealedFleetRotatesKeys(t *testing.T) {
 	if r := fetch(t, a.url, callerJWT(t, "alice")); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	waitFor(t, "the pool to fill", 10*time.Second, func() bool { return rdb.ZCard(ctx, "tp:{default}:ready").Val() == target })
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { return rdb.ZCard(ctx, "tp:{default}:ready").Val() == target })
 	a.stop(t)
 
 	var raw strings.Builder

@@ -15,13 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -127,6 +127,7 @@ type reply struct {
 	status   int
 	header   http.Header
 	body     []byte
+	sent     time.Time
 	received time.Time
 }
 
@@ -139,31 +140,32 @@ func fetch(tb testing.TB, base, bearer string) reply {
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
+	sent := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
 		tb.Error(err)
-		return reply{}
+		return reply{sent: sent, received: time.Now()}
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return reply{status: resp.StatusCode, header: resp.Header, body: b, received: time.Now()}
+	return reply{status: resp.StatusCode, header: resp.Header, body: b, sent: sent, received: time.Now()}
 }
 
 // maxAttempts bounds how often a test caller asks for one handout.
 const maxAttempts = 10
 
 // fetchServed is fetch by a client that, on a 503 with Retry-After, waits
-// as told and asks again, up to maxAttempts times; it adds the 503s it
-// got to *unavailable.
-func fetchServed(tb testing.TB, base, bearer string, unavailable *atomic.Int64) reply {
+// as told and asks again, up to maxAttempts times. answered sees every
+// reply, the retried ones too.
+func fetchServed(tb testing.TB, base, bearer string, answered func(reply)) reply {
 	tb.Helper()
 	for attempt := 1; ; attempt++ {
 		r := fetch(tb, base, bearer)
+		answered(r)
 		wait := retryAfter(r.header)
 		if r.status != http.StatusServiceUnavailable || wait == 0 || attempt == maxAttempts {
 			return r
 		}
-		unavailable.Add(1)
 		time.Sleep(wait)
 	}
 }
@@ -188,18 +190,6 @@ func (r reply) credential(tb testing.TB) credential {
 		tb.Fatalf("%v: %s", err, r.body)
 	}
 	return c
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 var (
@@ -285,7 +275,7 @@ func startProcess(tb testing.TB, env map[string]string) *process {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { p.stop(tb) })
-	waitFor(tb, "the daemon to answer /healthz", 15*time.Second, func() bool {
+	poll.Until(tb, "the daemon to answer /healthz", 15*time.Second, func() bool {
 		resp, err := http.Get(p.url + "/healthz")
 		if err == nil {
 			resp.Body.Close()

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenpool/tokenpool/internal/poll"
 )
 
 func TestLogBuffer(t *testing.T) {
@@ -13,7 +15,7 @@ func TestLogBuffer(t *testing.T) {
 	if sink.String() != "" {
 		t.Fatal("an info line went straight through")
 	}
-	waitFor(t, "the periodic flush", time.Second, func() bool { return strings.Contains(sink.String(), `"msg":"a"`) })
+	poll.Until(t, "the periodic flush", time.Second, func() bool { return strings.Contains(sink.String(), `"msg":"a"`) })
 	b.Write([]byte(`{"level":"ERROR","msg":"b"}` + "\n"))
 	if !strings.Contains(sink.String(), `"msg":"b"`) {
 		t.Fatal("an error line was held back")

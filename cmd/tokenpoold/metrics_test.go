@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -85,17 +86,17 @@ func TestMetricsMove(t *testing.T) {
 		}
 	}
 	admin("POST", "/v1/admin/profiles/default/prewarm", `{"ready":9,"until":"`+time.Now().Add(time.Minute).UTC().Format(time.RFC3339)+`"}`)
-	waitFor(t, "the prewarm to reach the target", 10*time.Second, func() bool {
+	poll.Until(t, "the prewarm to reach the target", 10*time.Second, func() bool {
 		return scrape(t, d.url)[`tokenpool_pool_target{profile=default}`] == 9
 	})
 	// Failed mints open the breaker.
 	sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 1 })
-	waitFor(t, "the breaker to open", 15*time.Second, func() bool { return d.guards["orga"].State() == "open" })
+	poll.Until(t, "the breaker to open", 15*time.Second, func() bool { return d.guards["orga"].State() == "open" })
 	notOK := func(m map[string]float64) float64 {
 		return m[`tokenpool_mints_total{kind=refill,outcome=failed,profile=default}`] +
 			m[`tokenpool_mints_total{kind=refill,outcome=unavailable,profile=default}`]
 	}
-	waitFor(t, "failed refills to be counted", 10*time.Second, func() bool { return notOK(scrape(t, d.url)) > notOK(before) })
+	poll.Until(t, "failed refills to be counted", 10*time.Second, func() bool { return notOK(scrape(t, d.url)) > notOK(before) })
 	admin("GET", "/v1/admin/profiles", "")
 
 	after := scrape(t, d.url)

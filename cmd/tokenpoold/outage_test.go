@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -27,7 +28,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 
 	killed := time.Now()
 	rs.Stop()
-	waitFor(t, "every replica to report not ready", 5*time.Second, func() bool {
+	poll.Until(t, "every replica to report not ready", 5*time.Second, func() bool {
 		for _, u := range urls {
 			if resp, err := http.Get(u + "/readyz"); err == nil {
 				resp.Body.Close()
@@ -44,7 +45,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	restarted := time.Now()
 	rs.Start()
 	var probes []outcome // the probes' credentials count as handed out too
-	waitFor(t, "every replica to hand out again", 5*time.Second, func() bool {
+	poll.Until(t, "every replica to hand out again", 5*time.Second, func() bool {
 		for _, u := range urls {
 			r := fetch(t, u, callerJWT(t, "probe"))
 			if r.status != 200 {

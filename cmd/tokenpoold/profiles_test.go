@@ -14,6 +14,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -99,7 +100,7 @@ func TestTwoProfiles(t *testing.T) {
 		}
 		return st.Usable
 	}
-	waitFor(t, "both pools to fill", 10*time.Second, func() bool {
+	poll.Until(t, "both pools to fill", 10*time.Second, func() bool {
 		return usable("default") == 4 && usable("assistant") == 3 && usable("premium") == 2
 	})
 

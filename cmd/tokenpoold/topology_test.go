@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -52,12 +53,12 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	s.Primary.Stop()
 	sc := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
 	defer sc.Close()
-	waitFor(t, "sentinel to promote the replica", 30*time.Second, func() bool {
+	poll.Until(t, "sentinel to promote the replica", 30*time.Second, func() bool {
 		addr, err := sc.GetMasterAddrByName(context.Background(), s.Master).Result()
 		return err == nil && len(addr) == 2 && addr[0]+":"+addr[1] == s.Replica.Addr
 	})
 	promoted := time.Since(killed)
-	waitFor(t, "the fleet to hand out from the new primary", 15*time.Second, func() bool {
+	poll.Until(t, "the fleet to hand out from the new primary", 15*time.Second, func() bool {
 		for _, o := range l.snapshot() {
 			if o.at.After(killed.Add(promoted)) && o.status == 200 {
 				return true
