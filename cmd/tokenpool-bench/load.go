@@ -234,10 +234,10 @@ type Second struct {
 	Target   *int           `json:"target,omitempty"`
 	InFlight *int           `json:"inFlight,omitempty"`
 	// The fleet's counters at this second, from the admin report.
-	Minted    *int64 `json:"minted,omitempty"`
-	Wasted    *int64 `json:"wasted,omitempty"`
-	HandedOut *int64 `json:"handedOut,omitempty"`
-	Direct2   *int64 `json:"directMinted,omitempty"`
+	Minted       *int64 `json:"minted,omitempty"`
+	Wasted       *int64 `json:"wasted,omitempty"`
+	HandedOut    *int64 `json:"handedOut,omitempty"`
+	DirectMinted *int64 `json:"directMinted,omitempty"`
 
 	hist *hdrhistogram.Histogram
 }
@@ -316,5 +316,5 @@ func (r *Recorder) pool(at time.Time, s poolState) {
 	defer r.mu.Unlock()
 	sec := r.secondLocked(at)
 	sec.Ready, sec.Usable, sec.Target, sec.InFlight = &s.Ready, &s.Usable, &s.Target, &s.InFlight
-	sec.Minted, sec.Wasted, sec.HandedOut, sec.Direct2 = &s.Minted, &s.Wasted, &s.HandedOut, &s.Direct
+	sec.Minted, sec.Wasted, sec.HandedOut, sec.DirectMinted = &s.Minted, &s.Wasted, &s.HandedOut, &s.Direct
 }

@@ -201,7 +201,7 @@ func (res *Result) summary(w io.Writer) {
 	}
 	if first, last := res.counters(); last != nil {
 		fmt.Fprintf(w, "  %-22s %d minted, %d wasted, %d handed out from the pool, %d minted for requests (fleet, during the run)\n",
-			"pool counters", *last.Minted-*first.Minted, *last.Wasted-*first.Wasted, *last.HandedOut-*first.HandedOut, *last.Direct2-*first.Direct2)
+			"pool counters", *last.Minted-*first.Minted, *last.Wasted-*first.Wasted, *last.HandedOut-*first.HandedOut, *last.DirectMinted-*first.DirectMinted)
 	}
 	if c := res.Checks; c.Checked {
 		fmt.Fprintf(w, "  %-22s %d credentials: %d duplicates, %d short-lived, %d not from the provider\n",
