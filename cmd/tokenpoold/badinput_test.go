@@ -94,10 +94,12 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		od, _ := d.pool.OnDemand(ctx)
 		return append(out, od)
 	}
+	// Settled: every pool holds its whole target and no mint is in flight,
+	// so the refiller has nothing left to do that would move the snapshot.
 	poll.Until(t, "full pools and no mint in flight", 10*time.Second, func() bool {
 		for _, p := range []string{"default", "assistant", "premium"} {
 			st, _ := d.pool.Stats(ctx, p)
-			if st.InFlight != 0 || st.Minted == 0 || st.Usable != int(st.Minted) {
+			if st.InFlight != 0 || st.Target == 0 || st.Usable < st.Target || st.Usable != int(st.Minted) {
 				return false
 			}
 		}
