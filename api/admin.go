@@ -17,11 +17,18 @@ type Admin interface {
 	Prewarm(ctx context.Context, profile string) (int, time.Time, error)
 }
 
-// maxPrewarm bounds a prewarm's size and reach.
-const (
-	maxPrewarmReady = 100000
-	maxPrewarmAhead = 7 * 24 * time.Hour
-)
+// Providers is what the admin route that lifts a provider's fleet-wide
+// pause or open breaker needs.
+type Providers interface {
+	// Resume lets every replica mint from provider again and returns the
+	// flags it lifted ("pause", "open").
+	Resume(ctx context.Context, provider string) ([]string, error)
+}
+
+// maxPrewarmAhead bounds how long a prewarm lasts: it keeps its credentials
+// minted from now until then, so a long one spends a lot. Its size is
+// bounded by the profile's ceiling (pool.Pool.SetPrewarm).
+const maxPrewarmAhead = 24 * time.Hour
 
 // authenticateAdmin requires an admin key (TOKENPOOL_ADMIN_KEYS); caller
 // credentials don't open the admin routes.
@@ -65,14 +72,16 @@ func (s *Server) postPrewarm(c *gin.Context) {
 	case req.Ready == nil:
 		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"ready" is required: how many credentials to keep ready`))
 		return
-	case *req.Ready < 0 || *req.Ready > maxPrewarmReady:
-		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"ready" must be 0 to %d`, maxPrewarmReady))
+	case *req.Ready < 0:
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"ready" must be 0 (to end a prewarm) or more`))
 		return
-	case *req.Ready > 0 && !req.Until.After(now):
+	case *req.Ready == 0:
+		req.Until = time.Time{} // ending a prewarm always works
+	case !req.Until.After(now):
 		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"until" must be an RFC 3339 time in the future`))
 		return
 	case req.Until.Sub(now) > maxPrewarmAhead:
-		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"until" must be at most 7 days ahead`))
+		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, `"until" must be at most %s ahead`, maxPrewarmAhead))
 		return
 	}
 	if err := s.cfg.Admin.SetPrewarm(c.Request.Context(), name, *req.Ready, req.Until); err != nil {
@@ -133,3 +142,32 @@ func (s *Server) getProfiles(c *gin.Context) {
 }
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
+
+type resumeAnswer struct {
+	Provider string   `json:"provider"`
+	Lifted   []string `json:"lifted"`
+}
+
+// postResume answers POST /v1/admin/providers/:provider/resume: lift the
+// fleet-wide pause (a provider's Retry-After) and open-breaker flag of one
+// provider, so every replica mints again. Each replica's own breaker still
+// closes after its cool-down.
+func (s *Server) postResume(c *gin.Context) {
+	provider := c.Param("provider")
+	known := false
+	for _, p := range s.cfg.Profiles {
+		known = known || p.Provider == provider
+	}
+	if !known {
+		s.fail(c, errorf(http.StatusNotFound, codeNotFound, "no profile uses that provider"))
+		return
+	}
+	lifted, err := s.cfg.Providers.Resume(c.Request.Context(), provider)
+	if err != nil {
+		s.fail(c, unavailable(err))
+		return
+	}
+	s.log.Info("provider resumed by an admin", "request_id", requestID(c), "provider", provider, "lifted", lifted)
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, resumeAnswer{Provider: provider, Lifted: append([]string{}, lifted...)})
+}

@@ -82,6 +82,16 @@ func (p *fakePool) Prewarm(context.Context, string) (int, time.Time, error) {
 	return p.prewarm, p.prewarmUntil, nil
 }
 
+// Resume lifts nothing, or fails like Redis when readyErr is set.
+func (p *fakePool) Resume(context.Context, string) ([]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.readyErr != nil {
+		return nil, p.readyErr
+	}
+	return []string{"pause"}, nil
+}
+
 func (p *fakePool) Ready(context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

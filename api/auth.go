@@ -17,6 +17,9 @@ import (
 // cookie; longer is refused before any parsing.
 const maxCredentialLen = 4096
 
+// jwtLeeway is the clock skew allowed on exp, nbf and iat.
+const jwtLeeway = 5 * time.Second
+
 // APIKey is a server caller's key: the caller sends the key itself, the
 // daemon keeps only its SHA-256.
 type APIKey struct {
@@ -59,6 +62,9 @@ type caller struct {
 	keyName string         // the API key's name
 	claims  map[string]any // the JWT's claims
 	email   string         // the JWT's email claim, if a string
+	// viaCookie: the JWT came in the cookie, which a browser attaches to
+	// requests another site makes too, so the request's origin is checked.
+	viaCookie bool
 }
 
 // authenticator checks caller credentials: an HS256 JWT (Authorization:
@@ -75,7 +81,8 @@ func newAuthenticator(cfg Config) *authenticator {
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(5 * time.Second),
+		jwt.WithIssuedAt(), // an iat in the future is refused
+		jwt.WithLeeway(jwtLeeway),
 	}
 	if cfg.JWTIssuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
@@ -117,7 +124,9 @@ func (a *authenticator) authenticate(r *http.Request) (caller, error) {
 	}
 	if a.cookie != "" {
 		if ck, err := r.Cookie(a.cookie); err == nil && ck.Value != "" {
-			return a.jwt(ck.Value)
+			c, err := a.jwt(ck.Value)
+			c.viaCookie = true
+			return c, err
 		}
 	}
 	return caller{}, errNoCredentials
@@ -154,4 +163,23 @@ func (a *authenticator) apiKey(key string) (caller, error) {
 		return caller{}, errBadCredentials
 	}
 	return caller{subject: "key:" + a.keys[match].Name, kind: "api_key", keyName: a.keys[match].Name}, nil
+}
+
+// fromAllowedOrigin reports whether a browser request was made by the app
+// itself: its Origin is one of allowed, or the browser says the page that
+// made it is of the same origin or site (Sec-Fetch-Site). A request with
+// neither (another site's navigation or form, curl, an old browser) is not.
+func fromAllowedOrigin(r *http.Request, allowed []string) bool {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		for _, a := range allowed {
+			if strings.EqualFold(o, a) {
+				return true
+			}
+		}
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "same-site":
+		return true
+	}
+	return false
 }

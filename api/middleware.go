@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"time"
 
@@ -103,6 +104,12 @@ func (s *Server) authenticate(c *gin.Context) {
 		s.fail(c, he)
 		return
 	}
+	if who.viaCookie && !fromAllowedOrigin(c.Request, s.cfg.CORSOrigins) {
+		// Refused before the per-user limit: another site can't spend it.
+		s.fail(c, errorf(http.StatusForbidden, codeForbidden,
+			"a cookie is accepted only from the app's origin (TOKENPOOL_CORS_ORIGINS or the same site); send Authorization: Bearer otherwise"))
+		return
+	}
 	c.Set(ctxCaller, who)
 	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
 	c.Next()
@@ -111,7 +118,23 @@ func (s *Server) authenticate(c *gin.Context) {
 // limitIP applies the per-IP limit to the client address Gin derives from
 // trusted proxies only.
 func (s *Server) limitIP(c *gin.Context) {
-	s.limit(c, "ip", "ip:"+c.ClientIP(), s.cfg.PerIP)
+	s.limit(c, "ip", clientKey(c.ClientIP()), s.cfg.PerIP)
+}
+
+// clientKey is the per-IP limit's key for a client address: the address
+// for IPv4, its /64 for IPv6, since one subscriber is handed a whole /64
+// and could use a new address for every request.
+func clientKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return "ip:" + ip
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return "ip:" + p.String()
+	}
+	return "ip:" + a.String()
 }
 
 // limitUser applies the per-user limit to the authenticated subject.

@@ -76,7 +76,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			"staff":     {Provider: "orga", Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
 		},
 		JWTSecret: testSecret, PerUser: perUser,
-		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}},
+		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		MetricsHandler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 			w.Write([]byte("up 1\n"))
@@ -93,7 +93,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	tightIP, _ := limiter.Parse("1/m")
 	s2, err := New(Config{
 		Pool: fp, Limiter: limiter.New(rs.Client(), rs.Prefix+"tight"), JWTSecret: testSecret, PerIP: tightIP,
-		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}},
+		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		Logger: discardLogger(),
 	})
 	if err != nil {
@@ -229,6 +229,9 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("prewarm without an admin key is 401", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5}`, "application/json", fresh(), 401)
 	check("prewarm 413", "POST", "/v1/admin/profiles/default/prewarm", big, "application/json", admin, 413)
 	check("prewarm 415", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5}`, "text/plain", admin, 415)
+	check("resume 200", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 200)
+	check("resume of a provider no profile uses is 404", "POST", "/v1/admin/providers/azure/resume", "", "", admin, 404)
+	check("resume without an admin key is 401", "POST", "/v1/admin/providers/orga/resume", "", "", fresh(), 401)
 	check("GET /metrics 200", "GET", "/metrics", "", "", "", 200)
 	check("GET /healthz 200", "GET", "/healthz", "", "", "", 200)
 	check("GET /readyz 200", "GET", "/readyz", "", "", "", 200)
@@ -238,6 +241,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("GET /readyz 503", "GET", "/readyz", "", "", "", 503)
 	check("the admin report with Redis away is 503", "GET", "/v1/admin/profiles", "", "", admin, 503)
 	check("a prewarm with Redis away is 503", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 503)
+	check("a resume with Redis away is 503", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 503)
 	fp.mu.Lock()
 	fp.readyErr = nil
 	fp.mu.Unlock()
@@ -245,6 +249,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("the tight server's first admin request", "GET", "/v1/admin/profiles", "", "", admin, 200)
 	check("admin report over the per-IP limit is 429", "GET", "/v1/admin/profiles", "", "", admin, 429)
 	check("a prewarm over the per-IP limit is 429", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 429)
+	check("a resume over the per-IP limit is 429", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 429)
 	base = srv.URL
 	check("GET /openapi.yaml 200", "GET", "/openapi.yaml", "", "", "", 200)
 	check("an unknown route is a 404 in the Error shape", "GET", "/nope", "", "", "", 404)

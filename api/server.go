@@ -74,6 +74,9 @@ type Config struct {
 	// from caller keys. default: none, the routes are off
 	Admin     Admin
 	AdminKeys []APIKey
+	// Providers serves POST /v1/admin/providers/{provider}/resume to
+	// admins. default: none, the route is off
+	Providers Providers
 	// Breaker reports a profile's provider breaker state, for the admin
 	// report. default: "closed"
 	Breaker func(profile string) string
@@ -162,6 +165,10 @@ func (s *Server) routes() error {
 	if err := e.SetTrustedProxies(s.cfg.TrustedProxies); err != nil {
 		return fmt.Errorf("api: trusted proxies: %w", err)
 	}
+	// Only X-Forwarded-For, whose rightmost entries the trusted proxies
+	// wrote. Gin would fall back to X-Real-IP, which a client can set,
+	// when an entry does not parse.
+	e.RemoteIPHeaders = []string{"X-Forwarded-For"}
 	e.Use(withRequestID, s.accessLog, s.recoverPanic)
 	if len(s.cfg.CORSOrigins) > 0 {
 		cc := cors.Config{
@@ -192,6 +199,9 @@ func (s *Server) routes() error {
 		admin := e.Group("/v1/admin", s.withDeadline, s.limitIP, s.authenticateAdmin)
 		admin.GET("/profiles", s.getProfiles)
 		admin.POST("/profiles/:name/prewarm", s.postPrewarm)
+		if s.cfg.Providers != nil {
+			admin.POST("/providers/:provider/resume", s.postResume)
+		}
 	}
 
 	creds := e.Group("", s.withDeadline, s.limitIP, s.authenticate, s.limitUser)

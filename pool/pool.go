@@ -48,8 +48,8 @@ type Profile struct {
 	// Sizing). default: 20; a negative value keeps no pool, so every handout
 	// is minted for its request.
 	Target int
-	// MaxTarget is the ceiling demand can raise the target to; a prewarm
-	// may go above it. default: 5000
+	// MaxTarget is the ceiling demand or a prewarm can raise the target to.
+	// default: 5000
 	MaxTarget int
 	// MinRemaining is the least life a handed-out credential has left.
 	// default: 30s
@@ -299,6 +299,7 @@ func (p *Pool) MintOnce(ctx context.Context, profileName string, m Minter, label
 	if err != nil {
 		return Handout{}, err
 	}
+	h.Source = SourceOnDemand
 	if err := p.store.countOnDemand(ctx, label); err != nil {
 		p.log.Warn("pool: counting an on-demand mint", "label", label, "err", err)
 	}
@@ -385,6 +386,10 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 	}
 	if pr.Target < 0 {
 		return &RequestError{Status: 400, Message: "this profile keeps no pool"}
+	}
+	if ready > pr.sizing.Ceiling {
+		return &RequestError{Status: 400, Message: fmt.Sprintf(
+			"ready: at most %d, this profile's ceiling (max_target, TOKENPOOL_POOL_MAX)", pr.sizing.Ceiling)}
 	}
 	if err := p.store.SetPrewarm(ctx, profileName, ready, until); err != nil {
 		return err

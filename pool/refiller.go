@@ -382,7 +382,10 @@ func (r *refiller) succeeded(profile string, took, life time.Duration) {
 }
 
 // failed backs the profile off: capped exponential backoff with jitter, or
-// longer when the error says when to retry. Logs are rate-limited.
+// longer when the error says when to retry, up to maxBackoff: the minter
+// itself refuses calls for as long as the provider asked (without calling
+// it), so looking again every few seconds costs nothing and notices a
+// pause an operator lifted. Logs are rate-limited.
 func (r *refiller) failed(profile, op string, err error) {
 	r.mu.Lock()
 	st := r.state[profile]
@@ -391,7 +394,7 @@ func (r *refiller) failed(profile, op string, err error) {
 	wait := backoff(st.failures)
 	var u *UnavailableError
 	if errors.As(err, &u) && u.RetryAfter > wait {
-		wait = u.RetryAfter
+		wait = min(u.RetryAfter, maxBackoff)
 	}
 	now := r.p.now()
 	st.notBefore = now.Add(wait)
@@ -409,6 +412,9 @@ func (r *refiller) failed(profile, op string, err error) {
 	}
 }
 
+// maxBackoff caps how long a failing profile waits before it tries again.
+const maxBackoff = 5 * time.Second
+
 // backoff is 200ms doubled per consecutive failure, capped at 5s, with
 // the upper half jittered. The cap is low because a provider that fails is
 // paced by its breaker and Retry-After (errors carrying a longer wait win);
@@ -416,6 +422,6 @@ func (r *refiller) failed(profile, op string, err error) {
 // returns.
 func backoff(failures int) time.Duration {
 	d := 200 * time.Millisecond << min(failures-1, 8)
-	d = min(d, 5*time.Second)
+	d = min(d, maxBackoff)
 	return d/2 + rand.N(d/2+1)
 }

@@ -28,7 +28,8 @@ type Sizing struct {
 	// Floor is the least target: TOKENPOOL_POOL_TARGET. A prewarm raises
 	// it for a while.
 	Floor int
-	// Ceiling is the most target, prewarms aside. default: 5000
+	// Ceiling is the most target demand raises it to; a prewarm, itself at
+	// most Ceiling, raises the floor. default: 5000
 	Ceiling int
 	// Headroom is how much demand growth the pool absorbs: the target
 	// covers demand × (refill lead + Headroom). default: 2s

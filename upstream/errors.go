@@ -97,8 +97,9 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
-// keyShaped matches OpenAI-style keys and ephemeral secrets, and JWTs.
-var keyShaped = regexp.MustCompile(`\b(?:sk|ek|rk|pk)[-_][A-Za-z0-9_\-*.]{6,}|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*`)
+// keyShaped matches OpenAI-style keys and ephemeral secrets, JWTs, and
+// email addresses (personal data a provider may echo back).
+var keyShaped = regexp.MustCompile(`\b(?:sk|ek|rk|pk)[-_][A-Za-z0-9_\-*.]{6,}|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*|[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}`)
 
 // snippet returns a short, printable piece of an error body with every
 // secret replaced, fit for an error message.

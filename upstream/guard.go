@@ -37,6 +37,10 @@ type GuardConfig struct {
 	// OpenFor is how long the breaker stays open before one probe is let
 	// through. default: 10s
 	OpenFor time.Duration
+	// MaxPause caps the pause a provider's Retry-After asks for, so a
+	// provider's mistake (or an attacker's answer) can't stop minting for
+	// years; a capped value is logged. default: 5m
+	MaxPause time.Duration
 	// Logger receives breaker changes and the bad-key line.
 	// default: slog.Default()
 	Logger *slog.Logger
@@ -62,8 +66,17 @@ type Guard struct {
 	openedAt    time.Time // guarded by mu; when the breaker last opened
 	pausedUntil time.Time // guarded by mu; no call before this
 	pauseReason string    // guarded by mu; why
+	// pauseShared: the pause is also the fleet's (a Redis flag), so it is
+	// checked again at most every fleetRecheck and ends early when an
+	// operator lifts it (Shared.Resume). Guarded by mu.
+	pauseShared bool
+	checkedAt   time.Time // guarded by mu; when the fleet's flags were last read
 	badKey      bool      // guarded by mu; a bad-key line was logged since the last success
 }
+
+// fleetRecheck is how often a replica paused by the fleet reads the
+// fleet's flags again, so a lifted pause ends everywhere within it.
+const fleetRecheck = time.Second
 
 // NewGuard returns a Guard for one provider.
 func NewGuard(cfg GuardConfig) *Guard {
@@ -87,6 +100,9 @@ func NewGuard(cfg GuardConfig) *Guard {
 	}
 	if cfg.OpenFor <= 0 {
 		cfg.OpenFor = 10 * time.Second
+	}
+	if cfg.MaxPause <= 0 {
+		cfg.MaxPause = 5 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -127,7 +143,7 @@ func (g *Guard) State() string { return g.cb.State().String() }
 // Available reports whether the provider may be called now: the breaker
 // is not open and the provider has not asked us to back off.
 func (g *Guard) Available() bool {
-	wait, _ := g.held()
+	wait, _, _ := g.held()
 	return g.cb.State() != gobreaker.StateOpen && wait <= 0
 }
 
@@ -180,11 +196,9 @@ func (gm *Guarded) Mint(ctx context.Context) (pool.Credential, error) {
 			g.rejectedKey(err)
 			return pool.Credential{}, err
 		case errors.As(err, &se) && se.Code == http.StatusTooManyRequests:
-			wait := max(se.RetryAfter, time.Second)
-			g.pause(wait, "asked to back off")
-			if g.cfg.Shared != nil {
-				g.tellFleet(ctx, "to pause", g.cfg.Shared.pause, wait)
-			}
+			wait := g.pauseFor(se.RetryAfter)
+			shared := g.cfg.Shared != nil && g.tellFleet(ctx, "to pause", g.cfg.Shared.pause, wait)
+			g.pause(wait, "asked to back off", shared)
 			return pool.Credential{}, &pool.UnavailableError{Err: err, RetryAfter: wait}
 		case !retryable(err) || attempt >= g.cfg.Attempts:
 			return pool.Credential{}, err
@@ -206,7 +220,7 @@ func (gm *Guarded) Mint(ctx context.Context) (pool.Credential, error) {
 // to spare, waited for within ctx's deadline. Otherwise it returns a
 // *pool.UnavailableError saying how long to wait.
 func (g *Guard) admit(ctx context.Context) error {
-	if wait, why := g.held(); wait > 0 {
+	if wait, why, recheck := g.held(); wait > 0 && !recheck {
 		return &pool.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: wait}
 	}
 	sh := g.cfg.Shared
@@ -217,9 +231,9 @@ func (g *Guard) admit(ctx context.Context) error {
 	if err != nil {
 		return &pool.UnavailableError{Err: err, RetryAfter: time.Second}
 	}
+	g.fleetSays(h)
 	if h.wait > 0 {
 		why := h.reason + " (fleet)"
-		g.pause(h.wait, why)
 		return &pool.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: h.wait}
 	}
 	// A refill waits for the quota as long as its deadline allows; a mint
@@ -267,12 +281,14 @@ func (g *Guard) publishOpen(ctx context.Context) {
 // tellFleet runs a shared-state update with its own short deadline, so it
 // outlives a caller that gave up; a failure is logged, not returned: the
 // local guard still holds.
-func (g *Guard) tellFleet(ctx context.Context, what string, update func(context.Context, string, time.Duration) error, d time.Duration) {
+func (g *Guard) tellFleet(ctx context.Context, what string, update func(context.Context, string, time.Duration) error, d time.Duration) bool {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	if err := update(sctx, g.cfg.Provider, d); err != nil {
 		g.cfg.Logger.Warn("upstream: telling other replicas "+what, "provider", g.cfg.Provider, "err", err)
+		return false
 	}
+	return true
 }
 
 // excludedFromLatency: a request refused before the provider was asked
@@ -333,20 +349,61 @@ func (g *Guard) rejectedKey(err error) {
 	}
 }
 
-// pause holds off calls for d, for why.
-func (g *Guard) pause(d time.Duration, why string) {
+// pauseFor is the pause a 429's Retry-After asks for: at least a second,
+// at most MaxPause (logged when capped).
+func (g *Guard) pauseFor(retryAfter time.Duration) time.Duration {
+	if retryAfter > g.cfg.MaxPause {
+		g.cfg.Logger.Warn("upstream: provider's Retry-After capped", "provider", g.cfg.Provider,
+			"retry_after", retryAfter.String(), "capped_to", g.cfg.MaxPause.String())
+		return g.cfg.MaxPause
+	}
+	return max(retryAfter, time.Second)
+}
+
+// pause holds off calls for d, for why; shared says the fleet holds the
+// same pause.
+func (g *Guard) pause(d time.Duration, why string, shared bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if until := g.now().Add(d); until.After(g.pausedUntil) {
-		g.pausedUntil, g.pauseReason = until, why
+	now := g.now()
+	if until := now.Add(d); until.After(g.pausedUntil) {
+		g.pausedUntil, g.pauseReason, g.pauseShared, g.checkedAt = until, why, shared, now
 	}
 }
 
-// held returns how long calls are still held off, and why.
-func (g *Guard) held() (time.Duration, string) {
+// fleetSays takes the fleet's hold as this replica's: a new or longer
+// one holds calls off here too; none ends a pause that was the fleet's
+// (an operator lifted it).
+func (g *Guard) fleetSays(h hold) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.pausedUntil.Sub(g.now()), g.pauseReason
+	now := g.now()
+	g.checkedAt = now
+	switch {
+	case h.wait > 0:
+		if until := now.Add(h.wait); g.pauseShared || until.After(g.pausedUntil) {
+			g.pausedUntil, g.pauseReason, g.pauseShared = until, h.reason+" (fleet)", true
+		}
+	case g.pauseShared:
+		g.pausedUntil = time.Time{}
+	}
+}
+
+// Resume ends this replica's pause at once; Shared.Resume ends the
+// fleet's, which the other replicas see within fleetRecheck.
+func (g *Guard) Resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.pausedUntil = time.Time{}
+}
+
+// held returns how long calls are still held off and why, and whether
+// the fleet's flags are due to be read again first.
+func (g *Guard) held() (wait time.Duration, why string, recheck bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	return g.pausedUntil.Sub(now), g.pauseReason, g.pauseShared && now.Sub(g.checkedAt) >= fleetRecheck
 }
 
 // openLeft is how long the breaker stays open, at least a second.

@@ -42,9 +42,11 @@ var NavaiEnv = []string{
 }
 
 // NavaiOptionsFromEnv reads Navai's environment variables with its
-// defaults and key policy: NAVAI_ALLOW_FRONTEND_API_KEY=true allows request
-// keys, and with no OPENAI_API_KEY at all request keys are allowed. A TTL
-// outside 10–7200 (or not a whole number) is an error in Navai's words.
+// defaults and key policy, with one deliberate difference: request keys
+// are allowed only by NAVAI_ALLOW_FRONTEND_API_KEY=true, never because
+// OPENAI_API_KEY is unset (Navai's fallback would let any caller use the
+// daemon to try OpenAI keys). A TTL outside 10–7200 (or not a whole
+// number) is an error in Navai's words.
 func NavaiOptionsFromEnv(getenv func(string) string) (NavaiOptions, error) {
 	get := func(k string) string { return strings.TrimSpace(getenv(k)) }
 	o := NavaiOptions{
@@ -57,7 +59,7 @@ func NavaiOptionsFromEnv(getenv func(string) string) (NavaiOptions, error) {
 		VoiceTone:    get("OPENAI_REALTIME_VOICE_TONE"),
 		TTLSeconds:   NavaiDefaultTTLSeconds,
 	}
-	o.AllowRequestKey = strings.EqualFold(get("NAVAI_ALLOW_FRONTEND_API_KEY"), "true") || o.APIKey == ""
+	o.AllowRequestKey = strings.EqualFold(get("NAVAI_ALLOW_FRONTEND_API_KEY"), "true")
 	if raw := get("OPENAI_REALTIME_CLIENT_SECRET_TTL"); raw != "" {
 		n, err := strconv.Atoi(raw)
 		if err != nil {

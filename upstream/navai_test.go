@@ -72,8 +72,7 @@ func TestNavaiKeyPolicy(t *testing.T) {
 	}{
 		{"the backend key wins over a request key", env("OPENAI_API_KEY", "sk-backend"), sp("sk-caller"), "sk-backend", false, "", 0},
 		{"the backend key serves a request without one", env("OPENAI_API_KEY", "sk-backend"), nil, "sk-backend", false, "", 0},
-		{"with no backend key, a request key is allowed (Navai's fallback)", env(), sp("sk-caller"), "sk-caller", true, "", 0},
-		{"with no backend key and none sent: missing", env(), nil, "", false, missing, 400},
+		{"with request keys allowed and none sent: missing", env("NAVAI_ALLOW_FRONTEND_API_KEY", "true"), nil, "", false, missing, 400},
 		{"NAVAI_ALLOW_FRONTEND_API_KEY=true allows request keys", env("NAVAI_ALLOW_FRONTEND_API_KEY", "TRUE"), sp("sk-caller"), "sk-caller", true, "", 0},
 	}
 	for _, tt := range tests {
@@ -95,6 +94,12 @@ func TestNavaiKeyPolicy(t *testing.T) {
 			}
 		})
 	}
+	t.Run("with no backend key, request keys are not allowed unless enabled (unlike Navai's fallback)", func(t *testing.T) {
+		if _, err := NavaiOptionsFromEnv(env("NAVAI_ALLOW_FRONTEND_API_KEY", "false")); err == nil ||
+			err.Error() != "Missing openaiApiKey in NavaiVoiceBackendOptions." {
+			t.Fatalf("got %v", err)
+		}
+	})
 	t.Run("a request key with request keys disabled is refused", func(t *testing.T) {
 		o := NavaiOptions{AllowRequestKey: false, APIKey: ""}
 		_, _, err := o.Key(NavaiRequest{APIKey: sp("sk-caller")})

@@ -97,17 +97,17 @@ type orgaSecret struct {
 
 // Mint asks Orga for a client secret, then for the ICE servers with it.
 func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
-	path := "/v1/realtime/client-secrets"
+	var email string
 	if o.cfg.PerCallerEmail {
 		c, _ := pool.CallerFrom(ctx)
 		if c.Email == "" {
 			return pool.Credential{}, &pool.RequestError{Status: http.StatusForbidden,
 				Message: "this profile mints for one caller and needs an email claim in the caller's JWT"}
 		}
-		path += "?email=" + url.QueryEscape(c.Email)
+		email = c.Email
 	}
 	sent := o.cfg.Now()
-	body, err := o.call(ctx, http.MethodPost, path, "mint", o.cfg.APIKey)
+	body, err := o.call(ctx, http.MethodPost, "/v1/realtime/client-secrets", email, "mint", o.cfg.APIKey)
 	if err != nil {
 		return pool.Credential{}, err
 	}
@@ -127,7 +127,7 @@ func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
 		return pool.Credential{}, err
 	}
 
-	body, err = o.call(ctx, http.MethodGet, "/v1/realtime/ice-config", "ice", token)
+	body, err = o.call(ctx, http.MethodGet, "/v1/realtime/ice-config", "", "ice", token)
 	if err != nil {
 		return pool.Credential{}, err
 	}
@@ -139,10 +139,16 @@ func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
 }
 
 // call makes one authorised request and returns the body of a 2xx answer.
-func (o *Orga) call(ctx context.Context, method, path, op, bearer string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, o.cfg.BaseURL+path, http.NoBody)
+// A non-empty email is sent as ?email=; it is personal data, so no error
+// carries it (nor the URL it is in).
+func (o *Orga) call(ctx context.Context, method, path, email, op, bearer string) ([]byte, error) {
+	u := o.cfg.BaseURL + path
+	if email != "" {
+		u += "?" + url.Values{"email": {email}}.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, http.NoBody)
 	if err != nil {
-		return nil, fmt.Errorf("orga: %s: %w", op, err)
+		return nil, fmt.Errorf("orga: %s: building the request failed", op)
 	}
 	req.Header.Set("Authorization", "Bearer "+bearer)
 	req.Header.Set("Accept", "application/json")
@@ -151,7 +157,12 @@ func (o *Orga) call(ctx context.Context, method, path, op, bearer string) ([]byt
 	}
 	resp, err := o.cfg.Client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("orga: %s: %w", op, err)
+		// A *url.Error quotes the whole URL; keep only its cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("orga: %s: %s %s%s: %w", op, method, o.cfg.BaseURL, path, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
@@ -162,7 +173,7 @@ func (o *Orga) call(ctx context.Context, method, path, op, bearer string) ([]byt
 		return nil, &StatusError{
 			Provider: "orga", Op: op, Code: resp.StatusCode,
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), o.cfg.Now()),
-			Body:       snippet(body, o.cfg.APIKey, bearer),
+			Body:       snippet(body, o.cfg.APIKey, bearer, email),
 		}
 	}
 	return body, nil

@@ -115,6 +115,23 @@ func (s *Shared) extend(ctx context.Context, key string, d time.Duration) error 
 	return nil
 }
 
+// Resume lifts the fleet's pause and open-breaker flags for provider, so
+// every replica may mint again (each within fleetRecheck). It returns the
+// flags it lifted: "pause", "open".
+func (s *Shared) Resume(ctx context.Context, provider string) ([]string, error) {
+	var lifted []string
+	for _, what := range []string{"pause", "open"} {
+		n, err := s.rdb.Del(ctx, s.key(provider, what)).Result()
+		if err != nil {
+			return lifted, fmt.Errorf("upstream: shared state: %w", err)
+		}
+		if n > 0 {
+			lifted = append(lifted, what)
+		}
+	}
+	return lifted, nil
+}
+
 // take claims one mint from the fleet's quota. It returns how long to wait
 // before trying again when the quota is spent; zero when claimed.
 func (s *Shared) take(ctx context.Context, provider string) (time.Duration, error) {

@@ -19,7 +19,7 @@ for i in 1 2; do
   run a-bare-$i      -baseline bare  -scenario max -concurrency 64 -duration 10s
   run a-redis-$i     -baseline redis -scenario max -concurrency 64 -duration 10s
   run a-tokenpoold-$i -local 1 $L -scenario max -concurrency 64 -duration 10s -sim-latency 2ms \
-      -prewarm 100000 -prewarm-before 150s -prewarm-hold 0
+      -prewarm 100000 -prewarm-before 150s -prewarm-hold 0 -env TOKENPOOL_POOL_MAX=100000
 done
 
 # (b) Latency of a credential from the pool vs minting per request, the
@@ -38,13 +38,13 @@ run c-ramp -local 2 $L -scenario ramp -from 5 -to 200 -duration 60s -sim-latency
 run c-steady-idle -local 2 $L -scenario steady -rate 20 -idle-after 3m -duration 13m -sim-ttl 120s -sim-latency 100ms
 run c-step -local 2 $L -scenario step -from 0 -rate 300 -step-at 0s -duration 20s -sim-latency 100ms -sim-quota 50 -warm 0
 run c-step-prewarm-1m -local 2 $L -scenario step -from 0 -rate 300 -step-at 0s -duration 20s -sim-latency 100ms -sim-quota 50 -warm 0 \
-    -prewarm 6000 -prewarm-before 60s
+    -prewarm 6000 -prewarm-before 60s -env TOKENPOOL_POOL_MAX=6000
 run c-step-prewarm-2m-ttl600 -local 2 $L -scenario step -from 0 -rate 300 -step-at 0s -duration 20s -sim-latency 100ms -sim-quota 50 -warm 0 \
-    -sim-ttl 600s -prewarm 6000 -prewarm-before 125s
+    -sim-ttl 600s -prewarm 6000 -prewarm-before 125s -env TOKENPOOL_POOL_MAX=6000
 run c-spike -local 2 $L -scenario spike -rate 20 -spike-rate 300 -spike-at 20s -spike-duration 5s -duration 40s -sim-latency 100ms -sim-quota 300
 
 # (d) Redis memory and daemon RSS per 10,000 pooled credentials, plain and
 # sealed.
-run d-memory -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms
-run d-memory-sealed -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms \
+run d-memory -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms -env TOKENPOOL_POOL_MAX=10000
+run d-memory-sealed -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms -env TOKENPOOL_POOL_MAX=10000 \
     -env "TOKENPOOL_SEAL_KEYS=$(head -c 32 /dev/urandom | base64)"

@@ -68,7 +68,7 @@ type Config struct {
 	CORSOrigins    []string // TOKENPOOL_CORS_ORIGINS
 
 	LogLevel  slog.Level // TOKENPOOL_LOG_LEVEL
-	DebugAddr string     // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty
+	DebugAddr string     // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty; loopback unless TOKENPOOL_DEBUG_PUBLIC
 
 	Demo bool // -demo
 }
@@ -120,7 +120,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		TrustedProxies:      e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
 		CORSOrigins:         e.origins("TOKENPOOL_CORS_ORIGINS"),
 		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
-		DebugAddr:           e.str("TOKENPOOL_DEBUG_ADDR", ""),
+		DebugAddr:           e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
 	}
 	if demo && getenv("TOKENPOOL_ADDR") == "" {
 		cfg.Addr = "127.0.0.1:8080"
@@ -133,7 +133,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 				e.fail("TOKENPOOL_CONFIG", fmt.Sprintf("(%s) is invalid:\n%v", cfg.ConfigFile, err))
 			}
 			cfg.Profiles = ps
-		case cfg.OrgaAPIKey == "" && strings.TrimSpace(getenv("OPENAI_API_KEY")) == "":
+		case cfg.OrgaAPIKey == "" && !openAIFromEnv(getenv):
 			e.fail("ORGA_API_KEY", "(or OPENAI_API_KEY, or a TOKENPOOL_CONFIG file) is required: the provider key tokenpool exchanges for session credentials")
 		default:
 			cfg.Profiles = profilesFromEnv(&cfg, &e)
@@ -311,6 +311,29 @@ func (e *envReader) origins(name string) []string {
 		}
 	}
 	return items
+}
+
+// debugAddr reads the pprof address. A bare port (":6060") listens on
+// loopback only; another interface must be asked for explicitly with
+// public=true, since pprof shows the process's memory and stacks.
+func (e *envReader) debugAddr(name, public string) string {
+	v := e.str(name, "")
+	if v == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		e.fail(name, fmt.Sprintf("must be host:port or :port, got %q", v))
+		return ""
+	}
+	if host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) && !e.boolean(public) {
+		e.fail(name, fmt.Sprintf("%q is not a loopback address: profiling data is for this host only; set %s=true to serve it there anyway", v, public))
+	}
+	return v
 }
 
 func (e *envReader) level(name string) slog.Level {

@@ -113,6 +113,23 @@ func callerJWT(tb testing.TB, sub string) string {
 	return s
 }
 
+// claimsJWT signs claims with the test secret; exp is an hour ahead
+// unless claims set it.
+func claimsJWT(tb testing.TB, claims map[string]any) string {
+	tb.Helper()
+	c := jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}
+	for k, v := range claims {
+		c[k] = v
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(testJWTSecret))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
 // credential is the answer of the credential routes.
 type credential struct {
 	EphemeralToken string            `json:"ephemeralToken"`

@@ -136,6 +136,7 @@ type Main struct {
 	ln              net.Listener
 	http            *http.Server
 	debug           *http.Server
+	debugLn         net.Listener
 	served          chan error
 }
 
@@ -183,6 +184,7 @@ func (m *Main) Open(ctx context.Context) error {
 		poolProfiles []pool.Profile
 		apiProfiles  = map[string]api.ProfileInfo{}
 		pooled       = map[string]upstream.RealtimeSession{}
+		restricted   []upstream.Restricted
 	)
 	for _, p := range ps.List {
 		minter, err := m.minter(p, shared, ps.List)
@@ -199,6 +201,9 @@ func (m *Main) Open(ctx context.Context) error {
 		apiProfiles[p.Name] = api.ProfileInfo{Provider: p.Provider, Access: p.Access}
 		if p.Provider == "openai" && p.Target > 0 {
 			pooled[p.Name] = p.Navai.Session(upstream.NavaiRequest{})
+		}
+		if p.Provider == "openai" && p.Access != nil {
+			restricted = append(restricted, upstream.Restricted{Profile: p.Name, Model: p.Navai.Model, Voice: p.Navai.Voice})
 		}
 	}
 	m.pool, err = pool.New(pool.Config{
@@ -221,6 +226,7 @@ func (m *Main) Open(ctx context.Context) error {
 		rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
 			Profile: rp.Name, Options: rp.Navai, Pooled: pooled, Pool: m.pool,
 			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL, MinRemaining: rp.MinRemaining,
+			OnDemand: rp.OnDemand, Restricted: restricted,
 		})
 		if err != nil {
 			return fmt.Errorf("profile %q: %w", rp.Name, err)
@@ -236,7 +242,8 @@ func (m *Main) Open(ctx context.Context) error {
 		APIKeys: cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,
 		TrustedProxies: cfg.TrustedProxies, CORSOrigins: cfg.CORSOrigins,
 		RequestTimeout: cfg.RequestTimeout, Logger: m.log,
-		Admin: m.pool, AdminKeys: cfg.AdminKeys, Breaker: func(profile string) string {
+		Admin: m.pool, AdminKeys: cfg.AdminKeys, Providers: providerAdmin{shared: shared, guards: m.guards},
+		Breaker: func(profile string) string {
 			if p, ok := ps.Get(profile); ok && m.guards[p.Provider] != nil {
 				return m.guards[p.Provider].State()
 			}
@@ -331,6 +338,20 @@ func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.M
 	return nil, fmt.Errorf("unknown provider %q", p.Provider)
 }
 
+// providerAdmin lifts a provider's pause and open breaker: the fleet's
+// flags in Redis, and this replica's own pause at once.
+type providerAdmin struct {
+	shared *upstream.Shared
+	guards map[string]*upstream.Guard
+}
+
+func (a providerAdmin) Resume(ctx context.Context, provider string) ([]string, error) {
+	if g := a.guards[provider]; g != nil {
+		g.Resume()
+	}
+	return a.shared.Resume(ctx, provider)
+}
+
 // replicaID names this process in reservation ids and fleet flags: the
 // host name (the container's, under Docker or Kubernetes) and the pid.
 func replicaID() string {
@@ -359,10 +380,18 @@ func (m *Main) openDebug(addr string) error {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	m.debug = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	m.debug, m.debugLn = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln
 	go func() { _ = m.debug.Serve(ln) }()
 	m.log.Warn("profiling endpoints are on (TOKENPOOL_DEBUG_ADDR)", "addr", ln.Addr().String())
 	return nil
+}
+
+// DebugAddr is the address pprof listens on; "" when off.
+func (m *Main) DebugAddr() string {
+	if m.debugLn == nil {
+		return ""
+	}
+	return m.debugLn.Addr().String()
 }
 
 // Addr is the address the daemon listens on.

@@ -31,9 +31,11 @@ type Profile struct {
 	// Orga
 	OrgaAPIKey, OrgaBaseURL string
 	PerCallerEmail          bool
-	// OpenAI: Navai's options are the session and the key policy.
+	// OpenAI: Navai's options are the session and the key policy; OnDemand
+	// limits what the Navai routes mint on demand (realtime profile only).
 	Navai         upstream.NavaiOptions
 	OpenAIBaseURL string
+	OnDemand      upstream.OnDemand
 }
 
 // Profiles is every profile and which serve requests that name none.
@@ -55,9 +57,10 @@ func (ps Profiles) Get(name string) (Profile, bool) {
 
 // profilesFromEnv is the configuration without TOKENPOOL_CONFIG: an Orga
 // profile named "default" when ORGA_API_KEY is set, and an OpenAI profile
-// from Navai's variables, named "default" when it is the only one, else
-// "realtime". Without OPENAI_API_KEY the OpenAI profile keeps no pool and
-// serves callers' own keys, as Navai does.
+// from Navai's variables when OPENAI_API_KEY is set or request keys are
+// allowed (NAVAI_ALLOW_FRONTEND_API_KEY=true), named "default" when it is
+// the only one, else "realtime". Without OPENAI_API_KEY that profile keeps
+// no pool and serves callers' own keys.
 func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 	var ps Profiles
 	if cfg.OrgaAPIKey != "" {
@@ -66,6 +69,9 @@ func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 			OrgaAPIKey: cfg.OrgaAPIKey, OrgaBaseURL: cfg.OrgaBaseURL, KeyEnv: "ORGA_API_KEY",
 		})
 		ps.Default = "default"
+	}
+	if !openAIFromEnv(e.get) {
+		return ps // no OpenAI profile: the Navai routes are off
 	}
 	navai, err := upstream.NavaiOptionsFromEnv(e.get)
 	if err != nil {
@@ -87,6 +93,13 @@ func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 	ps.Realtime = name
 	sort.Slice(ps.List, func(i, j int) bool { return ps.List[i].Name < ps.List[j].Name })
 	return ps
+}
+
+// openAIFromEnv reports whether the environment asks for an OpenAI
+// profile: a backend key, or request keys explicitly allowed.
+func openAIFromEnv(getenv func(string) string) bool {
+	return strings.TrimSpace(getenv("OPENAI_API_KEY")) != "" ||
+		strings.EqualFold(strings.TrimSpace(getenv("NAVAI_ALLOW_FRONTEND_API_KEY")), "true")
 }
 
 // The TOKENPOOL_CONFIG file.
@@ -115,16 +128,22 @@ type (
 		PerCallerEmail bool   `yaml:"per_caller_email"`
 	}
 	openaiSpec struct {
-		APIKeyEnv              string `yaml:"api_key_env"`
-		BaseURL                string `yaml:"base_url"`
-		Model                  string `yaml:"model"`
-		Voice                  string `yaml:"voice"`
-		Instructions           string `yaml:"instructions"`
-		Language               string `yaml:"language"`
-		VoiceAccent            string `yaml:"voice_accent"`
-		VoiceTone              string `yaml:"voice_tone"`
-		ClientSecretTTLSeconds *int   `yaml:"client_secret_ttl_seconds"`
-		AllowAPIKeyFromRequest *bool  `yaml:"allow_api_key_from_request"`
+		APIKeyEnv              string        `yaml:"api_key_env"`
+		BaseURL                string        `yaml:"base_url"`
+		Model                  string        `yaml:"model"`
+		Voice                  string        `yaml:"voice"`
+		Instructions           string        `yaml:"instructions"`
+		Language               string        `yaml:"language"`
+		VoiceAccent            string        `yaml:"voice_accent"`
+		VoiceTone              string        `yaml:"voice_tone"`
+		ClientSecretTTLSeconds *int          `yaml:"client_secret_ttl_seconds"`
+		AllowAPIKeyFromRequest bool          `yaml:"allow_api_key_from_request"`
+		OnDemand               *onDemandSpec `yaml:"on_demand"`
+	}
+	onDemandSpec struct {
+		PooledOnly bool     `yaml:"pooled_only"`
+		Models     []string `yaml:"models"`
+		Voices     []string `yaml:"voices"`
 	}
 )
 
@@ -213,6 +232,12 @@ func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Pro
 	}
 	if ps.Realtime, err = pick(ps, f.RealtimeProfile, "realtime_profile", "openai"); err != nil {
 		return Profiles{}, err
+	}
+	for _, p := range ps.List {
+		od := p.OnDemand
+		if p.Name != ps.Realtime && (od.PooledOnly || len(od.Models) > 0 || len(od.Voices) > 0) {
+			return Profiles{}, fmt.Errorf("profile %q: openai.on_demand: only the realtime_profile (%q) mints on demand", p.Name, ps.Realtime)
+		}
 	}
 	return ps, nil
 }
@@ -336,10 +361,13 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		p.Navai = upstream.NavaiOptions{
 			APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
 			Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
-			TTLSeconds: upstream.NavaiDefaultTTLSeconds, AllowRequestKey: apiKey == "",
+			TTLSeconds: upstream.NavaiDefaultTTLSeconds, AllowRequestKey: o.AllowAPIKeyFromRequest,
 		}
-		if o.AllowAPIKeyFromRequest != nil {
-			p.Navai.AllowRequestKey = *o.AllowAPIKeyFromRequest
+		if od := o.OnDemand; od != nil {
+			if od.PooledOnly && (len(od.Models) > 0 || len(od.Voices) > 0) {
+				return p, errors.New("openai.on_demand: pooled_only leaves nothing for models or voices to allow; set one or the other")
+			}
+			p.OnDemand = upstream.OnDemand{PooledOnly: od.PooledOnly, Models: od.Models, Voices: od.Voices}
 		}
 		if o.ClientSecretTTLSeconds != nil {
 			p.Navai.TTLSeconds = *o.ClientSecretTTLSeconds

@@ -226,6 +226,7 @@ profiles:
     provider: openai
     openai:
       api_key_env: NO_SUCH_KEY
+      allow_api_key_from_request: true
 `)
 	d := startDaemon(t, rs, sim, env)
 	bearer := "Bearer " + callerJWT(t, "alice")
@@ -267,10 +268,11 @@ func TestOrgaClientCompatibility(t *testing.T) {
 	jwtAlice := callerJWT(t, "alice")
 
 	// fetchSessionConfig(endpoint): a plain GET; apps add a Bearer header,
-	// browsers send their cookies. It requires truthy ephemeralToken and
-	// iceServers, else "Invalid response from session config endpoint".
+	// browsers send their cookies (and, from the app's own site,
+	// Sec-Fetch-Site). It requires truthy ephemeralToken and iceServers,
+	// else "Invalid response from session config endpoint".
 	for name, h := range map[string][]string{
-		"with a cookie":        {"Cookie", "app_session=" + jwtAlice},
+		"with a cookie":        {"Cookie", "app_session=" + jwtAlice, "Sec-Fetch-Site", "same-site"},
 		"with a Bearer header": {"Authorization", "Bearer " + jwtAlice},
 	} {
 		t.Run("fetchSessionConfig "+name, func(t *testing.T) {
@@ -292,7 +294,7 @@ func TestOrgaClientCompatibility(t *testing.T) {
 	// a numeric expires_at.
 	for _, body := range []string{`{}`, `{"model":"gpt-realtime","voice":"marin"}`} {
 		t.Run("the Navai client posting "+body, func(t *testing.T) {
-			code, ans := call(t, "POST", d.url+"/navai/realtime/client-secret", body, "Cookie", "app_session="+jwtAlice)
+			code, ans := call(t, "POST", d.url+"/navai/realtime/client-secret", body, "Cookie", "app_session="+jwtAlice, "Sec-Fetch-Site", "same-origin")
 			v, ok1 := ans["value"].(string)
 			_, ok2 := ans["expires_at"].(float64)
 			if code != 200 || !ok1 || v == "" || !ok2 {
