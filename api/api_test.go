@@ -272,7 +272,7 @@ func TestSessionConfigAnswer(t *testing.T) {
 }
 
 func TestAuthentication(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) { c.JWTIssuer, c.JWTAudience = "https://app.example", "tokenpool" })
+	ts := newTestServer(t, func(c *Config) { c.JWTIssuer, c.JWTAudiences = "https://app.example", []string{"tokenpool"} })
 	exp := jwt.NewNumericDate(time.Now().Add(time.Hour))
 	good := jwt.RegisteredClaims{Subject: "alice", Issuer: "https://app.example", Audience: jwt.ClaimStrings{"tokenpool"}, ExpiresAt: exp}
 	with := func(change func(*jwt.RegisteredClaims)) jwt.RegisteredClaims {

@@ -1,11 +1,13 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -67,33 +69,41 @@ type caller struct {
 	viaCookie bool
 }
 
-// authenticator checks caller credentials: an HS256 JWT (Authorization:
-// Bearer, or a cookie when configured) or a static API key (X-API-Key, or
-// a Bearer value that is not a JWT). It is safe for concurrent use.
+// authenticator checks caller credentials: a JWT (Authorization: Bearer,
+// or a cookie when configured), HS256 with the shared secret or signed by
+// an identity provider's published key, or a static API key (X-API-Key,
+// or a Bearer value that is not a JWT). It is safe for concurrent use.
 type authenticator struct {
-	secret []byte
-	parser *jwt.Parser
-	keys   []APIKey
-	cookie string
+	secret  []byte
+	hs256   *jwt.Parser
+	issuers *keySets // nil: no identity providers
+	keys    []APIKey
+	cookie  string
 }
 
-func newAuthenticator(cfg Config) *authenticator {
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(), // an iat in the future is refused
-		jwt.WithLeeway(jwtLeeway),
-	}
-	if cfg.JWTIssuer != "" {
-		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
-	}
-	if cfg.JWTAudience != "" {
-		opts = append(opts, jwt.WithAudience(cfg.JWTAudience))
-	}
+// parserOptions are what every JWT is held to, whoever signed it: exp
+// required, iat not in the future, a small leeway for clocks.
+func parserOptions(cfg Config) []jwt.ParserOption {
+	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(jwtLeeway)}
 	if cfg.Now != nil {
 		opts = append(opts, jwt.WithTimeFunc(cfg.Now))
 	}
-	return &authenticator{secret: cfg.JWTSecret, parser: jwt.NewParser(opts...), keys: cfg.APIKeys, cookie: cfg.JWTCookie}
+	return opts
+}
+
+func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
+	opts := append(parserOptions(cfg), jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}))
+	if cfg.JWTIssuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
+	}
+	if len(cfg.JWTAudiences) > 0 {
+		opts = append(opts, jwt.WithAudience(cfg.JWTAudiences...))
+	}
+	issuers, err := newKeySets(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &authenticator{secret: cfg.JWTSecret, hs256: jwt.NewParser(opts...), issuers: issuers, keys: cfg.APIKeys, cookie: cfg.JWTCookie}, nil
 }
 
 var (
@@ -118,13 +128,13 @@ func (a *authenticator) authenticate(r *http.Request) (caller, error) {
 			return caller{}, errBadCredentials
 		}
 		if strings.Count(value, ".") == 2 {
-			return a.jwt(value)
+			return a.jwt(r.Context(), value)
 		}
 		return a.apiKey(value)
 	}
 	if a.cookie != "" {
 		if ck, err := r.Cookie(a.cookie); err == nil && ck.Value != "" {
-			c, err := a.jwt(ck.Value)
+			c, err := a.jwt(r.Context(), ck.Value)
 			c.viaCookie = true
 			return c, err
 		}
@@ -132,18 +142,57 @@ func (a *authenticator) authenticate(r *http.Request) (caller, error) {
 	return caller{}, errNoCredentials
 }
 
-func (a *authenticator) jwt(token string) (caller, error) {
-	if len(a.secret) == 0 || len(token) > maxCredentialLen {
+// jwt verifies a caller JWT. The header's alg picks the verifier: HS256
+// is checked with the shared secret only, any other alg with the keys of
+// the issuer its iss names, with that issuer's algorithms pinned, so a
+// token can't choose a key of the wrong kind (HS256 signed with an RSA
+// public key, alg none).
+func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
+	if len(token) > maxCredentialLen {
 		return caller{}, errBadCredentials
 	}
-	claims := jwt.MapClaims{}
-	_, err := a.parser.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return a.secret, nil })
-	sub, _ := claims.GetSubject()
-	if err != nil || sub == "" || len(sub) > 256 {
+	unverified, _, err := jwt.NewParser().ParseUnverified(token, jwt.MapClaims{})
+	if err != nil {
 		return caller{}, errBadCredentials
 	}
+	var (
+		claims    jwt.MapClaims
+		userClaim = "sub"
+		prefix    = "user:"
+	)
+	if unverified.Method.Alg() == jwt.SigningMethodHS256.Alg() {
+		if len(a.secret) == 0 {
+			return caller{}, errBadCredentials
+		}
+		claims = jwt.MapClaims{}
+		_, err = a.hs256.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	} else {
+		iss, _ := unverified.Claims.GetIssuer()
+		k := a.issuers.get(iss)
+		if k == nil {
+			return caller{}, errBadCredentials
+		}
+		claims, err = k.verify(ctx, token)
+		userClaim = k.issuer.UserClaim
+		if k.issuer.Name != "" {
+			prefix = "idp:" + k.issuer.Name + ":"
+		}
+	}
+	user, _ := claims[userClaim].(string)
+	if err != nil || user == "" || len(user) > 256 {
+		return caller{}, errBadCredentials
+	}
+	return caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims)}, nil
+}
+
+// emailOf is the email claim, unless the token says it is not verified:
+// a per-caller profile mints under it.
+func emailOf(claims jwt.MapClaims) string {
 	email, _ := claims["email"].(string)
-	return caller{subject: "user:" + sub, kind: "jwt", claims: claims, email: email}, nil
+	if verified, ok := claims["email_verified"].(bool); ok && !verified {
+		return ""
+	}
+	return email
 }
 
 // apiKey compares the key's hash with every configured hash in constant

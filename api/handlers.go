@@ -145,7 +145,11 @@ func (s *Server) healthz(c *gin.Context) {
 func (s *Server) readyz(c *gin.Context) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), time.Second)
 	defer cancel()
-	if err := s.pool.Ready(ctx); err != nil {
+	err := s.auth.issuers.ready()
+	if err == nil {
+		err = s.pool.Ready(ctx)
+	}
+	if err != nil {
 		s.log.Warn("not ready", "request_id", requestID(c), "err", err.Error())
 		he := errorf(http.StatusServiceUnavailable, codeNotReady, "not ready")
 		he.header = http.Header{"Retry-After": {"1"}}

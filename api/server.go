@@ -48,10 +48,16 @@ type Config struct {
 	// POST /api/realtime-token). default: none, the routes are off
 	Realtime Realtime
 
-	// JWTSecret is the HS256 key of caller JWTs. JWTs are refused when empty.
+	// JWTSecret is the HS256 key of caller JWTs. HS256 JWTs are refused
+	// when empty.
 	JWTSecret []byte
-	// JWTIssuer and JWTAudience, when set, are required in every JWT.
-	JWTIssuer, JWTAudience string
+	// JWTIssuer and JWTAudiences, when set, are required of HS256 JWTs: iss
+	// equal to JWTIssuer, aud holding one of JWTAudiences.
+	JWTIssuer    string
+	JWTAudiences []string
+	// Issuers are identity providers whose JWTs are verified against the
+	// keys they publish. default: none
+	Issuers []Issuer
 	// JWTCookie names a cookie that may carry the caller JWT. default: none
 	JWTCookie string
 	// APIKeys are the static keys of server callers.
@@ -113,8 +119,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Pool == nil || cfg.Limiter == nil {
 		return nil, errors.New("api: config: Pool and Limiter are required")
 	}
-	if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 {
-		return nil, errors.New("api: config: no caller can authenticate: set a JWT secret or API keys")
+	if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 && len(cfg.Issuers) == 0 {
+		return nil, errors.New("api: config: no caller can authenticate: set a JWT secret, an issuer or API keys")
 	}
 	if cfg.DefaultProfile == "" {
 		cfg.DefaultProfile = "default"
@@ -140,8 +146,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	auth, err := newAuthenticator(cfg, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg: cfg, pool: cfg.Pool, limiter: cfg.Limiter, auth: newAuthenticator(cfg),
+		cfg: cfg, pool: cfg.Pool, limiter: cfg.Limiter, auth: auth,
 		admins: &authenticator{keys: cfg.AdminKeys}, log: cfg.Logger, now: cfg.Now, metrics: cfg.Metrics,
 	}
 	for name := range cfg.Profiles {
@@ -153,6 +163,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+// Open starts fetching the identity providers' keys; until each issuer's
+// have loaded, /readyz answers 503. Call Close to stop.
+func (s *Server) Open() { s.auth.issuers.open() }
+
+// Close stops fetching keys and waits for the fetchers to end.
+func (s *Server) Close() { s.auth.issuers.close() }
 
 // Handler returns the http.Handler serving the API.
 func (s *Server) Handler() http.Handler { return s.engine }

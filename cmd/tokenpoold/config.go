@@ -46,12 +46,16 @@ type Config struct {
 	// Profiles are the profiles from ConfigFile, else from the environment.
 	Profiles Profiles
 
-	JWTSecret   []byte // TOKENPOOL_JWT_SECRET
-	JWTIssuer   string // TOKENPOOL_JWT_ISSUER
-	JWTAudience string // TOKENPOOL_JWT_AUDIENCE
-	JWTCookie   string // TOKENPOOL_JWT_COOKIE
-	APIKeys     []api.APIKey
-	AdminKeys   []api.APIKey // TOKENPOOL_ADMIN_KEYS
+	JWTSecret    []byte   // TOKENPOOL_JWT_SECRET
+	JWTIssuer    string   // TOKENPOOL_JWT_ISSUER
+	JWTAudiences []string // TOKENPOOL_JWT_AUDIENCE, comma-separated
+	JWTCookie    string   // TOKENPOOL_JWT_COOKIE
+	// Issuers are the identity providers whose JWTs are verified against
+	// their JWKS: one from TOKENPOOL_JWKS_URL and its variables, and those
+	// of the TOKENPOOL_CONFIG file's auth.issuers.
+	Issuers   []api.Issuer
+	APIKeys   []api.APIKey
+	AdminKeys []api.APIKey // TOKENPOOL_ADMIN_KEYS
 
 	PerUser limiter.Limit // TOKENPOOL_RATE_PER_USER
 	PerIP   limiter.Limit // TOKENPOOL_RATE_PER_IP
@@ -104,7 +108,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		ConfigFile:          e.str("TOKENPOOL_CONFIG", ""),
 		JWTSecret:           []byte(e.str("TOKENPOOL_JWT_SECRET", "")),
 		JWTIssuer:           e.str("TOKENPOOL_JWT_ISSUER", ""),
-		JWTAudience:         e.str("TOKENPOOL_JWT_AUDIENCE", ""),
+		JWTAudiences:        e.list("TOKENPOOL_JWT_AUDIENCE"),
 		JWTCookie:           e.str("TOKENPOOL_JWT_COOKIE", ""),
 		APIKeys:             e.apiKeys("TOKENPOOL_API_KEYS"),
 		AdminKeys:           e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
@@ -122,24 +126,28 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
 		DebugAddr:           e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
 	}
+	if is, ok := e.envIssuer(); ok {
+		cfg.Issuers = append(cfg.Issuers, is)
+	}
 	if demo && getenv("TOKENPOOL_ADDR") == "" {
 		cfg.Addr = "127.0.0.1:8080"
 	}
 	if !demo {
 		switch {
 		case cfg.ConfigFile != "":
-			ps, err := profilesFromFile(cfg.ConfigFile, &cfg, getenv)
+			ps, issuers, err := profilesFromFile(cfg.ConfigFile, &cfg, getenv)
 			if err != nil {
 				e.fail("TOKENPOOL_CONFIG", fmt.Sprintf("(%s) is invalid:\n%v", cfg.ConfigFile, err))
 			}
 			cfg.Profiles = ps
+			cfg.Issuers = append(cfg.Issuers, issuers...)
 		case cfg.OrgaAPIKey == "" && !openAIFromEnv(getenv):
 			e.fail("ORGA_API_KEY", "(or OPENAI_API_KEY, or a TOKENPOOL_CONFIG file) is required: the provider key tokenpool exchanges for session credentials")
 		default:
 			cfg.Profiles = profilesFromEnv(&cfg, &e)
 		}
-		if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 {
-			e.fail("TOKENPOOL_JWT_SECRET", "or TOKENPOOL_API_KEYS is required, else no caller can authenticate")
+		if len(cfg.JWTSecret) == 0 && len(cfg.APIKeys) == 0 && len(cfg.Issuers) == 0 {
+			e.fail("TOKENPOOL_JWT_SECRET", "(or TOKENPOOL_JWKS_URL, or TOKENPOOL_API_KEYS) is required, else no caller can authenticate")
 		}
 	}
 	topologies := 0
@@ -311,6 +319,58 @@ func (e *envReader) origins(name string) []string {
 		}
 	}
 	return items
+}
+
+// envIssuer reads the identity provider of the environment:
+// TOKENPOOL_JWKS_URL with TOKENPOOL_JWT_ISSUER (its iss) and
+// TOKENPOOL_JWT_AUDIENCE, TOKENPOOL_JWT_ALGS, TOKENPOOL_JWT_USER_CLAIM,
+// TOKENPOOL_JWT_AZP, TOKENPOOL_JWKS_REFRESH, TOKENPOOL_JWKS_MIN_REFETCH.
+// ok is false when TOKENPOOL_JWKS_URL is unset.
+func (e *envReader) envIssuer() (api.Issuer, bool) {
+	only := []string{"TOKENPOOL_JWT_ALGS", "TOKENPOOL_JWT_USER_CLAIM", "TOKENPOOL_JWT_AZP", "TOKENPOOL_JWKS_REFRESH", "TOKENPOOL_JWKS_MIN_REFETCH"}
+	if e.str("TOKENPOOL_JWKS_URL", "") == "" {
+		for _, name := range only {
+			if e.str(name, "") != "" {
+				e.fail(name, "applies to the JWKS issuer only: set TOKENPOOL_JWKS_URL too")
+			}
+		}
+		return api.Issuer{}, false
+	}
+	is := api.Issuer{
+		URL:               e.str("TOKENPOOL_JWT_ISSUER", ""),
+		JWKSURL:           e.jwksURL("TOKENPOOL_JWKS_URL", e.str("TOKENPOOL_JWKS_URL", "")),
+		Audiences:         e.list("TOKENPOOL_JWT_AUDIENCE"),
+		AuthorizedParties: e.list("TOKENPOOL_JWT_AZP"),
+		Algorithms:        e.list("TOKENPOOL_JWT_ALGS"),
+		UserClaim:         e.str("TOKENPOOL_JWT_USER_CLAIM", ""),
+		Refresh:           e.duration("TOKENPOOL_JWKS_REFRESH", 0),
+		MinRefetch:        e.duration("TOKENPOOL_JWKS_MIN_REFETCH", 0),
+	}
+	if err := is.Validate(); err != nil {
+		e.fail("TOKENPOOL_JWKS_URL", "(with TOKENPOOL_JWT_ISSUER, TOKENPOOL_JWT_AUDIENCE or TOKENPOOL_JWT_AZP, TOKENPOOL_JWT_ALGS) is invalid: "+err.Error())
+	}
+	return is, true
+}
+
+// jwksURL checks a JWKS URL: https, or http to this host only, since a
+// key fetched over plain HTTP elsewhere could be anyone's.
+func (e *envReader) jwksURL(name, v string) string {
+	if err := checkJWKSURL(v); err != nil {
+		e.fail(name, err.Error())
+	}
+	return v
+}
+
+func checkJWKSURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("must be an https:// URL, got %q", v)
+	}
+	ip := net.ParseIP(u.Hostname())
+	if u.Scheme != "https" && !(u.Scheme == "http" && (u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback()))) {
+		return fmt.Errorf("must be https:// (http:// only to this host), got %q", v)
+	}
+	return nil
 }
 
 // debugAddr reads the pprof address. A bare port (":6060") listens on

@@ -58,8 +58,8 @@ func (d *demo) announce(m *Main) error {
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(now.Add(24 * time.Hour)),
 	}
-	if m.Config.JWTAudience != "" {
-		claims.Audience = jwt.ClaimStrings{m.Config.JWTAudience}
+	if len(m.Config.JWTAudiences) > 0 {
+		claims.Audience = jwt.ClaimStrings{m.Config.JWTAudiences[0]}
 	}
 	token, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(m.Config.JWTSecret)
 	if err != nil {

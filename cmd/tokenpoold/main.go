@@ -130,6 +130,7 @@ type Main struct {
 	embedded *embeddedRedis
 	demo     *demo
 	pool     *pool.Pool
+	api      *api.Server
 	guards   map[string]*upstream.Guard // by provider
 
 	upstreamMetrics *upstream.Metrics
@@ -238,7 +239,8 @@ func (m *Main) Open(ctx context.Context) error {
 	srv, err := api.New(api.Config{
 		Pool: m.pool, Limiter: limiter.New(m.rdb, ""),
 		Profiles: apiProfiles, DefaultProfile: ps.Default, Realtime: realtime,
-		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudience: cfg.JWTAudience, JWTCookie: cfg.JWTCookie,
+		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudiences: cfg.JWTAudiences, JWTCookie: cfg.JWTCookie,
+		Issuers: cfg.Issuers,
 		APIKeys: cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,
 		TrustedProxies: cfg.TrustedProxies, CORSOrigins: cfg.CORSOrigins,
 		RequestTimeout: cfg.RequestTimeout, Logger: m.log,
@@ -273,6 +275,8 @@ func (m *Main) Open(ctx context.Context) error {
 			return err
 		}
 	}
+	m.api = srv
+	srv.Open() // identity providers' keys; /readyz waits for them
 	m.pool.Open()
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.http.Serve(m.ln) }()
@@ -418,6 +422,9 @@ func (m *Main) Close(ctx context.Context) error {
 	}
 	if m.debug != nil {
 		_ = m.debug.Close()
+	}
+	if m.api != nil {
+		m.api.Close()
 	}
 	if m.pool != nil {
 		if err := m.pool.Close(ctx); err != nil {

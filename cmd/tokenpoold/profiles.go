@@ -107,7 +107,22 @@ type (
 	fileSpec struct {
 		DefaultProfile  string    `yaml:"default_profile"`
 		RealtimeProfile string    `yaml:"realtime_profile"`
+		Auth            authSpec  `yaml:"auth"`
 		Profiles        yaml.Node `yaml:"profiles"`
+	}
+	authSpec struct {
+		Issuers []issuerSpec `yaml:"issuers"`
+	}
+	issuerSpec struct {
+		Name              string   `yaml:"name"`
+		Issuer            string   `yaml:"issuer"`
+		JWKSURL           string   `yaml:"jwks_url"`
+		Audiences         []string `yaml:"audiences"`
+		AuthorizedParties []string `yaml:"authorized_parties"`
+		Algorithms        []string `yaml:"algorithms"`
+		UserClaim         string   `yaml:"user_claim"`
+		Refresh           string   `yaml:"refresh"`
+		MinRefetch        string   `yaml:"min_refetch"`
 	}
 	profileSpec struct {
 		Provider     string      `yaml:"provider"`
@@ -148,6 +163,7 @@ type (
 )
 
 var (
+	issuerNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 	profileNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 	envNameRE     = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 )
@@ -189,18 +205,74 @@ func strictDecode(b []byte, v any) error {
 	return dec.Decode(v)
 }
 
-// profilesFromFile reads TOKENPOOL_CONFIG. Each error names the profile
-// and the field. Provider keys come from the environment (api_key_env),
-// never from the file.
-func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Profiles, error) {
+// profilesFromFile reads TOKENPOOL_CONFIG: the profiles and the identity
+// providers of auth.issuers. Each error names the profile (or issuer) and
+// the field. Provider keys come from the environment (api_key_env), never
+// from the file.
+func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Profiles, []api.Issuer, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return Profiles{}, err
+		return Profiles{}, nil, err
 	}
 	var f fileSpec
 	if err := strictDecode(b, &f); err != nil {
-		return Profiles{}, err
+		return Profiles{}, nil, err
 	}
+	issuers, err := issuersFromFile(f.Auth.Issuers)
+	if err != nil {
+		return Profiles{}, nil, err
+	}
+	ps, err := profilesOf(f, cfg, getenv)
+	return ps, issuers, err
+}
+
+// issuersFromFile checks auth.issuers.
+func issuersFromFile(specs []issuerSpec) ([]api.Issuer, error) {
+	var out []api.Issuer
+	seen := map[string]bool{}
+	for i, s := range specs {
+		is := api.Issuer{
+			Name: s.Name, URL: s.Issuer, JWKSURL: s.JWKSURL, Audiences: s.Audiences,
+			AuthorizedParties: s.AuthorizedParties, Algorithms: s.Algorithms, UserClaim: s.UserClaim,
+		}
+		err := func() error {
+			if !issuerNameRE.MatchString(s.Name) {
+				return errors.New("name: want 1-32 of a-z 0-9 - (it prefixes the issuer's subjects: idp:<name>:<user>)")
+			}
+			if seen[s.Name] {
+				return errors.New("name: listed twice")
+			}
+			seen[s.Name] = true
+			if err := checkJWKSURL(s.JWKSURL); err != nil {
+				return fmt.Errorf("jwks_url: %w", err)
+			}
+			for field, raw := range map[string]string{"refresh": s.Refresh, "min_refetch": s.MinRefetch} {
+				if raw == "" {
+					continue
+				}
+				d, err := time.ParseDuration(raw)
+				if err != nil || d <= 0 {
+					return fmt.Errorf("%s: want a positive duration such as 10m, got %q", field, raw)
+				}
+				if field == "refresh" {
+					is.Refresh = d
+				} else {
+					is.MinRefetch = d
+				}
+			}
+			return is.Validate()
+		}()
+		if err != nil {
+			return nil, fmt.Errorf("auth.issuers[%d] (%s): %w", i, s.Name, err)
+		}
+		out = append(out, is)
+	}
+	return out, nil
+}
+
+// profilesOf resolves the file's profiles and its default and realtime
+// profiles.
+func profilesOf(f fileSpec, cfg *Config, getenv func(string) string) (Profiles, error) {
 	if f.Profiles.Kind != yaml.MappingNode || len(f.Profiles.Content) == 0 {
 		return Profiles{}, errors.New("profiles: want a map of at least one named profile")
 	}
@@ -227,6 +299,7 @@ func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Pro
 	}
 	sort.Slice(ps.List, func(i, j int) bool { return ps.List[i].Name < ps.List[j].Name })
 
+	var err error
 	if ps.Default, err = pick(ps, f.DefaultProfile, "default_profile", ""); err != nil {
 		return Profiles{}, err
 	}
