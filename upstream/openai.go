@@ -132,6 +132,12 @@ func (o *OpenAI) Mint(ctx context.Context) (pool.Credential, error) {
 			Body:       snippet(body, o.cfg.APIKey),
 		}
 	}
+	return decodeOpenAISecret(body)
+}
+
+// decodeOpenAISecret reads a client secret answer: a string value and
+// expires_at in Unix seconds.
+func decodeOpenAISecret(body []byte) (pool.Credential, error) {
 	var a struct {
 		Value     string  `json:"value"`
 		ExpiresAt float64 `json:"expires_at"`

@@ -111,18 +111,7 @@ func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
 	if err != nil {
 		return pool.Credential{}, err
 	}
-	var sec orgaSecret
-	if err := json.Unmarshal(body, &sec); err != nil {
-		return pool.Credential{}, protocolErrorf("orga: mint: answer is not JSON: %v", err)
-	}
-	token := sec.TokenSnake
-	if token == "" {
-		token = sec.TokenCamel
-	}
-	if token == "" {
-		return pool.Credential{}, protocolErrorf("orga: mint: answer has no ephemeral_token or ephemeralToken")
-	}
-	exp, err := orgaExpiry(sec, token, sent)
+	token, exp, err := decodeOrgaSecret(body, sent)
 	if err != nil {
 		return pool.Credential{}, err
 	}
@@ -177,6 +166,24 @@ func (o *Orga) call(ctx context.Context, method, path, email, op, bearer string)
 		}
 	}
 	return body, nil
+}
+
+// decodeOrgaSecret reads a mint answer in either spelling: the token and
+// when it expires.
+func decodeOrgaSecret(body []byte, sent time.Time) (string, time.Time, error) {
+	var sec orgaSecret
+	if err := json.Unmarshal(body, &sec); err != nil {
+		return "", time.Time{}, protocolErrorf("orga: mint: answer is not JSON: %v", err)
+	}
+	token := sec.TokenSnake
+	if token == "" {
+		token = sec.TokenCamel
+	}
+	if token == "" {
+		return "", time.Time{}, protocolErrorf("orga: mint: answer has no ephemeral_token or ephemeralToken")
+	}
+	exp, err := orgaExpiry(sec, token, sent)
+	return token, exp, err
 }
 
 // orgaExpiry takes the expiry from expires_at (ISO-8601; zone-less means

@@ -214,6 +214,11 @@ func profilesFromFile(path string, cfg *Config, getenv func(string) string) (Pro
 	if err != nil {
 		return Profiles{}, nil, err
 	}
+	return parseProfileFile(b, cfg, getenv)
+}
+
+// parseProfileFile is profilesFromFile on the file's bytes.
+func parseProfileFile(b []byte, cfg *Config, getenv func(string) string) (Profiles, []api.Issuer, error) {
 	var f fileSpec
 	if err := strictDecode(b, &f); err != nil {
 		return Profiles{}, nil, err
