@@ -146,6 +146,7 @@ func (k *keySet) run(ctx context.Context) {
 	failures := 0
 	for {
 		wait := k.issuer.Refresh
+		wasLoaded := k.loaded.Load()
 		if err := k.fetch(ctx, jwksFetchTimeout); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -158,7 +159,7 @@ func (k *keySet) run(ctx context.Context) {
 			d := min(jwksRetryMin<<min(failures-1, 8), jwksRetryMax)
 			wait = min(d/2+rand.N(d/2+1), k.issuer.Refresh)
 		} else {
-			if !k.loaded.Swap(true) || failures > 0 {
+			if !wasLoaded || failures > 0 {
 				k.log.Info("auth: identity provider keys loaded", "issuer", k.name())
 			}
 			failures = 0

@@ -54,6 +54,9 @@ func TestIdentityProviderTokens(t *testing.T) {
 	d := startDaemon(t, rs, sim, idpEnv(idp))
 	poll.Until(t, "the keys to load", 10*time.Second, func() bool { return readyz(t, d.url) == 200 })
 	good := jwt.MapClaims{"sub": "alice", "aud": testAudience}
+	if n := len(logLines(d.logsNow(), "auth: identity provider keys loaded")); n != 1 {
+		t.Fatalf("%d lines say the keys loaded, want 1", n)
+	}
 
 	for _, tc := range []struct{ name, token string }{
 		{"an RS256 token", idp.Sign(t, "RS256", good)},
@@ -244,6 +247,9 @@ func TestIdentityProviderDownAtStart(t *testing.T) {
 	t.Logf("ready %v after the JWKS came back", time.Since(up).Round(time.Millisecond))
 	if r := fetch(t, d.url, tok); r.status != 200 {
 		t.Fatalf("after the keys loaded: %d %s", r.status, r.body)
+	}
+	if n := len(logLines(d.logsNow(), "auth: identity provider keys loaded")); n != 1 {
+		t.Fatalf("%d lines say the keys loaded, want 1", n)
 	}
 
 	idp.SetDown(true)
