@@ -128,7 +128,7 @@ func newKeySet(is Issuer, cfg Config, log *slog.Logger) (*keySet, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	return &keySet{
 		issuer: is, parser: jwt.NewParser(opts...), log: log, store: store, keys: kf,
-		client:  &http.Client{Transport: limitBody{t}, Timeout: jwksFetchTimeout},
+		client:  &http.Client{Transport: limitBody{t}}, // each fetch carries its deadline
 		refetch: rate.NewLimiter(rate.Every(is.MinRefetch), 1),
 	}, nil
 }

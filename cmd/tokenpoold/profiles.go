@@ -96,10 +96,11 @@ func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 }
 
 // openAIFromEnv reports whether the environment asks for an OpenAI
-// profile: a backend key, or request keys explicitly allowed.
+// profile: a backend key, or request keys explicitly allowed. Navai's
+// reader owns the key policy; its errors are reported by profilesFromEnv.
 func openAIFromEnv(getenv func(string) string) bool {
-	return strings.TrimSpace(getenv("OPENAI_API_KEY")) != "" ||
-		strings.EqualFold(strings.TrimSpace(getenv("NAVAI_ALLOW_FRONTEND_API_KEY")), "true")
+	o, _ := upstream.NavaiOptionsFromEnv(getenv)
+	return o.APIKey != "" || o.AllowRequestKey
 }
 
 // The TOKENPOOL_CONFIG file.
@@ -236,43 +237,51 @@ func issuersFromFile(specs []issuerSpec) ([]api.Issuer, error) {
 	var out []api.Issuer
 	seen := map[string]bool{}
 	for i, s := range specs {
-		is := api.Issuer{
-			Name: s.Name, URL: s.Issuer, JWKSURL: s.JWKSURL, Audiences: s.Audiences,
-			AuthorizedParties: s.AuthorizedParties, Algorithms: s.Algorithms, UserClaim: s.UserClaim,
-		}
-		err := func() error {
-			if !issuerNameRE.MatchString(s.Name) {
-				return errors.New("name: want 1-32 of a-z 0-9 - (it prefixes the issuer's subjects: idp:<name>:<user>)")
-			}
-			if seen[s.Name] {
-				return errors.New("name: listed twice")
-			}
-			seen[s.Name] = true
-			if err := checkJWKSURL(s.JWKSURL); err != nil {
-				return fmt.Errorf("jwks_url: %w", err)
-			}
-			for field, raw := range map[string]string{"refresh": s.Refresh, "min_refetch": s.MinRefetch} {
-				if raw == "" {
-					continue
-				}
-				d, err := time.ParseDuration(raw)
-				if err != nil || d <= 0 {
-					return fmt.Errorf("%s: want a positive duration such as 10m, got %q", field, raw)
-				}
-				if field == "refresh" {
-					is.Refresh = d
-				} else {
-					is.MinRefetch = d
-				}
-			}
-			return is.Validate()
-		}()
+		is, err := issuerOf(s, seen)
 		if err != nil {
 			return nil, fmt.Errorf("auth.issuers[%d] (%s): %w", i, s.Name, err)
 		}
 		out = append(out, is)
 	}
 	return out, nil
+}
+
+// issuerOf checks one auth.issuers entry; seen holds the names before it.
+func issuerOf(s issuerSpec, seen map[string]bool) (api.Issuer, error) {
+	is := api.Issuer{
+		Name: s.Name, URL: s.Issuer, JWKSURL: s.JWKSURL, Audiences: s.Audiences,
+		AuthorizedParties: s.AuthorizedParties, Algorithms: s.Algorithms, UserClaim: s.UserClaim,
+	}
+	if !issuerNameRE.MatchString(s.Name) {
+		return is, errors.New("name: want 1-32 of a-z 0-9 - (it prefixes the issuer's subjects: idp:<name>:<user>)")
+	}
+	if seen[s.Name] {
+		return is, errors.New("name: listed twice")
+	}
+	seen[s.Name] = true
+	if err := checkJWKSURL(s.JWKSURL); err != nil {
+		return is, fmt.Errorf("jwks_url: %w", err)
+	}
+	var err error
+	if is.Refresh, err = optionalDuration("refresh", s.Refresh); err != nil {
+		return is, err
+	}
+	if is.MinRefetch, err = optionalDuration("min_refetch", s.MinRefetch); err != nil {
+		return is, err
+	}
+	return is, is.Validate()
+}
+
+// optionalDuration reads a file's duration field; "" is zero (the default).
+func optionalDuration(field, raw string) (time.Duration, error) {
+	if raw == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(raw)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s: want a positive duration such as 10m, got %q", field, raw)
+	}
+	return d, nil
 }
 
 // profilesOf resolves the file's profiles and its default and realtime
