@@ -107,6 +107,11 @@ type profileReport struct {
 	HandedOut int64              `json:"handedOut"`
 	Direct    int64              `json:"direct"`
 	Wasted    int64              `json:"wasted"`
+	Discarded int64              `json:"discarded"`
+	Lost      int64              `json:"lost"`
+	Returned  int64              `json:"returned"`
+	Lapsed    int64              `json:"lapsed"`
+	Orphaned  int64              `json:"orphaned"`
 	Misses    int64              `json:"misses"`
 	Breaker   string             `json:"breaker"`
 	Demand    map[string]float64 `json:"demandPerSecond"`
@@ -127,6 +132,7 @@ func (s *Server) getProfiles(c *gin.Context) {
 			Name: name, Provider: s.cfg.Profiles[name].Provider,
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
 			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
+			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned,
 			Breaker: "closed", Demand: map[string]float64{"fast": round2(st.Demand.Fast), "slow": round2(st.Demand.Slow)},
 		}
 		if s.cfg.Breaker != nil {

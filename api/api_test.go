@@ -92,6 +92,8 @@ func (p *fakePool) Resume(context.Context, string) ([]string, error) {
 	return []string{"pause"}, nil
 }
 
+func (p *fakePool) Return(pool.Handout) {}
+
 func (p *fakePool) Ready(context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

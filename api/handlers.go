@@ -78,6 +78,9 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 		s.fail(c, err)
 		return
 	}
+	if s.callerGone(c, h) {
+		return
+	}
 	ice := h.ICEServers
 	if len(ice) == 0 {
 		ice = json.RawMessage("[]") // OpenAI: WebRTC with its own ICE
@@ -91,6 +94,21 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 		Profile:        h.Profile,
 		ID:             h.ID,
 	})
+}
+
+// callerGone puts h back when the caller's request ended (the client
+// disconnected, or the deadline passed) before the answer could be
+// written, and reports whether it did: the credential is not lost.
+func (s *Server) callerGone(c *gin.Context, h pool.Handout) bool {
+	err := c.Request.Context().Err()
+	if err == nil {
+		return false
+	}
+	s.pool.Return(h)
+	s.log.Info("caller gone before its credential was sent; put back", "request_id", requestID(c),
+		"profile", h.Profile, "source", string(h.Source), "err", err.Error())
+	c.Abort()
+	return true
 }
 
 // credentialHeaders marks an answer carrying a credential.

@@ -57,6 +57,9 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
+	if s.callerGone(c, h) {
+		return
+	}
 	s.credentialHeaders(c, h)
 	c.JSON(http.StatusOK, navaiSecret{Value: h.Token, ExpiresAt: h.ExpiresAt.Unix()})
 }

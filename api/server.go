@@ -25,6 +25,8 @@ import (
 // Pool is what the API needs of the pool.
 type Pool interface {
 	Get(ctx context.Context, profile, requestID string) (pool.Handout, error)
+	// Return puts back a handout whose caller has gone before receiving it.
+	Return(h pool.Handout)
 	Ready(ctx context.Context) error
 }
 

@@ -39,6 +39,8 @@ type Handout struct {
 	Profile string
 	Source  Source
 	Credential
+
+	claim string // the take's claim key suffix, for Return; "" unless pooled
 }
 
 // LogValue keeps the credential out of logs.

@@ -11,7 +11,8 @@ import "github.com/redis/go-redis/v9"
 //	<prefix>:{p}:handed   ZSET  entry id -> retire time (ms): the handout ledger
 //	<prefix>:{p}:stats    HASH  counters; the demand rates d_fast, d_slow (per second) at d_at (ms); target
 //	<prefix>:{p}:prewarm  HASH  ready, until (ms): a raised floor, expiring at until
-//	<prefix>:{p}:claim:<request id>  STRING "<entry id> <body>", short TTL
+//	<prefix>:{p}:claim:<request id>  STRING "<entry id> <retire ms> <body>", or "-" once
+//	                                  abandoned; short TTL
 //
 // Times come from Redis TIME so replicas with skewed clocks agree; a
 // script given a non-zero "now" uses it instead (the sizing simulation runs
@@ -46,6 +47,28 @@ local function demand(stats, now, tau_fast, tau_slow)
     'd_slow', tostring(slow + 1000 / tau_slow), 'd_at', fmt(now))
 end
 
+-- claim splits a claim key's value "<id> <retire ms> <body>".
+local function claim(v)
+  local a = string.find(v, ' ', 1, true)
+  local b = string.find(v, ' ', a + 1, true)
+  return string.sub(v, 1, a - 1), tonumber(string.sub(v, a + 1, b - 1)), string.sub(v, b + 1)
+end
+
+-- ledger records a handed-out id until its retire time, keeps the key's
+-- TTL at the latest retire time, and bounds its size (the ids that retire
+-- soonest go first; each one dropped is counted).
+local function ledger(handed, stats, id, retire, now, bound)
+  redis.call('ZADD', handed, fmt(retire), id)
+  if redis.call('PTTL', handed) < retire - now then
+    redis.call('PEXPIREAT', handed, fmt(retire))
+  end
+  local over = redis.call('ZCARD', handed) - bound
+  if over > 0 then
+    redis.call('ZREMRANGEBYRANK', handed, 0, over - 1)
+    redis.call('HINCRBY', stats, 'ledger_trimmed', over)
+  end
+end
+
 -- evict drops at most 256 entries that retire at or before cutoff and
 -- counts them as waste.
 local function evict(ready, entries, stats, cutoff)
@@ -62,43 +85,102 @@ end
 // and counts the request in the profile's demand.
 //
 // KEYS: ready, entries, stats, claim, handed
-// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast, slow) ms
-// Reply: {status, id, body, evicted}: status 1 handed out, 2 the entry of
-// an earlier call with this claim, 0 nothing usable.
+// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
+// slow) ms, ledger bound (entries), then the body prefixes this replica can
+// open (none: any)
+// Reply: {status, id, body, evicted, foreign}: status 1 handed out, 2 the
+// entry of an earlier call with this claim, 3 the claim was abandoned
+// (recoverScript ran: hand out nothing), 0 nothing usable; foreign counts
+// usable entries left for a replica that can open them.
 //
-// A retried call (same claim key) gets the entry of the first call back
-// instead of a second one. An id already in the ledger is never handed out
-// again; it is dropped and counted as a prevented duplicate.
+// The claim key holds "<entry id> <retire ms> <body>". A retried call (same
+// claim key) gets the entry of the first call back instead of a second one,
+// if it is still fresh enough; if not, nobody received it, so it counts as
+// waste and a fresh entry is taken. An id already in the ledger is never
+// handed out again; it is dropped and counted as a prevented duplicate. An
+// entry whose body starts with none of the given prefixes (sealed with a
+// key this replica lacks) is left in place.
 var takeScript = redis.NewScript(luaPrelude + `
-local claimed = redis.call('GET', KEYS[4])
-if claimed then
-  local sp = string.find(claimed, ' ', 1, true)
-  return {2, string.sub(claimed, 1, sp - 1), string.sub(claimed, sp + 1), 0}
-end
 local now = clock(ARGV[3])
 local cutoff = now + tonumber(ARGV[1])
+local claimed = redis.call('GET', KEYS[4])
+if claimed == '-' then return {3, '', '', 0, 0} end
+if claimed then
+  local id, retire, body = claim(claimed)
+  if retire > cutoff then return {2, id, body, 0, 0} end
+  redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
+  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
+end
 local evicted = evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
 demand(KEYS[3], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-for _ = 1, 16 do
-  local hit = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if #hit == 0 then break end
-  local id, retire = hit[1], hit[2]
-  redis.call('ZREM', KEYS[1], id)
+local function opens(body)
+  if #ARGV < 7 then return true end
+  for i = 7, #ARGV do
+    if string.sub(body, 1, #ARGV[i]) == ARGV[i] then return true end
+  end
+  return false
+end
+local foreign = 0
+local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', 0, 16)
+for i = 1, #hits, 2 do
+  local id, retire = hits[i], tonumber(hits[i + 1])
   local body = redis.call('HGET', KEYS[2], id)
-  redis.call('HDEL', KEYS[2], id)
   if not body then
+    redis.call('ZREM', KEYS[1], id)
     redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
   elseif redis.call('ZSCORE', KEYS[5], id) then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
     redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
-  else
-    redis.call('ZADD', KEYS[5], retire, id)
+  elseif opens(body) then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    ledger(KEYS[5], KEYS[3], id, retire, now, tonumber(ARGV[6]))
     redis.call('HINCRBY', KEYS[3], 'handed_out', 1)
-    redis.call('SET', KEYS[4], id .. ' ' .. body, 'PX', ARGV[2])
-    return {1, id, body, evicted}
+    redis.call('SET', KEYS[4], id .. ' ' .. fmt(retire) .. ' ' .. body, 'PX', ARGV[2])
+    return {1, id, body, evicted, foreign}
+  else
+    foreign = foreign + 1
   end
 end
 redis.call('HINCRBY', KEYS[3], 'misses', 1)
-return {0, '', '', evicted}
+return {0, '', '', evicted, foreign}
+`)
+
+// recoverScript undoes a take whose entry never reached its caller (the
+// reply missed the deadline, the connection broke, the caller left). It
+// leaves a tombstone in the claim key, so a take with that claim that
+// reaches Redis only now hands out nothing.
+//
+// KEYS: ready, entries, stats, claim, handed
+// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME)
+// Reply: 0 nothing had been taken, 1 the entry is pooled again, 2 it was
+// no longer usable and counts as waste.
+var recoverScript = redis.NewScript(luaPrelude + `
+local claimed = redis.call('GET', KEYS[4])
+redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
+if not claimed or claimed == '-' then return 0 end
+local id, retire, body = claim(claimed)
+redis.call('ZREM', KEYS[5], id)
+redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
+if retire <= clock(ARGV[3]) + tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
+  return 2
+end
+redis.call('ZADD', KEYS[1], fmt(retire), id)
+redis.call('HSET', KEYS[2], id, body)
+redis.call('HINCRBY', KEYS[3], 'returned', 1)
+return 1
+`)
+
+// discardScript counts an entry that was taken but could not be opened
+// (tampered with, or not an entry): discarded, not handed out. Its id stays
+// in the ledger, so it is never pooled again.
+//
+// KEYS: stats
+var discardScript = redis.NewScript(`
+redis.call('HINCRBY', KEYS[1], 'handed_out', -1)
+return redis.call('HINCRBY', KEYS[1], 'discarded', 1)
 `)
 
 // reserveScript leases mint reservations so that, across every replica,
@@ -142,30 +224,45 @@ return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, 
 
 // putScript adds a minted entry and ends its reservation. It is safe to
 // retry: an entry already pooled or already handed out is not added again.
+// An entry whose reservation is gone (its lease lapsed, so another mint
+// may have taken its place) is pooled only if the pool has room for it:
+// usable + in flight stays within the target. (With no target recorded,
+// as after a Redis restart without persistence, it is pooled.)
 //
 // KEYS: ready, entries, minting, stats, handed
 // ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms (0: TIME)
-// Reply: 1 pooled, 0 wasted (already unusable) or already handed out.
+// Reply: 1 pooled, 0 wasted (already unusable, or no room) or already handed out.
 var putScript = redis.NewScript(luaPrelude + `
 if redis.call('ZSCORE', KEYS[5], ARGV[2]) then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
-redis.call('ZREM', KEYS[3], ARGV[1])
+local held = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'minted', 1)
-if tonumber(ARGV[3]) <= clock(ARGV[6]) + tonumber(ARGV[5]) then
+local cutoff = clock(ARGV[6]) + tonumber(ARGV[5])
+if tonumber(ARGV[3]) <= cutoff then
   redis.call('HINCRBY', KEYS[4], 'wasted', 1)
   return 0
+end
+local target = tonumber(redis.call('HGET', KEYS[4], 'target'))
+if held == 0 and target then
+  local usable = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(cutoff), '+inf')
+  if usable + redis.call('ZCARD', KEYS[3]) >= target then
+    redis.call('HINCRBY', KEYS[4], 'wasted', 1)
+    redis.call('HINCRBY', KEYS[4], 'surplus', 1)
+    return 0
+  end
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
 `)
 
-// releaseScript ends reservations whose mints failed or were abandoned.
+// releaseScript ends reservations whose mints failed or were abandoned,
+// and counts those it ended (a lapsed one was counted when it lapsed).
 //
 // KEYS: minting, stats
 // ARGV: counter to increment, reservation ids...
 var releaseScript = redis.NewScript(`
 local n = redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
-redis.call('HINCRBY', KEYS[2], ARGV[1], #ARGV - 1)
+if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], n) end
 return n
 `)

@@ -16,6 +16,8 @@ type Metrics struct {
 	misses   *prometheus.CounterVec // profile
 	wasted   *prometheus.CounterVec // profile
 	mints    *prometheus.CounterVec // profile, kind, outcome
+	lost     *prometheus.CounterVec // profile
+	back     *prometheus.CounterVec // profile
 }
 
 // NewMetrics registers the pool's metrics with reg.
@@ -37,8 +39,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenpool_mints_total",
 			Help: "Mints by profile, kind (refill or request) and outcome (ok, failed, unavailable, cancelled).",
 		}, []string{"profile", "kind", "outcome"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_lost_total",
+			Help: "Credentials this replica could not deliver nor put back: taken while Redis failed and not recovered, or parked when it stopped.",
+		}, []string{"profile"}),
+		back: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_returned_total",
+			Help: "Pooled credentials taken for a caller that had gone, put back by this replica.",
+		}, []string{"profile"}),
 	}
-	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints)
+	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back)
 	return m
 }
 
@@ -53,6 +63,8 @@ func (m *Metrics) known(profile string) {
 	}
 	m.misses.WithLabelValues(profile)
 	m.wasted.WithLabelValues(profile)
+	m.lost.WithLabelValues(profile)
+	m.back.WithLabelValues(profile)
 	for _, kind := range []string{"refill", "request"} {
 		for _, out := range []string{"ok", "failed", "unavailable", "cancelled"} {
 			m.mints.WithLabelValues(profile, kind, out)
@@ -75,6 +87,18 @@ func (m *Metrics) miss(profile string) {
 func (m *Metrics) waste(profile string, n int64) {
 	if m != nil && n > 0 {
 		m.wasted.WithLabelValues(profile).Add(float64(n))
+	}
+}
+
+func (m *Metrics) loss(profile string, n int64) {
+	if m != nil && n > 0 {
+		m.lost.WithLabelValues(profile).Add(float64(n))
+	}
+}
+
+func (m *Metrics) returned(profile string) {
+	if m != nil {
+		m.back.WithLabelValues(profile).Inc()
 	}
 }
 

@@ -135,6 +135,17 @@ type profile struct {
 
 var profileName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
+// NewReplicaID names one process of the fleet: its host name (the
+// container's, under Docker or Kubernetes) and a random suffix, so replicas
+// that share a host name and a pid (pid 1 in containers) still differ.
+func NewReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "tokenpoold"
+	}
+	return host + "-" + uuid.NewString()[:8]
+}
+
 // New checks cfg and returns a Pool. Open starts its refiller.
 func New(cfg Config) (*Pool, error) {
 	if cfg.Store == nil {
@@ -177,8 +188,7 @@ func New(cfg Config) (*Pool, error) {
 		cfg.NewID = uuid.NewString
 	}
 	if cfg.ReplicaID == "" {
-		host, _ := os.Hostname()
-		cfg.ReplicaID = host + "-" + uuid.NewString()[:8]
+		cfg.ReplicaID = NewReplicaID()
 	}
 
 	cfg.Store.metrics = cfg.Metrics
@@ -230,9 +240,17 @@ func (p *Pool) Open() {
 	p.refill.start()
 }
 
-// Close stops the refiller: no new mints start, mints in flight finish
-// and are pooled until ctx is done, then they are cancelled and their
-// reservations released. Close is idempotent.
+// Drain stops the refiller while the pool keeps handing out: no new mints
+// start, mints in flight finish and are pooled until ctx is done, then they
+// are cancelled and their reservations released; credentials it still
+// holds (parked while Redis failed) are pooled, or counted as lost. Drain
+// is idempotent; Close calls it.
+func (p *Pool) Drain(ctx context.Context) error {
+	return p.refill.stop(ctx)
+}
+
+// Close drains the refiller (see Drain) and closes the pool: Get answers
+// ErrClosed. Close is idempotent.
 func (p *Pool) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() { close(p.closed) })
 	return p.refill.stop(ctx)
@@ -260,6 +278,10 @@ func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout,
 	}
 	if pr.Target > 0 {
 		h, err := p.store.Take(ctx, pr.Name, requestID, pr.minLife)
+		var ue *UnrecoveredError
+		if errors.As(err, &ue) {
+			p.refill.unrecovered(ue)
+		}
 		p.refill.wake()
 		if err == nil {
 			p.metrics.handout(pr.Name, SourcePool)
@@ -269,6 +291,34 @@ func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout,
 		}
 	}
 	return p.mintDirect(ctx, pr)
+}
+
+// Return puts back a handout whose caller never received it (the client
+// had gone before the answer could be written): a pooled one is pooled
+// again if still usable, else counted as waste; one minted for its request
+// is pooled if the pool has room for it, else counted as waste. Return runs
+// on a short context of its own, since the request's is usually what ended.
+// On-demand handouts (settings no pool has) can't be pooled.
+func (p *Pool) Return(h Handout) {
+	pr, ok := p.profiles[h.Profile]
+	if !ok || pr.Target < 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	defer cancel()
+	switch h.Source {
+	case SourcePool:
+		p.metrics.returned(pr.Name)
+		if _, err := p.store.recoverClaim(ctx, pr.Name, h.claim, pr.minLife); err != nil {
+			p.refill.unrecovered(&UnrecoveredError{Profile: pr.Name, Claim: h.claim, MinRemaining: pr.minLife, At: time.Now(), Err: err})
+		}
+	case SourceDirect:
+		p.metrics.returned(pr.Name)
+		e := parked{resID: "", entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}
+		if _, err := p.store.put(ctx, pr.Name, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+			p.refill.park(pr.Name, e)
+		}
+	}
 }
 
 // mintDirect mints a credential for one request on a miss. It is never
@@ -349,10 +399,34 @@ func (p *Pool) mintFor(ctx context.Context, pr *profile, m Minter, minLife time.
 	default:
 		return Handout{}, fmt.Errorf("%w: %w", ErrProvider, err)
 	}
-	if life := c.ExpiresAt.Sub(p.now()); life < minLife {
-		return Handout{}, fmt.Errorf("%w: a new credential lives %s, less than the %s a handout needs", ErrProvider, life.Round(time.Second), minLife)
+	if err := checkLife(c, p.now(), minLife); err != nil {
+		return Handout{}, err
 	}
 	return Handout{ID: p.newID(), Profile: pr.Name, Source: SourceDirect, Credential: c}, nil
+}
+
+// MaxLife bounds a new credential's life. Providers give minutes to hours
+// (OpenAI at most 2 h); an expiry further ahead is a misread answer (say,
+// milliseconds taken for seconds) that would keep an entry "fresh" for
+// ever, so it is refused as a provider error.
+const MaxLife = 24 * time.Hour
+
+// checkLife refuses a new credential that lives less than minLife, or
+// more than MaxLife, from now.
+func checkLife(c Credential, now time.Time, minLife time.Duration) error {
+	if life := c.ExpiresAt.Sub(now); life < minLife {
+		return fmt.Errorf("%w: a new credential lives %s, less than the %s a handout needs", ErrProvider, life.Round(time.Second), minLife)
+	}
+	return checkMaxLife(c, now)
+}
+
+// checkMaxLife refuses a new credential that lives more than MaxLife.
+func checkMaxLife(c Credential, now time.Time) error {
+	if life := c.ExpiresAt.Sub(now); life > MaxLife {
+		return fmt.Errorf("%w: a new credential expires %s from now, beyond the %s any provider gives: is its expiry in the wrong unit?",
+			ErrProvider, life.Round(time.Hour), MaxLife)
+	}
+	return nil
 }
 
 // Ready reports whether the pool can serve: Redis answers, and for every

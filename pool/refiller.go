@@ -36,20 +36,22 @@ type refiller struct {
 
 // refillState is the refiller's local view of one profile.
 type refillState struct {
-	healthy   bool          // the last mint succeeded; until then, one mint at a time
-	parked    []parked      // minted, but Redis failed the put
-	lostWaste int64         // parked entries that expired, not yet counted in Redis
-	inFlight  int           // mints running on this replica
-	failures  int           // consecutive failed mints
-	notBefore time.Time     // backoff: no reservation before this
-	latency   time.Duration // moving average of a mint's duration
-	life      time.Duration // moving average of a new credential's usable life; 0: none seen
-	demand    Demand        // the fleet's demand, as the last reservation round saw it
-	target    int           // the target of the last round
-	lastLog   time.Time     // last failure logged
-	quiet     int           // failures not logged since lastLog
-	targetLog time.Time     // last target change logged
-	loggedAt  int           // the target then
+	healthy   bool                // the last mint succeeded; until then, one mint at a time
+	parked    []parked            // minted, but Redis failed the put
+	lostWaste int64               // parked entries that expired, not yet counted in Redis
+	pending   []*UnrecoveredError // failed takes whose entries are still to recover
+	lost      int64               // credentials lost, not yet counted in Redis
+	inFlight  int                 // mints running on this replica
+	failures  int                 // consecutive failed mints
+	notBefore time.Time           // backoff: no reservation before this
+	latency   time.Duration       // moving average of a mint's duration
+	life      time.Duration       // moving average of a new credential's usable life; 0: none seen
+	demand    Demand              // the fleet's demand, as the last reservation round saw it
+	target    int                 // the target of the last round
+	lastLog   time.Time           // last failure logged
+	quiet     int                 // failures not logged since lastLog
+	targetLog time.Time           // last target change logged
+	loggedAt  int                 // the target then
 }
 
 // parked is a minted credential whose put failed (Redis down). It is kept
@@ -117,8 +119,99 @@ func (r *refiller) stop(ctx context.Context) error {
 			<-done
 		}
 		r.mintCancel()
+		r.flush()
 	})
 	return err
+}
+
+// flush pools what the refiller still holds, once the loop and every mint
+// have ended: parked credentials and failed takes' entries. What Redis
+// won't take now is lost: counted in Redis if it answers, in metrics and
+// in the log either way.
+func (r *refiller) flush() {
+	for _, name := range r.p.names {
+		pr := r.p.profiles[name]
+		r.recoverPending(pr)
+		r.unpark(pr)
+		r.mu.Lock()
+		st := r.state[name]
+		lost := int64(len(st.parked)+len(st.pending)) + st.lost
+		wasted := st.lostWaste
+		st.parked, st.pending, st.lost, st.lostWaste = nil, nil, 0, 0
+		r.mu.Unlock()
+		if lost == 0 && wasted == 0 {
+			continue
+		}
+		r.p.metrics.loss(name, lost)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := r.p.store.count(ctx, name, "lost", lost)
+		cancel()
+		r.p.log.Warn("pool: stopped holding credentials Redis did not take", "profile", name,
+			"lost", lost, "expired_unpooled", wasted, "counted_in_redis", err == nil)
+	}
+}
+
+// maxPending bounds the failed takes queued for recovery per profile;
+// past it a failed take counts as lost at once.
+const maxPending = 4096
+
+// unrecovered queues a failed take for the loop to recover.
+func (r *refiller) unrecovered(e *UnrecoveredError) {
+	r.mu.Lock()
+	if st := r.state[e.Profile]; st != nil {
+		if len(st.pending) < maxPending {
+			st.pending = append(st.pending, e)
+		} else {
+			st.lost++
+			r.p.metrics.loss(e.Profile, 1)
+		}
+	}
+	r.mu.Unlock()
+	r.wake()
+}
+
+// recoverPending recovers the entries of failed takes. One whose claim
+// may have expired can no longer be told apart from a take that never ran,
+// and counts as lost. It reports false when Redis still fails.
+func (r *refiller) recoverPending(pr *profile) bool {
+	r.mu.Lock()
+	st := r.state[pr.Name]
+	list, lost := st.pending, st.lost
+	st.pending, st.lost = nil, 0
+	r.mu.Unlock()
+	if len(list) == 0 && lost == 0 {
+		return true
+	}
+	requeue := func(rest []*UnrecoveredError, lost int64) bool {
+		r.mu.Lock()
+		st.pending = append(rest, st.pending...)
+		st.lost += lost
+		r.mu.Unlock()
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	horizon := r.p.store.claimTTL - time.Second // a margin for the clocks of Redis and this host
+	var recovered int
+	for i, e := range list {
+		if time.Since(e.At) >= horizon {
+			lost++
+			r.p.metrics.loss(pr.Name, 1)
+			continue
+		}
+		if _, err := r.p.store.recoverClaim(ctx, pr.Name, e.Claim, e.MinRemaining); err != nil {
+			return requeue(list[i:], lost)
+		}
+		recovered++
+	}
+	if lost > 0 {
+		if err := r.p.store.count(ctx, pr.Name, "lost", lost); err != nil {
+			return requeue(nil, lost)
+		}
+	}
+	r.p.log.Warn("pool: takes that failed while Redis was failing", "profile", pr.Name,
+		"recovered", recovered, "lost", lost)
+	return true
 }
 
 // wake asks the loop for a refill round without blocking.
@@ -167,7 +260,7 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	if pr.Target < 0 {
 		return
 	}
-	if !r.unpark(pr) {
+	if !r.recoverPending(pr) || !r.unpark(pr) {
 		return // Redis still fails; don't lease more
 	}
 	a, ok := r.plan(pr)
@@ -265,6 +358,9 @@ func (r *refiller) mint(pr *profile, resID string) {
 	start := time.Now()
 	c, err := pr.Minter.Mint(ctx)
 	took := time.Since(start)
+	if err == nil {
+		err = checkMaxLife(c, r.p.now()) // a short life is pooled and counted as waste
+	}
 	r.p.metrics.mint(pr.Name, "refill", err)
 	if err != nil {
 		why := "mint_failed"

@@ -99,6 +99,16 @@ func (s *Sealer) seal(profile, id string, plain []byte) []byte {
 	return k.aead.Seal(out, nonce, plain, sealAD(profile, id))
 }
 
+// prefixes are how bodies this Sealer can open start: the version and a
+// key id, one per key.
+func (s *Sealer) prefixes() []any {
+	out := make([]any, len(s.keys))
+	for i, k := range s.keys {
+		out[i] = string(append([]byte{sealVersion}, k.id[:]...))
+	}
+	return out
+}
+
 // open reverses seal with whichever configured key sealed the body.
 func (s *Sealer) open(profile, id string, sealed []byte) ([]byte, error) {
 	if len(sealed) < 5 || sealed[0] != sealVersion {

@@ -21,6 +21,8 @@ type Store struct {
 	sealer   *Sealer
 	waitN    int
 	waitFor  time.Duration
+	ledger   int   // ledgerMax
+	opens    []any // body prefixes this Store can open (takeScript)
 
 	metrics *Metrics         // set by the Pool using the store
 	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
@@ -53,6 +55,11 @@ type StoreConfig struct {
 	WaitReplicas int
 	// WaitTimeout bounds that wait. default: 50ms
 	WaitTimeout time.Duration
+	// LedgerMax bounds the handout ledger of each profile (ids handed out
+	// and not yet retired, which guard against a replayed put). Past it the
+	// ids that retire soonest are dropped and counted (ledger_trimmed).
+	// default: 1,000,000 (about 100 MB of Redis memory at most)
+	LedgerMax int
 }
 
 // NewStore returns a Store on rdb, a *redis.Client or *redis.ClusterClient.
@@ -66,9 +73,16 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 	if cfg.WaitTimeout <= 0 {
 		cfg.WaitTimeout = 50 * time.Millisecond
 	}
+	if cfg.LedgerMax <= 0 {
+		cfg.LedgerMax = 1_000_000
+	}
+	opens := []any{"{"} // a plain JSON entry
+	if cfg.Sealer != nil {
+		opens = cfg.Sealer.prefixes()
+	}
 	return &Store{
 		rdb: rdb, prefix: cfg.KeyPrefix, claimTTL: cfg.ClaimTTL, sealer: cfg.Sealer,
-		waitN: cfg.WaitReplicas, waitFor: cfg.WaitTimeout,
+		waitN: cfg.WaitReplicas, waitFor: cfg.WaitTimeout, ledger: cfg.LedgerMax, opens: opens,
 	}
 }
 
@@ -93,9 +107,16 @@ func (k keys) claim(id string) string { return k.base + "claim:" + id }
 // claim TTL returns the same entry. It returns ErrEmpty when nothing usable
 // is pooled.
 //
-// An entry that cannot be opened or decoded (sealed with a key no longer
-// configured, tampered with) is discarded, counted, and the next one taken,
-// up to maxDiscards times.
+// Entries sealed with a key this Store lacks are left for a replica that
+// has it. An entry that cannot be opened or decoded all the same (tampered
+// with) is discarded, counted, and the next one taken, up to maxDiscards
+// times.
+//
+// When the take fails or its outcome is unknown (the reply missed ctx's
+// deadline, the connection broke), Take recovers the entry on a short
+// context of its own: a take that did run in Redis is undone and its entry
+// pooled again, so a failure loses nothing. An error for which even that
+// failed matches ErrUnavailable and is an *UnrecoveredError.
 func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (Handout, error) {
 	for attempt := 0; ; attempt++ {
 		claim := claimID
@@ -104,20 +125,74 @@ func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining 
 			claim = claimID + "#" + strconv.Itoa(attempt)
 		}
 		id, body, err := s.take(ctx, profile, claim, minRemaining)
-		if err != nil {
+		if errors.Is(err, ErrEmpty) {
 			return Handout{}, err
+		}
+		if err != nil {
+			return Handout{}, s.abandon(profile, claim, minRemaining, err)
 		}
 		cred, err := s.decode(profile, id, body)
 		if err == nil {
-			return Handout{ID: id, Profile: profile, Source: SourcePool, Credential: cred}, nil
+			return Handout{ID: id, Profile: profile, Source: SourcePool, Credential: cred, claim: claim}, nil
 		}
-		if cerr := s.count(ctx, profile, "discarded", 1); cerr != nil {
-			return Handout{}, cerr
+		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(profile).stats()}).Err(); err != nil {
+			return Handout{}, storeError("discard", err)
 		}
 		if attempt+1 >= maxDiscards {
 			return Handout{}, fmt.Errorf("%w (%d entries in a row could not be opened: %v)", ErrEmpty, maxDiscards, err)
 		}
 	}
+}
+
+// recoverTimeout bounds one attempt to recover a failed take's entry.
+const recoverTimeout = time.Second
+
+// UnrecoveredError is a take that failed with an unknown outcome and whose
+// recovery failed too (Redis unreachable): its entry, if the take ran, is
+// held by the claim until the claim TTL passes. The Pool tries again, and
+// counts the entry as lost when the claim is gone. It matches ErrUnavailable.
+type UnrecoveredError struct {
+	Profile, Claim string
+	MinRemaining   time.Duration
+	At             time.Time // when the take failed
+	Err            error     // the take's error
+}
+
+func (e *UnrecoveredError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the take's error.
+func (e *UnrecoveredError) Unwrap() error { return e.Err }
+
+// abandon recovers the entry of a failed take under claim, on a context
+// detached from the caller's, which may be what ended. It returns cause,
+// or an *UnrecoveredError wrapping it when recovery failed too.
+func (s *Store) abandon(profile, claim string, minRemaining time.Duration, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	defer cancel()
+	if _, err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
+		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: cause}
+	}
+	return cause
+}
+
+// Recovery outcomes of recoverClaim.
+const (
+	recoveredNothing = 0 // no take had run under the claim
+	recoveredPooled  = 1 // the entry is pooled again
+	recoveredWasted  = 2 // the entry was no longer usable: counted as waste
+)
+
+// recoverClaim undoes the take under claim, if one ran, and leaves a
+// tombstone so that a take under it that reaches Redis later hands out
+// nothing. It returns one of the recovery outcomes.
+func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) (int64, error) {
+	k := s.keys(profile)
+	n, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
+		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Int64()
+	if err != nil {
+		return 0, storeError("recover", err)
+	}
+	return n, nil
 }
 
 // maxDiscards bounds the undecodable entries one Take skips.
@@ -147,9 +222,9 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 			continue
 		}
 		if acked, err := wait.Int64(); take.Err() == nil && err == nil && acked < int64(s.waitN) {
-			if err := s.count(ctx, profile, "unreplicated", 1); err != nil {
-				return nil, err
-			}
+			// Best effort: failing the take for its counter would lose
+			// the entry it holds.
+			_ = s.count(ctx, profile, "unreplicated", 1)
 		}
 		return take.Result()
 	}
@@ -159,8 +234,8 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (id, body string, err error) {
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
-	args := []any{minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds()}
+	args := append([]any{minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger}, s.opens...)
 	var v any
 	if s.waitN > 0 {
 		v, err = s.takeReplicated(ctx, profile, keys, args)
@@ -171,7 +246,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		return "", "", storeError("take", err)
 	}
 	reply, ok := v.([]any)
-	if !ok || len(reply) != 4 {
+	if !ok || len(reply) != 5 {
 		return "", "", fmt.Errorf("pool: take: unexpected reply %T", v)
 	}
 	status, ok0 := reply[0].(int64)
@@ -182,9 +257,12 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		return "", "", fmt.Errorf("pool: take: unexpected reply types %T %T %T %T", reply[0], reply[1], reply[2], reply[3])
 	}
 	s.metrics.waste(profile, evicted)
-	if status == 0 {
+	switch status {
+	case 0:
 		s.metrics.miss(profile)
 		return "", "", ErrEmpty
+	case 3:
+		return "", "", fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
 	}
 	return id, body, nil
 }
@@ -387,10 +465,15 @@ type Stats struct {
 	Wasted              int64 // expired or fell below the minimum life unused
 	Misses              int64 // takes that found nothing usable
 	MintFailed          int64 // reservations released after a failed mint
-	Lapsed              int64 // reservations that lapsed (a replica died mid-mint)
+	Lapsed              int64 // reservations whose lease ran out (a replica died, or a mint or its put outlasted the lease)
 	DuplicatesPrevented int64 // entries seen again after being handed out
-	Discarded           int64 // entries no configured key could open
+	Discarded           int64 // entries taken that could not be opened (tampered with)
 	Unreplicated        int64 // takes no replica acknowledged in time (WaitReplicas)
+	Lost                int64 // taken in Redis but never delivered, and not recovered
+	Returned            int64 // taken, not delivered, and pooled again
+	Surplus             int64 // minted after their reservation lapsed, with no room: counted in Wasted too
+	Orphaned            int64 // ids in the ready set without a body (should stay 0)
+	LedgerTrimmed       int64 // ledger ids dropped to keep it within LedgerMax
 }
 
 // Stats reads profile's snapshot in one round trip. Usable counts the
@@ -431,6 +514,7 @@ func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration
 		Minted: n("minted"), HandedOut: n("handed_out"), Direct: n("direct"),
 		Wasted: n("wasted"), Misses: n("misses"), MintFailed: n("mint_failed"),
 		Lapsed: n("lapsed"), DuplicatesPrevented: n("duplicates_prevented"), Discarded: n("discarded"), Unreplicated: n("unreplicated"),
+		Lost: n("lost"), Returned: n("returned"), Surplus: n("surplus"), Orphaned: n("orphaned"), LedgerTrimmed: n("ledger_trimmed"),
 	}, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -107,10 +106,18 @@ func TestFleetQuota(t *testing.T) {
 	}
 }
 
-// replicaPrefix is how a process names its reservations: host-pid/.
-func replicaPrefix(p *process) string {
-	host, _ := os.Hostname()
-	return fmt.Sprintf("%s-%d/", host, p.cmd.Process.Pid)
+// replicaPrefix is how a process names its reservations: the replica id
+// its "listening" line logs (at level info), and a slash.
+func replicaPrefix(tb testing.TB, p *process) string {
+	tb.Helper()
+	var id string
+	poll.Until(tb, "the listening line", 5*time.Second, func() bool {
+		if l := logLines(p.stderr.String(), "listening"); len(l) == 1 {
+			id, _ = l[0]["replica"].(string)
+		}
+		return id != ""
+	})
+	return id + "/"
 }
 
 // TestKilledReplica: kill -9 of a replica in the middle of refills. Its
@@ -124,14 +131,16 @@ func TestKilledReplica(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{Latency: 400 * time.Millisecond}) // a mint takes 0.8s
 	env := fleetEnv(rs.URL(), sim, map[string]string{
 		"TOKENPOOL_POOL_TARGET":  fmt.Sprint(target),
-		"TOKENPOOL_MINT_TIMEOUT": "3s", // lease: 3s + 5s
+		"TOKENPOOL_MINT_TIMEOUT": "3s",   // lease: 3s + 5s
+		"TOKENPOOL_LOG_LEVEL":    "info", // the listening line names the replica
 	})
 	fleet := startFleet(t, 3, env)
 	victim, survivors := fleet[0], fleet[1:]
+	prefix := replicaPrefix(t, victim)
 	held := func(p *process) int {
 		n := 0
 		for _, m := range rdb.ZRange(ctx, "tp:{default}:minting", 0, -1).Val() {
-			if strings.HasPrefix(m, replicaPrefix(p)) {
+			if strings.HasPrefix(m, prefix) {
 				n++
 			}
 		}

@@ -178,7 +178,7 @@ func (m *Main) Open(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.upstreamMetrics = upstream.NewMetrics(reg)
-	replica := replicaID()
+	replica := pool.NewReplicaID()
 	shared := upstream.NewShared(upstream.SharedConfig{Redis: m.rdb, Quota: cfg.UpstreamRate, Replica: replica})
 	ps := cfg.Profiles
 	var (
@@ -356,16 +356,6 @@ func (a providerAdmin) Resume(ctx context.Context, provider string) ([]string, e
 	return a.shared.Resume(ctx, provider)
 }
 
-// replicaID names this process in reservation ids and fleet flags: the
-// host name (the container's, under Docker or Kubernetes) and the pid.
-func replicaID() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "tokenpoold"
-	}
-	return fmt.Sprintf("%s-%d", host, os.Getpid())
-}
-
 func rateString(l limiter.Limit) string {
 	if l.Rate == 0 {
 		return "unlimited"
@@ -406,11 +396,18 @@ func (m *Main) Addr() string {
 	return m.ln.Addr().String()
 }
 
-// Close stops taking requests, lets requests in flight finish, stops the
-// refiller (mints in flight are pooled or their reservations released),
-// then closes Redis. It returns the first error.
+// Close stops taking requests and stops the refiller, lets requests and
+// mints in flight finish together (mints are pooled or their reservations
+// released), then closes Redis. It returns every error.
 func (m *Main) Close(ctx context.Context) error {
 	var errs []error
+	// The refiller's mints in flight drain while the requests do, each
+	// with the whole of ctx: a slow request must not use up the time a
+	// mint needs to be pooled.
+	drained := make(chan error, 1)
+	if m.pool != nil {
+		go func() { drained <- m.pool.Drain(ctx) }()
+	}
 	if m.http != nil {
 		if err := m.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
@@ -427,6 +424,9 @@ func (m *Main) Close(ctx context.Context) error {
 		m.api.Close()
 	}
 	if m.pool != nil {
+		if err := <-drained; err != nil {
+			errs = append(errs, fmt.Errorf("pool drain: %w", err))
+		}
 		if err := m.pool.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("pool close: %w", err))
 		}

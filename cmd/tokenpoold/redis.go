@@ -80,8 +80,37 @@ func (m *Main) openRedis(ctx context.Context) error {
 	if err := m.rdb.Ping(pctx).Err(); err != nil {
 		// No address: a URL may hold a password.
 		m.log.Warn("redis does not answer yet; not ready until it does", "redis", m.redisKind(), "err", err)
+		return nil
+	}
+	if m.embedded == nil {
+		m.checkEviction(pctx)
 	}
 	return nil
+}
+
+// checkEviction warns when Redis may evict keys under memory pressure:
+// the pool's promise needs maxmemory-policy noeviction, since an evicted
+// ledger, reservation set or entry loses or doubles credentials. A Redis
+// that refuses CONFIG (managed services often do) is logged, not fatal.
+func (m *Main) checkEviction(ctx context.Context) {
+	check := func(ctx context.Context, c *redis.Client) error {
+		v, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+		if err != nil {
+			m.log.Info("could not read Redis's maxmemory-policy; the pool needs noeviction", "err", err)
+			return nil
+		}
+		if p := v["maxmemory-policy"]; p != "" && p != "noeviction" {
+			m.log.Warn("Redis may evict the pool's keys: set maxmemory-policy noeviction, or credentials can be lost or handed out twice",
+				"maxmemory_policy", p)
+		}
+		return nil
+	}
+	switch c := m.rdb.(type) {
+	case *redis.ClusterClient:
+		_ = c.ForEachMaster(ctx, check)
+	case *redis.Client:
+		_ = check(ctx, c)
+	}
 }
 
 // redisKind names the topology, for logs.

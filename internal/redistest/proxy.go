@@ -6,12 +6,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy is a loopback TCP proxy in front of a Redis that can lose a reply:
 // the command reaches Redis and runs, but the client never sees the answer
 // and its connection drops, as on a network failure. go-redis then retries
-// the command on a new connection.
+// the command on a new connection. It can also delay every reply, as a slow
+// network or a Redis under load does: commands run at once, their answers
+// arrive late.
 type Proxy struct {
 	// Addr is where clients connect.
 	Addr string
@@ -20,6 +23,8 @@ type Proxy struct {
 	ln       net.Listener
 	dropNext atomic.Bool
 	dropped  atomic.Int64
+	delay    atomic.Int64                      // nanoseconds each reply is held back
+	match    atomic.Pointer[func([]byte) bool] // which replies; nil: all
 
 	mu    sync.Mutex
 	conns []net.Conn // guarded by mu
@@ -29,20 +34,41 @@ type Proxy struct {
 // NewProxy starts a proxy to target, closed when the test ends.
 func NewProxy(tb testing.TB, target string) *Proxy {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := StartProxy(target)
 	if err != nil {
 		tb.Fatalf("redistest: proxy: %v", err)
+	}
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// StartProxy starts a proxy to target on a free loopback port, for
+// programs (the chaos run); Close stops it.
+func StartProxy(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
 	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln}
 	p.wg.Add(1)
 	go p.accept()
-	tb.Cleanup(p.close)
-	return p
+	return p, nil
 }
 
 // DropNextReply makes the proxy swallow the next reply any server sends
 // and close that client's connection.
 func (p *Proxy) DropNextReply() { p.dropNext.Store(true) }
+
+// DelayReplies holds back every reply by d from now on; 0 ends it.
+func (p *Proxy) DelayReplies(d time.Duration) { p.DelayRepliesMatching(d, nil) }
+
+// DelayRepliesMatching holds back by d the replies (each read from a
+// server, which is one reply under request-response traffic) for which
+// match reports true.
+func (p *Proxy) DelayRepliesMatching(d time.Duration, match func(reply []byte) bool) {
+	p.match.Store(&match)
+	p.delay.Store(int64(d))
+}
 
 // Dropped is how many replies were swallowed.
 func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
@@ -79,6 +105,11 @@ func (p *Proxy) replies(client, server net.Conn) {
 			server.Close()
 			return
 		}
+		if d := time.Duration(p.delay.Load()); n > 0 && d > 0 {
+			if m := p.match.Load(); m == nil || *m == nil || (*m)(buf[:n]) {
+				time.Sleep(d)
+			}
+		}
 		if n > 0 {
 			if _, werr := client.Write(buf[:n]); werr != nil {
 				return
@@ -90,7 +121,8 @@ func (p *Proxy) replies(client, server net.Conn) {
 	}
 }
 
-func (p *Proxy) close() {
+// Close stops the proxy and drops every connection through it.
+func (p *Proxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
 	for _, c := range p.conns {

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenpool/tokenpool/internal/poll"
+	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
+)
+
+// The daemon-level replays of the pool review's findings (issue "Nothing
+// lost, nothing doubled"); pool/promise_test.go has the rest.
+
+// statsOf reads a profile's raw counters.
+func statsOf(tb testing.TB, rs *redistest.Server, profile string) map[string]int64 {
+	tb.Helper()
+	m := rs.Client().HGetAll(context.Background(), "tp:{"+profile+"}:stats").Val()
+	out := map[string]int64{}
+	for k, v := range m {
+		out[k], _ = strconv.ParseInt(v, 10, 64)
+	}
+	return out
+}
+
+// Finding 1: a caller that gives up while its take is on the way back from
+// a slow Redis does not cost a credential: the entry is pooled again.
+func TestPromiseACallerWhoLeavesCostsNoCredential(t *testing.T) {
+	rs := redistest.New(t)
+	proxy := redistest.NewProxy(t, rs.Addr)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, map[string]string{"REDIS_URL": "redis://" + proxy.Addr, "TOKENPOOL_POOL_TARGET": "3"})
+	rdb := rs.Client()
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool {
+		return rdb.ZCard(context.Background(), "tp:{default}:ready").Val() == 3 &&
+			rdb.ZCard(context.Background(), "tp:{default}:minting").Val() == 0
+	})
+
+	// Only the take's reply is slow ({1, id, body, evicted, foreign}): the
+	// limits before it answer at once.
+	proxy.DelayRepliesMatching(400*time.Millisecond, func(b []byte) bool { return bytes.HasPrefix(b, []byte("*5\r\n:1\r\n$")) })
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.url+"/v1/session-config", nil)
+	req.Header.Set("Authorization", "Bearer "+callerJWT(t, "leaver"))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the request should have timed out on the client, got %d", resp.StatusCode)
+	}
+	cancel()
+	poll.Until(t, "the take to be undone", 10*time.Second, func() bool { return statsOf(t, rs, "default")["returned"] == 1 })
+	proxy.DelayReplies(0)
+	st := statsOf(t, rs, "default")
+	if st["handed_out"] != 0 || st["lost"] != 0 {
+		t.Fatalf("after a caller left mid-take: %v; want nothing handed out, nothing lost", st)
+	}
+	if n := rdb.ZCard(context.Background(), "tp:{default}:ready").Val(); n < 3 {
+		t.Fatalf("%d pooled after the take was undone, want 3", n)
+	}
+}
+
+// Finding 5: two replicas with the same host name and pid (pid 1 in every
+// container) still get different replica ids.
+func TestPromiseReplicaIDsDifferOnOneHostAndPid(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	var ids []string
+	for range 2 { // two daemons in this one process: same host, same pid
+		d := startDaemon(t, rs, sim, nil)
+		lines := logLines(d.logsNow(), "listening")
+		if len(lines) != 1 {
+			t.Fatalf("want one listening line, got %v", lines)
+		}
+		ids = append(ids, lines[0]["replica"].(string))
+	}
+	if ids[0] == ids[1] {
+		t.Fatalf("both replicas are %q: they end each other's leases", ids[0])
+	}
+}
+
+// Finding 7: a request that holds the HTTP drain for the whole shutdown
+// budget does not cancel the refiller's mints: they drain meanwhile and are
+// pooled, and no new mint starts.
+func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{Latency: 600 * time.Millisecond})
+	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": "200"})
+	poll.Until(t, "refill mints in flight after the probe", 10*time.Second, func() bool {
+		c := sim.Counts()
+		return c.Minted >= 1 && c.MintCalls > c.Minted
+	})
+	// A client that sent half a request: the drain waits for it.
+	conn, err := net.Dial("tcp", d.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("POST /v1/session-config HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the server reads the bytes: the connection is active
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_ = d.Close(ctx) // the drain runs out of time: an error, expected
+	st := statsOf(t, rs, "default")
+	if st["released"] != 0 {
+		t.Fatalf("%d mints were cancelled at shutdown: %v", st["released"], st)
+	}
+	rdb := rs.Client()
+	if n := rdb.ZCard(context.Background(), "tp:{default}:minting").Val(); n != 0 {
+		t.Fatalf("%d reservations left after shutdown", n)
+	}
+	if pooled, minted := rdb.ZCard(context.Background(), "tp:{default}:ready").Val(), sim.Counts().Minted; pooled != int64(minted) {
+		t.Fatalf("%d pooled of %d minted", pooled, minted)
+	}
+}
+
+// Finding 8: a Redis that may evict keys gets a warning at start.
+func TestPromiseWarnsWhenRedisCanEvict(t *testing.T) {
+	const warning = "Redis may evict the pool's keys: set maxmemory-policy noeviction, or credentials can be lost or handed out twice"
+	sim := startSim(t, upstreamtest.Config{})
+	for _, tc := range []struct {
+		policy string
+		warns  bool
+	}{{"allkeys-lru", true}, {"volatile-ttl", true}, {"noeviction", false}} {
+		t.Run(tc.policy, func(t *testing.T) {
+			rs := redistest.StartProcess(t, "--maxmemory-policy", tc.policy)
+			d := startDaemon(t, rs, sim, nil)
+			lines := logLines(d.logsNow(), warning)
+			if got := len(lines) == 1; got != tc.warns {
+				t.Fatalf("maxmemory-policy %s: warned %v, want %v", tc.policy, got, tc.warns)
+			}
+			if tc.warns && lines[0]["maxmemory_policy"] != tc.policy {
+				t.Fatalf("the warning names %v, want %s", lines[0]["maxmemory_policy"], tc.policy)
+			}
+		})
+	}
+}
+
+// Finding 9: the README says what is promised across a failover and what
+// is not, and which Redis settings narrow it; it no longer says the ledger
+// narrows a failover's window (the ledger write replicates with the pop).
+func TestPromiseDocsStateTheFailoverLimits(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := strings.ToLower(string(b))
+	for _, overclaim := range []string{"the handout ledger narrows that window"} {
+		if strings.Contains(readme, overclaim) {
+			t.Errorf("README still claims %q", overclaim)
+		}
+	}
+	for _, must := range []string{"noeviction", "min-replicas-to-write", "appendfsync", "split brain", "`lost`", "reliability.md"} {
+		if !strings.Contains(readme, must) {
+			t.Errorf("README does not mention %s", must)
+		}
+	}
+}
