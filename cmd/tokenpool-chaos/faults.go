@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
+)
+
+// statsKey holds the counters of the one profile the run uses.
+const statsKey = "tp:{default}:stats"
+
+// fault is one kind of failure the run injects. run returns once the
+// world is whole again.
+type fault struct {
+	name   string
+	weight int
+	run    func(ctx context.Context, w *world, a *accounts) error
+}
+
+// accounts is what the run must remember across faults: the counters of
+// Redis datasets a restart without persistence threw away, and the
+// credentials that went with them.
+type accounts struct {
+	mu      sync.Mutex
+	epochs  []map[string]int64 // each wiped dataset's stats counters
+	dropped int64              // entries pooled in a wiped dataset
+	faults  map[string]int
+}
+
+// burst is how long a burst fault lasts.
+const burst = 2 * time.Second
+
+var faults = []fault{
+	{"kill -9 a replica, restart it", 3, killReplica},
+	{"restart Redis (kill -9), AOF kept", 1, restartRedis(false)},
+	{"restart Redis (kill -9) without persistence", 1, restartRedis(true)},
+	{"delay Redis replies 800 ms (past the 500 ms read timeout) for 2 s", 2, delayRedis},
+	{"provider answers 500 for 2 s", 2, providerFails},
+	{"provider answers 429 (Retry-After 2 s)", 1, providerThrottles},
+	{"provider hangs past the mint deadline for 2 s", 1, providerHangs},
+	{"rotate seal keys in a rolling restart", 1, rotateKeys},
+}
+
+// inject runs a fault every gap on average until ctx is done: a random
+// one by weight, or with cycle each in turn.
+func inject(ctx context.Context, w *world, a *accounts, gap time.Duration, rng *rand.Rand, cycle bool) error {
+	total := 0
+	for _, f := range faults {
+		total += f.weight
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(gap/2 + time.Duration(rng.Int64N(int64(gap)))):
+		}
+		f := faults[i%len(faults)]
+		if !cycle {
+			n := rng.IntN(total)
+			for _, c := range faults {
+				if n < c.weight {
+					f = c
+					break
+				}
+				n -= c.weight
+			}
+		}
+		// A fault runs to its end even when the run ends meanwhile, so
+		// the world is whole for the accounting.
+		if err := f.run(context.WithoutCancel(ctx), w, a); err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		a.mu.Lock()
+		a.faults[f.name]++
+		a.mu.Unlock()
+	}
+}
+
+func killReplica(ctx context.Context, w *world, _ *accounts) error {
+	r := w.replicas[rand.IntN(len(w.replicas))]
+	r.dying.Store(true)
+	_ = w.stopReplica(r, syscall.SIGKILL)
+	time.Sleep(100 * time.Millisecond) // requests cut by the kill fail by now
+	r.dying.Store(false)
+	time.Sleep(400 * time.Millisecond)
+	return w.startReplica(ctx, r)
+}
+
+// restartRedis crashes Redis and starts it again. Without persistence,
+// the dataset is gone: its counters and pooled entries are recorded first,
+// with writes paused so that nothing changes between the record and the
+// crash.
+func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
+	return func(ctx context.Context, w *world, a *accounts) error {
+		if wipe {
+			c := w.redisClient()
+			if err := c.Do(ctx, "CLIENT", "PAUSE", "30000", "WRITE").Err(); err != nil {
+				c.Close()
+				return err
+			}
+			st, err := c.HGetAll(ctx, statsKey).Result()
+			if err != nil {
+				c.Close()
+				return err
+			}
+			pooled := c.ZCard(ctx, "tp:{default}:ready").Val()
+			c.Close()
+			a.mu.Lock()
+			a.epochs = append(a.epochs, counters(st))
+			a.dropped += pooled
+			a.mu.Unlock()
+		}
+		w.killRedis()
+		if wipe {
+			if err := os.RemoveAll(w.aofDir); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(w.aofDir, 0o755); err != nil {
+				return err
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		return w.startRedis(ctx)
+	}
+}
+
+func counters(m map[string]string) map[string]int64 {
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k], _ = strconv.ParseInt(v, 10, 64)
+	}
+	return out
+}
+
+func delayRedis(_ context.Context, w *world, _ *accounts) error {
+	w.proxy.DelayReplies(800 * time.Millisecond)
+	time.Sleep(burst)
+	w.proxy.DelayReplies(0)
+	return nil
+}
+
+func providerFails(_ context.Context, w *world, _ *accounts) error {
+	w.sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 1 })
+	time.Sleep(burst)
+	w.sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 0 })
+	return nil
+}
+
+func providerThrottles(_ context.Context, w *world, _ *accounts) error {
+	w.sim.ThrottleNext(burst)
+	time.Sleep(burst)
+	return nil
+}
+
+func providerHangs(_ context.Context, w *world, _ *accounts) error {
+	var was time.Duration
+	w.sim.Update(func(c *upstreamtest.Config) { was, c.Latency = c.Latency, time.Minute })
+	time.Sleep(burst)
+	w.sim.Update(func(c *upstreamtest.Config) { c.Latency = was })
+	return nil
+}
+
+// rotateKeys adds a seal key and restarts the replicas one by one
+// (SIGTERM, so each drains) with it first and the last key second: during
+// the roll, replicas that lack the new key meet entries sealed with it. The
+// key before the last is dropped, so entries still sealed with it can no
+// longer be opened by anyone and expire as waste.
+func rotateKeys(ctx context.Context, w *world, _ *accounts) error {
+	w.mu.Lock()
+	w.keys = append(w.keys, newKey())
+	keys := w.sealKeys(2)
+	w.mu.Unlock()
+	for _, r := range w.replicas {
+		if err := w.stopReplica(r, syscall.SIGTERM); err != nil {
+			return err
+		}
+		r.sealKeys = keys
+		if err := w.startReplica(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
