@@ -96,18 +96,21 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 	})
 }
 
-// callerGone puts h back when the caller's request ended (the client
-// disconnected, or the deadline passed) before the answer could be
-// written, and reports whether it did: the credential is not lost.
+// callerGone puts h back when the caller disconnected before the answer
+// could be written, and reports whether it did: the credential is not
+// lost. A request past its own deadline whose caller is still connected
+// gets the credential it holds.
 func (s *Server) callerGone(c *gin.Context, h pool.Handout) bool {
 	err := c.Request.Context().Err()
-	if err == nil {
+	if !errors.Is(err, context.Canceled) {
 		return false
 	}
 	s.pool.Return(h)
 	s.log.Info("caller gone before its credential was sent; put back", "request_id", requestID(c),
-		"profile", h.Profile, "source", string(h.Source), "err", err.Error())
-	c.Abort()
+		"profile", h.Profile, "source", string(h.Source))
+	he := errorf(http.StatusServiceUnavailable, codeUnavailable, "the request ended before a credential could be sent")
+	he.header = http.Header{"Retry-After": {"1"}}
+	s.fail(c, he)
 	return true
 }
 

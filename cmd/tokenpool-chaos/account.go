@@ -59,11 +59,11 @@ func (r *report) killBound() int64 {
 }
 
 // holds reports whether the promise held: nothing delivered twice, nothing
-// forged, no more taken by killed replicas than requests the kills cut,
+// forged, no 200 without a credential, no more taken by killed replicas than requests the kills cut,
 // and nothing unaccounted beyond what a kill -9 can take with a process
 // (none at all in a run without kills).
 func (r *report) holds() bool {
-	return r.duplicates == 0 && r.forged == 0 && r.killed >= 0 && r.killed <= r.atKill &&
+	return r.duplicates == 0 && r.forged == 0 && r.statuses[-1] == 0 && r.killed >= 0 && r.killed <= r.atKill &&
 		r.unaccounted() >= 0 && r.unaccounted() <= r.killBound()
 }
 
@@ -174,7 +174,7 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(out, "| %s | %d |\n", row.name, row.n)
 	}
 	fmt.Fprintf(out, "\nAlso: %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
-		"%d mint reservations lapsed and %d were still held at the end, %d requests got no answer (%d of them cut by a kill -9); other answers: %v.\n",
+		"%d mint reservations lapsed and %d were still held at the end, %d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
 		r.returned, r.direct, r.lapsed, r.leftover, r.transport, r.atKill, r.statuses)
 	verdict := "The promise held."
 	if !r.holds() {

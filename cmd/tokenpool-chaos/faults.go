@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -41,7 +42,8 @@ var faults = []fault{
 	{"kill -9 a replica, restart it", 3, killReplica},
 	{"restart Redis (kill -9), AOF kept", 1, restartRedis(false)},
 	{"restart Redis (kill -9) without persistence", 1, restartRedis(true)},
-	{"delay Redis replies 800 ms (past the 500 ms read timeout) for 2 s", 2, delayRedis},
+	{"delay Redis replies 800 ms (past the 500 ms read timeout) for 2 s", 1, delayRedis},
+	{"delay takes' replies 800 ms (each retry too) for 2 s", 2, delayTakes},
 	{"provider answers 500 for 2 s", 2, providerFails},
 	{"provider answers 429 (Retry-After 2 s)", 1, providerThrottles},
 	{"provider hangs past the mint deadline for 2 s", 1, providerHangs},
@@ -50,7 +52,11 @@ var faults = []fault{
 
 // inject runs a fault every gap on average until ctx is done: a random
 // one by weight, or with cycle each in turn.
-func inject(ctx context.Context, w *world, a *accounts, gap time.Duration, rng *rand.Rand, cycle bool) error {
+func inject(ctx context.Context, w *world, a *accounts, gap time.Duration, rng *rand.Rand, cycle bool, faults []fault) error {
+	if len(faults) == 0 {
+		<-ctx.Done()
+		return nil
+	}
 	total := 0
 	for _, f := range faults {
 		total += f.weight
@@ -141,6 +147,19 @@ func counters(m map[string]string) map[string]int64 {
 
 func delayRedis(_ context.Context, w *world, _ *accounts) error {
 	w.proxy.DelayReplies(800 * time.Millisecond)
+	time.Sleep(burst)
+	w.proxy.DelayReplies(0)
+	return nil
+}
+
+// delayTakes holds back only the replies of takes that hand out an entry
+// ({1|2, id, body, …}), so requests get past the limits and lose the
+// take's reply: go-redis retries it under the same claim, the retries'
+// replies are late too, and the take must be undone.
+func delayTakes(_ context.Context, w *world, _ *accounts) error {
+	w.proxy.DelayRepliesMatching(800*time.Millisecond, func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("*5\r\n:1\r\n$")) || bytes.HasPrefix(b, []byte("*5\r\n:2\r\n$"))
+	})
 	time.Sleep(burst)
 	w.proxy.DelayReplies(0)
 	return nil

@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -49,6 +50,7 @@ type options struct {
 	duration   time.Duration
 	faultEvery time.Duration
 	cycle      bool
+	without    string
 	seed       uint64
 	soak       time.Duration
 	rate       float64
@@ -67,6 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.duration, "duration", 0, "stop after this long (with -handouts: whichever comes first)")
 	fs.DurationVar(&o.faultEvery, "fault-every", 3*time.Second, "mean time between faults")
 	fs.BoolVar(&o.cycle, "cycle", false, "inject every kind of fault in turn instead of at random")
+	fs.StringVar(&o.without, "without", "", "leave out the faults whose names contain this (e.g. \"kill -9\")")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of the fault schedule (default: random)")
 	fs.DurationVar(&o.soak, "soak", 0, "run the soak for this long instead: no faults, steady -rate")
 	fs.Float64Var(&o.rate, "rate", 200, "handouts per second during the soak")
@@ -88,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		o.dir = d
+	} else if err := os.MkdirAll(o.dir, 0o755); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
 	}
 	if o.tokenpoold == "" {
 		o.tokenpoold = filepath.Join(o.dir, "tokenpoold")
@@ -152,7 +158,7 @@ func chaos(ctx context.Context, o options, stdout io.Writer) (ok bool, err error
 	rng := rand.New(rand.NewPCG(o.seed, o.seed^0x9e3779b97f4a7c15))
 
 	faultsDone := make(chan error, 1)
-	go func() { faultsDone <- inject(runCtx, w, acc, o.faultEvery, rng, o.cycle) }()
+	go func() { faultsDone <- inject(runCtx, w, acc, o.faultEvery, rng, o.cycle, chosen(o.without)) }()
 	callersDone := make(chan struct{})
 	go func() { (&callers{w: w, got: got, n: o.callers}).run(runCtx); close(callersDone) }()
 	if o.handouts > 0 {
@@ -180,6 +186,17 @@ func chaos(ctx context.Context, o options, stdout io.Writer) (ok bool, err error
 	r.elapsed, r.seed, r.replicas, r.callers = elapsed, o.seed, o.replicas, o.callers
 	r.print(stdout)
 	return r.holds(), nil
+}
+
+// chosen is every fault but those whose names contain without.
+func chosen(without string) []fault {
+	var out []fault
+	for _, f := range faults {
+		if without == "" || !strings.Contains(f.name, without) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // aofDir puts Redis's append-only file on tmpfs when there is one, so the
