@@ -110,7 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.soak > 0 {
 		ok, err = soak(ctx, o, stdout)
 	} else {
-		ok, err = chaos(ctx, o, stdout)
+		ok, err = chaos(ctx, o, stdout, stderr)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tokenpool-chaos: %v (logs in %s)\n", err, o.dir)
@@ -135,7 +135,7 @@ var daemonEnv = []string{
 
 // chaos runs the chaos run and prints its report. ok is false when the
 // promise did not hold.
-func chaos(ctx context.Context, o options, stdout io.Writer) (ok bool, err error) {
+func chaos(ctx context.Context, o options, stdout, progress io.Writer) (ok bool, err error) {
 	w, err := startWorld(ctx, worldConfig{
 		Replicas: o.replicas, Tokenpoold: o.tokenpoold, Dir: o.dir,
 		AOFDir:     aofDir(o.dir),
@@ -161,14 +161,24 @@ func chaos(ctx context.Context, o options, stdout io.Writer) (ok bool, err error
 	go func() { faultsDone <- inject(runCtx, w, acc, o.faultEvery, rng, o.cycle, chosen(o.without)) }()
 	callersDone := make(chan struct{})
 	go func() { (&callers{w: w, got: got, n: o.callers}).run(runCtx); close(callersDone) }()
-	if o.handouts > 0 {
-		go func() {
-			for runCtx.Err() == nil && got.handouts.Load() < o.handouts {
-				pause(runCtx, 100*time.Millisecond)
+	go func() { // stop at -handouts, and say how far the run is every 30 s
+		last := time.Now()
+		for runCtx.Err() == nil && (o.handouts <= 0 || got.handouts.Load() < o.handouts) {
+			pause(runCtx, 100*time.Millisecond)
+			if time.Since(last) >= 30*time.Second {
+				last = time.Now()
+				acc.mu.Lock()
+				n := 0
+				for _, c := range acc.faults {
+					n += c
+				}
+				acc.mu.Unlock()
+				fmt.Fprintf(progress, "tokenpool-chaos: %s: %d handouts, %d faults\n",
+					time.Since(started).Round(time.Second), got.handouts.Load(), n)
 			}
-			stopRun()
-		}()
-	}
+		}
+		stopRun()
+	}()
 	<-runCtx.Done()
 	ferr := <-faultsDone // the fault under way has finished: the world is whole
 	<-callersDone

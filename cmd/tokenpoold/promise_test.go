@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -162,5 +163,32 @@ func TestPromiseDocsStateTheFailoverLimits(t *testing.T) {
 		if !strings.Contains(readme, must) {
 			t.Errorf("README does not mention %s", must)
 		}
+	}
+}
+
+// The admin report and /metrics carry what was lost, per profile.
+func TestPromiseLostIsReported(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_ADMIN_KEYS": "ops:" + sha256hex("admin-key")})
+	rs.Client().HIncrBy(context.Background(), "tp:{default}:stats", "lost", 3)
+	req, _ := http.NewRequest(http.MethodGet, d.url+"/v1/admin/profiles", nil)
+	req.Header.Set("X-API-Key", "admin-key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var report struct {
+		Profiles []map[string]any `json:"profiles"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&report); err != nil || len(report.Profiles) != 1 {
+		t.Fatalf("admin report: %v %+v", err, report)
+	}
+	if got := report.Profiles[0]["lost"]; got != float64(3) {
+		t.Fatalf("admin report lost = %v, want 3", got)
+	}
+	if _, ok := scrape(t, d.url)[`tokenpool_pool_lost_total{profile=default}`]; !ok {
+		t.Fatal("/metrics has no tokenpool_pool_lost_total for the profile")
 	}
 }
