@@ -144,57 +144,6 @@ func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining 
 	}
 }
 
-// recoverTimeout bounds one attempt to recover a failed take's entry.
-const recoverTimeout = time.Second
-
-// UnrecoveredError is a take that failed with an unknown outcome and whose
-// recovery failed too (Redis unreachable): its entry, if the take ran, is
-// held by the claim until the claim TTL passes. The Pool tries again, and
-// counts the entry as lost when the claim is gone. It matches ErrUnavailable.
-type UnrecoveredError struct {
-	Profile, Claim string
-	MinRemaining   time.Duration
-	At             time.Time // when the take failed
-	Err            error     // the take's error
-}
-
-func (e *UnrecoveredError) Error() string { return e.Err.Error() }
-
-// Unwrap returns the take's error.
-func (e *UnrecoveredError) Unwrap() error { return e.Err }
-
-// abandon recovers the entry of a failed take under claim, on a context
-// detached from the caller's, which may be what ended. It returns cause,
-// or an *UnrecoveredError wrapping it when recovery failed too.
-func (s *Store) abandon(profile, claim string, minRemaining time.Duration, cause error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
-	defer cancel()
-	if _, err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
-		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: cause}
-	}
-	return cause
-}
-
-// Recovery outcomes of recoverClaim.
-const (
-	recoveredNothing = 0 // no take had run under the claim
-	recoveredPooled  = 1 // the entry is pooled again
-	recoveredWasted  = 2 // the entry was no longer usable: counted as waste
-)
-
-// recoverClaim undoes the take under claim, if one ran, and leaves a
-// tombstone so that a take under it that reaches Redis later hands out
-// nothing. It returns one of the recovery outcomes.
-func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) (int64, error) {
-	k := s.keys(profile)
-	n, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Int64()
-	if err != nil {
-		return 0, storeError("recover", err)
-	}
-	return n, nil
-}
-
 // maxDiscards bounds the undecodable entries one Take skips.
 const maxDiscards = 3
 
