@@ -55,6 +55,9 @@ func (r *report) unaccounted() int64 {
 // the kill but was not pooled yet (at most the reservations the killed
 // processes held: lapsed or still held).
 func (r *report) killBound() int64 {
+	if r.faults[killFault] == 0 {
+		return 0
+	}
 	return r.atKill - r.killed + r.lapsed + r.leftover
 }
 

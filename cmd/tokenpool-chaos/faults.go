@@ -35,11 +35,15 @@ type accounts struct {
 	faults  map[string]int
 }
 
+// killFault names the fault that kills a replica: what it takes with the
+// process is bounded, not counted.
+const killFault = "kill -9 a replica, restart it"
+
 // burst is how long a burst fault lasts.
 const burst = 2 * time.Second
 
 var faults = []fault{
-	{"kill -9 a replica, restart it", 3, killReplica},
+	{killFault, 3, killReplica},
 	{"restart Redis (kill -9), AOF kept", 1, restartRedis(false)},
 	{"restart Redis (kill -9) without persistence", 1, restartRedis(true)},
 	{"delay Redis replies 800 ms (past the 500 ms read timeout) for 2 s", 1, delayRedis},
