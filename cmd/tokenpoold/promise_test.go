@@ -44,10 +44,13 @@ func TestPromiseACallerWhoLeavesCostsNoCredential(t *testing.T) {
 			rdb.ZCard(context.Background(), "tp:{default}:minting").Val() == 0
 	})
 
-	// Only the take's reply is slow ({1, id, body, evicted, foreign}): the
-	// limits before it answer at once.
-	proxy.DelayRepliesMatching(400*time.Millisecond, func(b []byte) bool { return bytes.HasPrefix(b, []byte("*5\r\n:1\r\n$")) })
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	// Only takes' replies are slow ({1|2, id, body, …}: a take and go-redis's
+	// retry of it); the limits before them answer at once. The caller gives
+	// up first, before go-redis's 500 ms read timeout.
+	proxy.DelayRepliesMatching(time.Second, func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("*5\r\n:1\r\n$")) || bytes.HasPrefix(b, []byte("*5\r\n:2\r\n$"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.url+"/v1/session-config", nil)
 	req.Header.Set("Authorization", "Bearer "+callerJWT(t, "leaver"))
 	if resp, err := http.DefaultClient.Do(req); err == nil {
@@ -90,7 +93,7 @@ func TestPromiseReplicaIDsDifferOnOneHostAndPid(t *testing.T) {
 // pooled, and no new mint starts.
 func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
 	rs := redistest.New(t)
-	sim := startSim(t, upstreamtest.Config{Latency: 600 * time.Millisecond})
+	sim := startSim(t, upstreamtest.Config{Latency: 300 * time.Millisecond}) // a mint: 0.6 s
 	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": "200"})
 	poll.Until(t, "refill mints in flight after the probe", 10*time.Second, func() bool {
 		c := sim.Counts()
@@ -107,7 +110,7 @@ func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // the server reads the bytes: the connection is active
 
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_ = d.Close(ctx) // the drain runs out of time: an error, expected
 	st := statsOf(t, rs, "default")
