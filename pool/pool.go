@@ -309,7 +309,7 @@ func (p *Pool) Return(h Handout) {
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
-		if _, err := p.store.recoverClaim(ctx, pr.Name, h.claim, pr.minLife); err != nil {
+		if err := p.store.recoverClaim(ctx, pr.Name, h.claim, pr.minLife); err != nil {
 			p.refill.unrecovered(&UnrecoveredError{Profile: pr.Name, Claim: h.claim, MinRemaining: pr.minLife, At: time.Now(), Err: err})
 		}
 	case SourceDirect:

@@ -18,7 +18,8 @@ const recoverTimeout = time.Second
 // UnrecoveredError is a take that failed with an unknown outcome and whose
 // recovery failed too (Redis unreachable): its entry, if the take ran, is
 // held by the claim until the claim TTL passes. The Pool tries again, and
-// counts the entry as lost when the claim is gone. It matches ErrUnavailable.
+// counts the entry as lost when the claim is gone. It wraps the take's
+// error, so it matches what that matches.
 type UnrecoveredError struct {
 	Profile, Claim string
 	MinRemaining   time.Duration
@@ -37,30 +38,23 @@ func (e *UnrecoveredError) Unwrap() error { return e.Err }
 func (s *Store) abandon(profile, claim string, minRemaining time.Duration, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	if _, err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
+	if err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
 		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: cause}
 	}
 	return cause
 }
 
-// Recovery outcomes of recoverClaim.
-const (
-	recoveredNothing = 0 // no take had run under the claim
-	recoveredPooled  = 1 // the entry is pooled again
-	recoveredWasted  = 2 // the entry was no longer usable: counted as waste
-)
-
 // recoverClaim undoes the take under claim, if one ran, and leaves a
 // tombstone so that a take under it that reaches Redis later hands out
-// nothing. It returns one of the recovery outcomes.
-func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) (int64, error) {
+// nothing. The script counts what it did (returned, wasted).
+func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) error {
 	k := s.keys(profile)
-	n, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Int64()
+	err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
+		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Err()
 	if err != nil {
-		return 0, storeError("recover", err)
+		return storeError("recover", err)
 	}
-	return n, nil
+	return nil
 }
 
 // flush pools what the refiller still holds, once the loop and every mint
@@ -138,7 +132,7 @@ func (r *refiller) recoverPending(pr *profile) bool {
 			r.p.metrics.loss(pr.Name, 1)
 			continue
 		}
-		if _, err := r.p.store.recoverClaim(ctx, pr.Name, e.Claim, e.MinRemaining); err != nil {
+		if err := r.p.store.recoverClaim(ctx, pr.Name, e.Claim, e.MinRemaining); err != nil {
 			return requeue(list[i:], lost)
 		}
 		recovered++

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -76,7 +77,7 @@ func StartWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 		return nil, fmt.Errorf("redis-server: %w", err)
 	}
 	w.RedisURL = "redis://" + addr
-	if err := waitFor(ctx, 10*time.Second, func() bool {
+	if err := poll.Wait(ctx, 10*time.Second, func() bool {
 		c := redis.NewClient(&redis.Options{Addr: addr})
 		defer c.Close()
 		return c.Ping(ctx).Err() == nil
@@ -139,7 +140,7 @@ func StartWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 }
 
 func waitReady(ctx context.Context, url string) error {
-	return waitFor(ctx, 30*time.Second, func() bool {
+	return poll.Wait(ctx, 30*time.Second, func() bool {
 		resp, err := http.Get(url)
 		if err != nil {
 			return false
@@ -147,21 +148,6 @@ func waitReady(ctx context.Context, url string) error {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-}
-
-func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", d)
-		}
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
 }
 
 // Close stops the replicas (SIGTERM, then kill), the simulator and Redis.

@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenpool/tokenpool/internal/poll"
 )
 
 func main() {
@@ -215,7 +217,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	if local > 0 && !direct && !cold {
 		// A running daemon's pool sits at its floor; the load starts there.
-		if err := waitFor(ctx, time.Minute, func() bool {
+		if err := poll.Wait(ctx, time.Minute, func() bool {
 			s, err := admin.state(ctx)
 			return err == nil && s.Usable >= poolTarget
 		}); err != nil {
@@ -394,7 +396,7 @@ func measureMemory(ctx context.Context, w *World, a *adminClient, n int) (*Resul
 		return nil, err
 	}
 	start := time.Now()
-	if err := waitFor(ctx, 15*time.Minute, func() bool {
+	if err := poll.Wait(ctx, 15*time.Minute, func() bool {
 		s, err := a.state(ctx)
 		return err == nil && s.Usable >= n && s.InFlight == 0
 	}); err != nil {

@@ -38,6 +38,7 @@ type report struct {
 	atKill     int64 // of those, cut by a kill -9
 	lapsed     int64 // mint reservations that lapsed (a killed replica's mints)
 	leftover   int64 // reservations still held once every replica stopped: killed ones' not yet lapsed
+	wipedRes   int64 // reservations thrown away with a dataset (a killed replica's among them)
 	returned   int64 // takes undone and pooled again
 	direct     int64 // answers minted for their request
 }
@@ -53,12 +54,14 @@ func (r *report) unaccounted() int64 {
 // that the provider answered just before the kill (at most the requests
 // the kills cut, less those takes), and a refill mint that landed before
 // the kill but was not pooled yet (at most the reservations the killed
-// processes held: lapsed or still held).
+// processes held: lapsed, still held, or thrown away with a dataset by a
+// restart without persistence; the last count every replica's, so the
+// bound is loose).
 func (r *report) killBound() int64 {
 	if r.faults[killFault] == 0 {
 		return 0
 	}
-	return r.atKill - r.killed + r.lapsed + r.leftover
+	return r.atKill - r.killed + r.lapsed + r.leftover + r.wipedRes
 }
 
 // holds reports whether the promise held: nothing delivered twice, nothing
@@ -132,7 +135,7 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	}
 	r.pooled = int64(len(drained))
 	r.wasted, r.discarded, r.lost = sum("wasted"), sum("discarded"), sum("lost")
-	r.dropped = acc.dropped
+	r.dropped, r.wipedRes = acc.dropped, acc.wipedRes
 	r.lapsed, r.returned, r.direct = sum("lapsed"), sum("returned"), sum("direct")
 	r.leftover = rdb.ZCard(ctx, "tp:{default}:minting").Val()
 	// Every take the pool counted as handed out reached a caller, or was
@@ -177,8 +180,8 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(out, "| %s | %d |\n", row.name, row.n)
 	}
 	fmt.Fprintf(out, "\nAlso: %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
-		"%d mint reservations lapsed and %d were still held at the end, %d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
-		r.returned, r.direct, r.lapsed, r.leftover, r.transport, r.atKill, r.statuses)
+		"%d mint reservations lapsed, %d were still held at the end and %d were thrown away with a dataset, %d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
+		r.returned, r.direct, r.lapsed, r.leftover, r.wipedRes, r.transport, r.atKill, r.statuses)
 	verdict := "The promise held."
 	if !r.holds() {
 		verdict = "The promise did NOT hold."

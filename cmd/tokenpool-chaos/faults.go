@@ -29,10 +29,11 @@ type fault struct {
 // Redis datasets a restart without persistence threw away, and the
 // credentials that went with them.
 type accounts struct {
-	mu      sync.Mutex
-	epochs  []map[string]int64 // each wiped dataset's stats counters
-	dropped int64              // entries pooled in a wiped dataset
-	faults  map[string]int
+	mu       sync.Mutex
+	epochs   []map[string]int64 // each wiped dataset's stats counters
+	dropped  int64              // entries pooled in a wiped dataset
+	wipedRes int64              // mint reservations held in a wiped dataset
+	faults   map[string]int
 }
 
 // killFault names the fault that kills a replica: what it takes with the
@@ -121,10 +122,12 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 				return err
 			}
 			pooled := c.ZCard(ctx, "tp:{default}:ready").Val()
+			held := c.ZCard(ctx, "tp:{default}:minting").Val()
 			c.Close()
 			a.mu.Lock()
 			a.epochs = append(a.epochs, counters(st))
 			a.dropped += pooled
+			a.wipedRes += held
 			a.mu.Unlock()
 		}
 		w.killRedis()

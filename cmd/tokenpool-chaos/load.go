@@ -73,9 +73,7 @@ func (c *callers) caller(ctx context.Context, i int) {
 				return
 			}
 		}
-		c.w.mu.Lock()
 		r := c.w.replicas[k%len(c.w.replicas)]
-		c.w.mu.Unlock()
 		if !c.once(client, r, bearer) {
 			pause(ctx, 20*time.Millisecond)
 		}

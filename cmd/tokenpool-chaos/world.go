@@ -21,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -48,10 +49,11 @@ type world struct {
 	redisAddr string // the real one; replicas use the proxy
 	aofDir    string
 
-	mu       sync.Mutex
-	redis    *exec.Cmd  // guarded by mu
-	replicas []*replica // guarded by mu
-	keys     [][]byte   // every seal key ever used, oldest first
+	replicas []*replica // fixed once started; each one's process comes and goes
+
+	mu    sync.Mutex
+	redis *exec.Cmd // guarded by mu
+	keys  [][]byte  // guarded by mu: every seal key ever used, oldest first
 }
 
 // replica is one tokenpoold process.
@@ -60,7 +62,7 @@ type replica struct {
 	url      string
 	addr     string
 	sealKeys string
-	cmd      *exec.Cmd
+	cmd      *exec.Cmd    // guarded by the world's mu; nil while down
 	inFlight atomic.Int64 // requests the callers have open to it
 	dying    atomic.Bool  // it is being killed: requests failing now may have taken a credential
 	log      *os.File
@@ -153,7 +155,7 @@ func (w *world) startRedis(ctx context.Context) error {
 	w.mu.Unlock()
 	c := w.redisClient()
 	defer c.Close()
-	return waitFor(ctx, 20*time.Second, func() bool { return c.Ping(ctx).Err() == nil })
+	return poll.Wait(ctx, 20*time.Second, func() bool { return c.Ping(ctx).Err() == nil })
 }
 
 // killRedis kills redis-server (SIGKILL, like a crash) and waits.
@@ -208,7 +210,7 @@ func (w *world) startReplica(ctx context.Context, r *replica) error {
 	w.mu.Lock()
 	r.cmd = cmd
 	w.mu.Unlock()
-	return waitFor(ctx, 30*time.Second, func() bool {
+	return poll.Wait(ctx, 30*time.Second, func() bool {
 		resp, err := http.Get(r.url + "/healthz")
 		if err != nil {
 			return false
@@ -272,21 +274,6 @@ func (w *world) close() {
 	if strings.HasPrefix(w.aofDir, "/dev/shm/") {
 		_ = os.RemoveAll(w.aofDir)
 	}
-}
-
-func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", d)
-		}
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
 }
 
 // procStat reads a process's resident memory (bytes) and open files.

@@ -1,11 +1,30 @@
-// Package poll waits in tests for a condition another process or
-// goroutine brings about.
+// Package poll waits for a condition another process or goroutine brings
+// about: Until in tests, Wait in the harness commands.
 package poll
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 )
+
+// Wait polls cond every 10 ms until it holds, and returns an error when
+// timeout passes or ctx is done first.
+func Wait(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
 
 // Until polls cond every 10 ms until it holds, and fails tb, naming what
 // it waited for, when timeout passes first.
