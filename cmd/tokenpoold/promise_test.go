@@ -94,7 +94,7 @@ func TestPromiseReplicaIDsDifferOnOneHostAndPid(t *testing.T) {
 func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
 	rs := redistest.New(t)
 	sim := startSim(t, upstreamtest.Config{Latency: 300 * time.Millisecond}) // a mint: 0.6 s
-	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": "200"})
+	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": "2000"})
 	poll.Until(t, "refill mints in flight after the probe", 10*time.Second, func() bool {
 		c := sim.Counts()
 		return c.Minted >= 1 && c.MintCalls > c.Minted
