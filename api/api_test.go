@@ -27,8 +27,10 @@ import (
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
 
-// fakePool hands out numbered credentials, or fails with err.
+// fakePool hands out numbered credentials, or fails with err, behind the
+// caller's limits, which it applies with a real limiter.
 type fakePool struct {
+	limits   *limiter.Limiter
 	mu       sync.Mutex
 	err      error
 	readyErr error
@@ -39,7 +41,21 @@ type fakePool struct {
 	prewarmUntil time.Time
 }
 
-func (p *fakePool) Get(_ context.Context, profile, requestID string) (pool.Handout, error) {
+func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
+	ds, err := p.limits.AllowAll(ctx, checks)
+	if err != nil {
+		return pool.Handout{}, nil, err
+	}
+	for _, d := range ds {
+		if !d.Allowed {
+			return pool.Handout{}, ds, limiter.ErrDenied
+		}
+	}
+	h, err := p.get(profile)
+	return h, ds, err
+}
+
+func (p *fakePool) get(profile string) (pool.Handout, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.got = append(p.got, profile)
@@ -109,7 +125,7 @@ type testServer struct {
 func newTestServer(tb testing.TB, mut func(*Config)) *testServer {
 	tb.Helper()
 	rs := redistest.New(tb)
-	fp := &fakePool{}
+	fp := &fakePool{limits: limiter.New(rs.Client(), rs.Prefix)}
 	logs := &syncBuffer{}
 	cfg := Config{
 		Profiles:  map[string]ProfileInfo{"default": {Provider: "orga"}, "other": {Provider: "orga"}},

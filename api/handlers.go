@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -43,7 +44,7 @@ type sessionRequest struct {
 func (s *Server) postSessionConfig(c *gin.Context) {
 	var req sessionRequest
 	if err := readJSON(c, &req, true); err != nil {
-		s.fail(c, err)
+		s.failLimited(c, err)
 		return
 	}
 	s.handOut(c, req.Profile, false)
@@ -63,17 +64,21 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 	info, ok := s.cfg.Profiles[profile]
 	switch {
 	case !ok:
-		s.fail(c, pool.ErrUnknownProfile)
+		s.failLimited(c, pool.ErrUnknownProfile)
 		return
 	case !info.Access.allows(c.MustGet(ctxCaller).(caller)):
-		s.fail(c, pool.ErrNotAllowed)
+		s.failLimited(c, pool.ErrNotAllowed)
 		return
 	case orgaOnly && info.Provider != "orga":
-		s.fail(c, errorf(http.StatusBadRequest, codeBadRequest,
+		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
 			"that profile is an OpenAI Realtime profile: fetch it from POST /navai/realtime/client-secret"))
 		return
 	}
-	h, err := s.pool.Get(c.Request.Context(), profile, requestID(c))
+	checks := c.MustGet(ctxChecks).([]limiter.Check)
+	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), checks)
+	if ds != nil && !s.decided(c, checks, ds) {
+		return
+	}
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -94,6 +99,15 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 		Profile:        h.Profile,
 		ID:             h.ID,
 	})
+}
+
+// failLimited answers err to a request that takes nothing, once the
+// caller's limits, which every credential request counts against, allow
+// it (else 429, as if they had been asked first).
+func (s *Server) failLimited(c *gin.Context, err error) {
+	if s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
+		s.fail(c, err)
+	}
 }
 
 // callerGone puts h back when the caller disconnected before the answer

@@ -89,10 +89,26 @@ func (s *Server) withDeadline(c *gin.Context) {
 	c.Next()
 }
 
-// authenticate requires a caller (JWT or API key); 401 otherwise.
+// ctxChecks keeps on the gin.Context the caller's limits, which the
+// handler applies together with its take.
+const ctxChecks = "tokenpool.checks"
+
+// authenticate requires a caller (JWT or API key); 401 otherwise. It
+// prepares the caller's limits (per-IP, then per-user) for the handler,
+// which applies them in the same Redis round trip as its take. A request
+// that goes no further (a bad credential, a cookie from another site) is
+// counted against its address here; an address or user this replica saw
+// refused is refused again until its retry time without asking Redis.
 func (s *Server) authenticate(c *gin.Context) {
+	ip := s.ipCheck(c)
+	if s.refusedBefore(c, ip) {
+		return
+	}
 	who, err := s.auth.authenticate(c.Request)
 	if err != nil {
+		if !s.applyLimits(c, []limiter.Check{ip}) {
+			return
+		}
 		challenge := `Bearer realm="tokenpool"`
 		msg := "authentication required: send Authorization: Bearer <JWT> or X-API-Key"
 		if !errors.Is(err, errNoCredentials) {
@@ -106,19 +122,34 @@ func (s *Server) authenticate(c *gin.Context) {
 	}
 	if who.viaCookie && !fromAllowedOrigin(c.Request, s.cfg.CORSOrigins) {
 		// Refused before the per-user limit: another site can't spend it.
-		s.fail(c, errorf(http.StatusForbidden, codeForbidden,
-			"a cookie is accepted only from the app's origin (TOKENPOOL_CORS_ORIGINS or the same site); send Authorization: Bearer otherwise"))
+		if s.applyLimits(c, []limiter.Check{ip}) {
+			s.fail(c, errorf(http.StatusForbidden, codeForbidden,
+				"a cookie is accepted only from the app's origin (TOKENPOOL_CORS_ORIGINS or the same site); send Authorization: Bearer otherwise"))
+		}
+		return
+	}
+	user := limiter.Check{Policy: "user", Key: who.subject, Limit: s.cfg.PerUser}
+	if s.refusedBefore(c, user) {
 		return
 	}
 	c.Set(ctxCaller, who)
+	c.Set(ctxChecks, []limiter.Check{ip, user})
 	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
 	c.Next()
 }
 
-// limitIP applies the per-IP limit to the client address Gin derives from
-// trusted proxies only.
+// limitIP applies the per-IP limit alone (the admin routes).
 func (s *Server) limitIP(c *gin.Context) {
-	s.limit(c, "ip", clientKey(c.ClientIP()), s.cfg.PerIP)
+	ip := s.ipCheck(c)
+	if !s.refusedBefore(c, ip) && s.applyLimits(c, []limiter.Check{ip}) {
+		c.Next()
+	}
+}
+
+// ipCheck is the per-IP limit on the client address Gin derives from
+// trusted proxies only.
+func (s *Server) ipCheck(c *gin.Context) limiter.Check {
+	return limiter.Check{Policy: "ip", Key: clientKey(c.ClientIP()), Limit: s.cfg.PerIP}
 }
 
 // clientKey is the per-IP limit's key for a client address: the address
@@ -137,24 +168,58 @@ func clientKey(ip string) string {
 	return "ip:" + a.String()
 }
 
-// limitUser applies the per-user limit to the authenticated subject.
-func (s *Server) limitUser(c *gin.Context) {
-	who := c.MustGet(ctxCaller).(caller)
-	s.limit(c, "user", who.subject, s.cfg.PerUser)
+// refusedBefore answers 429 from the deny cache when check was refused on
+// this replica and its retry time has not come, and reports whether it did.
+func (s *Server) refusedBefore(c *gin.Context, check limiter.Check) bool {
+	if s.denials == nil {
+		return false
+	}
+	d, ok := s.denials.Denied(check.Policy, check.Key)
+	if !ok {
+		return false
+	}
+	s.refuse(c, d)
+	return true
 }
 
-func (s *Server) limit(c *gin.Context, policy, key string, lim limiter.Limit) {
-	d, err := s.limiter.Allow(c.Request.Context(), key, lim)
+// applyLimits applies checks on their own (a request that takes nothing
+// from the pool), and reports whether they allowed it; when not, it has
+// answered.
+func (s *Server) applyLimits(c *gin.Context, checks []limiter.Check) bool {
+	ds, err := s.limiter.AllowAll(c.Request.Context(), checks)
 	if err != nil {
 		// Without Redis no credential can be handed out either.
 		s.fail(c, unavailable(err))
-		return
+		return false
 	}
-	d.SetHeaders(c.Writer.Header(), policy)
-	if !d.Allowed {
-		s.metrics.denied(policy)
-		s.fail(c, errorf(http.StatusTooManyRequests, codeRateLimited, "too many requests (%s limit); retry later", policy))
-		return
+	return s.decided(c, checks, ds)
+}
+
+// decided sets the RateLimit headers of the decisions of checks, and
+// answers 429 when one denied: it reports whether all allowed.
+func (s *Server) decided(c *gin.Context, checks []limiter.Check, ds []limiter.Decision) bool {
+	for _, d := range ds {
+		if !d.Allowed {
+			if s.denials != nil {
+				s.denials.Remember(checks, ds)
+			}
+			s.refuse(c, ds...)
+			return false
+		}
 	}
-	c.Next()
+	for _, d := range ds {
+		d.SetHeaders(c.Writer.Header(), d.Policy)
+	}
+	return true
+}
+
+// refuse answers 429 for the last of ds, which denied, with every
+// decision's headers.
+func (s *Server) refuse(c *gin.Context, ds ...limiter.Decision) {
+	for _, d := range ds {
+		d.SetHeaders(c.Writer.Header(), d.Policy)
+	}
+	policy := ds[len(ds)-1].Policy
+	s.metrics.denied(policy)
+	s.fail(c, errorf(http.StatusTooManyRequests, codeRateLimited, "too many requests (%s limit); retry later", policy))
 }

@@ -51,7 +51,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		t.Fatalf("openapi %s, want 3.1", doc.OpenAPI)
 	}
 	rs := redistest.New(t)
-	fp := &fakePool{}
+	fp := &fakePool{limits: limiter.New(rs.Client(), rs.Prefix)}
 	var (
 		rtMu  sync.Mutex
 		rtErr error

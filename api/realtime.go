@@ -6,6 +6,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -46,6 +47,11 @@ type navaiSecret struct {
 // /api/realtime-token. Like Navai's handler it ignores fields it doesn't
 // know; a known field that is not a string is refused.
 func (s *Server) realtimeSecret(c *gin.Context) {
+	// The resolution of a Navai request drives the pool itself, so the
+	// limits are applied first, on their own.
+	if !s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
+		return
+	}
 	var req RealtimeRequest
 	if err := readJSON(c, &req, false); err != nil {
 		s.fail(c, err)

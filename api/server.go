@@ -1,8 +1,10 @@
 // Package api is tokenpool's HTTP interface: the Gin router, the
 // credential handlers, and the middleware in front of them (request id,
-// logging, per-IP limit, caller auth, per-user limit). It is the only
-// package that imports Gin, and it reaches Redis only through pool and
-// limiter.
+// logging, caller auth). The caller's limits (per-IP, then per-user) are
+// applied by the handler in the same Redis round trip as its take; a
+// request refused by them on this replica is refused again from memory
+// until its retry time. It is the only package that imports Gin, and it
+// reaches Redis only through pool and limiter.
 package api
 
 import (
@@ -24,7 +26,9 @@ import (
 
 // Pool is what the API needs of the pool.
 type Pool interface {
-	Get(ctx context.Context, profile, requestID string) (pool.Handout, error)
+	// GetLimited hands out one credential behind the caller's limits,
+	// applied in the same round trip (see pool.Pool.GetLimited).
+	GetLimited(ctx context.Context, profile, requestID string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// Return puts back a handout whose caller has gone before receiving it.
 	Return(h pool.Handout)
 	Ready(ctx context.Context) error
@@ -32,7 +36,9 @@ type Pool interface {
 
 // Limiter is what the API needs of the limiter.
 type Limiter interface {
-	Allow(ctx context.Context, key string, lim limiter.Limit) (limiter.Decision, error)
+	// AllowAll counts one event against each check, in order, up to the
+	// first that denies (see limiter.Limiter.AllowAll).
+	AllowAll(ctx context.Context, checks []limiter.Check) ([]limiter.Decision, error)
 }
 
 // Config configures a Server. Zero values mean the documented default.
@@ -71,6 +77,11 @@ type Config struct {
 	// TrustedProxies are the CIDRs or addresses whose X-Forwarded-For is
 	// believed when deriving the client address. default: none
 	TrustedProxies []string
+	// DenyCache bounds the refusals this replica remembers, so that a
+	// client address or user refused until T is refused again until T
+	// without asking Redis. default: 100,000; negative: none (every
+	// request asks Redis)
+	DenyCache int
 	// CORSOrigins are the browser origins allowed to call. default: none
 	CORSOrigins []string
 	// RequestTimeout bounds each credential request, a direct mint on a
@@ -108,6 +119,7 @@ type Server struct {
 	admins  *authenticator
 	log     *slog.Logger
 	metrics *Metrics
+	denials *limiter.DenyCache // nil: off
 
 	profileNames []string // sorted
 	now          func() time.Time
@@ -155,6 +167,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, pool: cfg.Pool, limiter: cfg.Limiter, auth: auth,
 		admins: &authenticator{keys: cfg.AdminKeys}, log: cfg.Logger, now: cfg.Now, metrics: cfg.Metrics,
+	}
+	if cfg.DenyCache >= 0 {
+		s.denials = limiter.NewDenyCache(cfg.DenyCache, cfg.Now)
 	}
 	for name := range cfg.Profiles {
 		s.profileNames = append(s.profileNames, name)
@@ -223,7 +238,7 @@ func (s *Server) routes() error {
 		}
 	}
 
-	creds := e.Group("", s.withDeadline, s.limitIP, s.authenticate, s.limitUser)
+	creds := e.Group("", s.withDeadline, s.authenticate)
 	creds.POST("/v1/session-config", s.postSessionConfig)
 	creds.GET("/api/orga-client-secrets", s.getSessionConfig)
 	if s.cfg.Realtime != nil {

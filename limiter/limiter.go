@@ -1,7 +1,11 @@
-// Package limiter enforces rate limits shared by every replica, on
-// github.com/go-redis/redis_rate (GCRA in one Redis script), and renders
-// them as RateLimit-Policy / RateLimit headers (IETF httpapi draft) and
-// Retry-After.
+// Package limiter enforces rate limits shared by every replica with GCRA
+// in Redis scripts, and renders them as RateLimit-Policy / RateLimit
+// headers (IETF httpapi draft) and Retry-After. Allow is
+// github.com/go-redis/redis_rate; AllowAll and LuaGCRA are the same
+// algorithm on the same keys, for several checks in one call, alone or
+// folded into another script (the pool's take); DenyCache remembers
+// refusals so that a refused caller costs no Redis call until its retry
+// time.
 package limiter
 
 import (
@@ -54,6 +58,7 @@ func Parse(s string) (Limit, error) {
 // Limiter checks limits in Redis. It is safe for concurrent use.
 type Limiter struct {
 	rl     *redis_rate.Limiter
+	rdb    redis.UniversalClient
 	prefix string
 }
 
@@ -62,11 +67,13 @@ func New(rdb redis.UniversalClient, prefix string) *Limiter {
 	if prefix == "" {
 		prefix = "tp"
 	}
-	return &Limiter{rl: redis_rate.NewLimiter(rdb), prefix: prefix + ":rl:"}
+	return &Limiter{rl: redis_rate.NewLimiter(rdb), rdb: rdb, prefix: prefix + ":rl:"}
 }
 
 // Decision is the outcome of one check.
 type Decision struct {
+	// Policy names the check decided (Check.Policy; empty from Allow).
+	Policy  string
 	Allowed bool
 	Limit   Limit
 	// Remaining is how many more events would be allowed right now.

@@ -1,6 +1,10 @@
 package pool
 
-import "github.com/redis/go-redis/v9"
+import (
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/limiter"
+)
 
 // The Redis model of one profile p (every key shares the hash tag {p}, so
 // each script touches one Cluster slot):
@@ -81,70 +85,105 @@ local function evict(ready, entries, stats, cutoff)
 end
 `
 
-// takeScript hands out the usable entry that retires soonest, exactly once,
-// and counts the request in the profile's demand.
+// takeScript applies the caller's limits and, when they allow, hands out
+// the usable entry that retires soonest, exactly once, and counts the
+// request in the profile's demand: one round trip for a pooled handout.
 //
-// KEYS: ready, entries, stats, claim, handed
+// KEYS: ready, entries, stats, claim, handed, then the limits' keys
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
-// slow) ms, ledger bound (entries), then the body prefixes this replica can
-// open (none: any)
-// Reply: {status, id, body, evicted, foreign}: status 1 handed out, 2 the
-// entry of an earlier call with this claim, 3 the claim was abandoned
-// (recoverScript ran: hand out nothing), 0 nothing usable; foreign counts
-// usable entries left for a replica that can open them.
+// slow) ms, ledger bound (entries), the number of limits n, whether to
+// count demand (1, 0), n (burst, rate, period s) triples, then the body
+// prefixes this replica can open (none: any)
+// Reply: {status, id, body, evicted, foreign, limits, now ms}: status 1 handed out,
+// 2 the entry of an earlier call with this claim, 3 the claim was abandoned
+// (recoverScript ran: hand out nothing), 4 a limit denied (nothing taken),
+// 0 nothing usable; foreign counts usable entries left for a replica that
+// can open them; limits is limiter.LuaGCRA's list of decisions.
 //
-// The claim key holds "<entry id> <retire ms> <body>". A retried call (same
-// claim key) gets the entry of the first call back instead of a second one,
-// if it is still fresh enough; if not, nobody received it, so it counts as
-// waste and a fresh entry is taken. An id already in the ledger is never
-// handed out again; it is dropped and counted as a prevented duplicate. An
-// entry whose body starts with none of the given prefixes (sealed with a
-// key this replica lacks) is left in place.
-var takeScript = redis.NewScript(luaPrelude + `
+// The claim key holds "<entry id> <retire ms> <body>", or a marker when
+// limits were applied: "!<i>" (limit i denied) or "0" (they allowed, and
+// nothing was usable). A retried call (same claim key) counts no limit
+// again and reports them as they stand, and gets the entry of the first
+// call back instead of a second one, if it is still fresh enough; if not,
+// nobody received it, so it counts as waste and a fresh entry is taken. An
+// id already in the ledger is never handed out again; it is dropped and
+// counted as a prevented duplicate. An entry whose body starts with none
+// of the given prefixes (sealed with a key this replica lacks) is left in
+// place.
+var takeScript = redis.NewScript(luaPrelude + limiter.LuaGCRA + `
 local now = clock(ARGV[3])
 local cutoff = now + tonumber(ARGV[1])
+local n = tonumber(ARGV[7])
 local claimed = redis.call('GET', KEYS[4])
-if claimed == '-' then return {3, '', '', 0, 0} end
-if claimed then
+if claimed == '-' then return {3, '', '', 0, 0, {}, now} end
+local ok, lim = limits(5, 8, n, claimed ~= false)
+if claimed and string.sub(claimed, 1, 1) == '!' then
+  -- denied before: report that limit as denied, and nothing after it
+  local i = tonumber(string.sub(claimed, 2))
+  for j = #lim, 4 * i + 1, -1 do lim[j] = nil end
+  lim[4 * i - 3] = 0
+  return {4, '', '', 0, 0, lim, now}
+end
+if not ok then
+  redis.call('SET', KEYS[4], '!' .. fmt(#lim / 4), 'PX', ARGV[2])
+  return {4, '', '', 0, 0, lim, now}
+end
+if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
-  if retire > cutoff then return {2, id, body, 0, 0} end
+  if retire > cutoff then return {2, id, body, 0, 0, lim, now} end
   redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
   redis.call('HINCRBY', KEYS[3], 'wasted', 1)
 end
-local evicted = evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
-demand(KEYS[3], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+local evicted = 0
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= cutoff then
+  evicted = evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
+end
+if ARGV[8] == '1' and not claimed then
+  demand(KEYS[3], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+end
+local opens_from = 9 + 3 * n
 local function opens(body)
-  if #ARGV < 7 then return true end
-  for i = 7, #ARGV do
+  if #ARGV < opens_from then return true end
+  for i = opens_from, #ARGV do
     if string.sub(body, 1, #ARGV[i]) == ARGV[i] then return true end
   end
   return false
 end
-local foreign = 0
-local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', 0, 16)
-for i = 1, #hits, 2 do
-  local id, retire = hits[i], tonumber(hits[i + 1])
-  local body = redis.call('HGET', KEYS[2], id)
-  if not body then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
-  elseif redis.call('ZSCORE', KEYS[5], id) then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
-  elseif opens(body) then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    ledger(KEYS[5], KEYS[3], id, retire, now, tonumber(ARGV[6]))
-    redis.call('HINCRBY', KEYS[3], 'handed_out', 1)
-    redis.call('SET', KEYS[4], id .. ' ' .. fmt(retire) .. ' ' .. body, 'PX', ARGV[2])
-    return {1, id, body, evicted, foreign}
-  else
-    foreign = foreign + 1
+-- Most takes find the first usable entry good: look at one, then at up
+-- to 16 in all.
+local foreign, seen, offset, batch = 0, 0, 0, 1
+while seen < 16 do
+  local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
+  if #hits == 0 then break end
+  for i = 1, #hits, 2 do
+    seen = seen + 1
+    local id, retire = hits[i], tonumber(hits[i + 1])
+    local body = redis.call('HGET', KEYS[2], id)
+    if not body then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
+    elseif redis.call('ZSCORE', KEYS[5], id) then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
+    elseif opens(body) then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+      ledger(KEYS[5], KEYS[3], id, retire, now, tonumber(ARGV[6]))
+      redis.call('HINCRBY', KEYS[3], 'handed_out', 1)
+      redis.call('SET', KEYS[4], id .. ' ' .. fmt(retire) .. ' ' .. body, 'PX', ARGV[2])
+      return {1, id, body, evicted, foreign, lim, now}
+    else
+      foreign = foreign + 1
+      offset = offset + 1
+    end
   end
+  batch = 16 - seen
 end
+if n > 0 then redis.call('SET', KEYS[4], '0', 'PX', ARGV[2]) end
 redis.call('HINCRBY', KEYS[3], 'misses', 1)
-return {0, '', '', evicted, foreign}
+return {0, '', '', evicted, foreign, lim, now}
 `)
 
 // recoverScript undoes a take whose entry never reached its caller (the
@@ -159,7 +198,7 @@ return {0, '', '', evicted, foreign}
 var recoverScript = redis.NewScript(luaPrelude + `
 local claimed = redis.call('GET', KEYS[4])
 redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
-if not claimed or claimed == '-' then return 0 end
+if not claimed or claimed == '-' or claimed == '0' or string.sub(claimed, 1, 1) == '!' then return 0 end
 local id, retire, body = claim(claimed)
 redis.call('ZREM', KEYS[5], id)
 redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
@@ -170,6 +209,43 @@ end
 redis.call('ZADD', KEYS[1], fmt(retire), id)
 redis.call('HSET', KEYS[2], id, body)
 redis.call('HINCRBY', KEYS[3], 'returned', 1)
+return 1
+`)
+
+// untakeScript undoes a take that ran at the same time as the caller's
+// limits (on a Cluster) when a limit denied it: the entry, if one was
+// taken, is pooled again, a miss is uncounted, and the request's demand is
+// taken out of the rates, so a denied request leaves the pool as it was.
+// The claim is left as a tombstone.
+//
+// KEYS: ready, entries, stats, claim, handed
+// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus
+// (fast, slow) ms, the take's now ms
+// Reply: as recoverScript's.
+var untakeScript = redis.NewScript(luaPrelude + `
+local claimed = redis.call('GET', KEYS[4])
+redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
+local v = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at')
+local at = tonumber(v[3])
+if at then
+  local since = at - tonumber(ARGV[6])
+  local fast = (tonumber(v[1]) or 0) - 1000 / tonumber(ARGV[4]) * math.exp(-since / tonumber(ARGV[4]))
+  local slow = (tonumber(v[2]) or 0) - 1000 / tonumber(ARGV[5]) * math.exp(-since / tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[3], 'd_fast', tostring(math.max(fast, 0)), 'd_slow', tostring(math.max(slow, 0)))
+end
+if not claimed then
+  redis.call('HINCRBY', KEYS[3], 'misses', -1)
+  return 0
+end
+local id, retire, body = claim(claimed)
+redis.call('ZREM', KEYS[5], id)
+redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
+if retire <= clock(ARGV[3]) + tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
+  return 2
+end
+redis.call('ZADD', KEYS[1], fmt(retire), id)
+redis.call('HSET', KEYS[2], id, body)
 return 1
 `)
 

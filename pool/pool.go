@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/tokenpool/tokenpool/limiter"
 )
 
 // Minter mints one credential from a provider. Implementations must be safe
@@ -267,17 +269,28 @@ func (p *Pool) Profiles() []string { return append([]string(nil), p.names...) }
 // matching ErrUnknownProfile, ErrUnavailable (with RetryAfter), ErrProvider
 // or ErrClosed.
 func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout, error) {
+	h, _, err := p.GetLimited(ctx, profileName, requestID, nil)
+	return h, err
+}
+
+// GetLimited is Get behind the caller's limits: checks are applied in
+// order first, in the same Redis round trip as the take. When one denies,
+// nothing is taken or minted and the error matches limiter.ErrDenied. It
+// returns the decisions of the checks reached whenever they were applied,
+// with an error too, for the caller's RateLimit headers.
+func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
-		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
 	select {
 	case <-p.closed:
-		return Handout{}, ErrClosed
+		return Handout{}, nil, ErrClosed
 	default:
 	}
+	var ds []limiter.Decision
 	if pr.Target > 0 {
-		h, err := p.store.Take(ctx, pr.Name, requestID, pr.minLife)
+		h, taken, err := p.store.TakeLimited(ctx, pr.Name, requestID, pr.minLife, checks)
 		var ue *UnrecoveredError
 		if errors.As(err, &ue) {
 			p.refill.unrecovered(ue)
@@ -287,10 +300,20 @@ func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout,
 			p.metrics.handout(pr.Name, SourcePool)
 		}
 		if !errors.Is(err, ErrEmpty) {
-			return h, err
+			return h, taken, err
+		}
+		ds = taken
+	} else if len(checks) > 0 {
+		var err error
+		if ds, err = p.store.limits.AllowAll(ctx, checks); err != nil {
+			return Handout{}, nil, storeError("limits", err)
+		}
+		if !allowed(ds, checks) {
+			return Handout{}, ds, fmt.Errorf("pool: %w", limiter.ErrDenied)
 		}
 	}
-	return p.mintDirect(ctx, pr)
+	h, err := p.mintDirect(ctx, pr)
+	return h, ds, err
 }
 
 // Return puts back a handout whose caller never received it (the client

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/limiter"
 )
 
 // Store keeps the pool in Redis. Every operation is one script call, so it
@@ -23,6 +25,7 @@ type Store struct {
 	waitFor  time.Duration
 	ledger   int   // ledgerMax
 	opens    []any // body prefixes this Store can open (takeScript)
+	limits   *limiter.Limiter
 
 	metrics *Metrics         // set by the Pool using the store
 	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
@@ -83,6 +86,7 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 	return &Store{
 		rdb: rdb, prefix: cfg.KeyPrefix, claimTTL: cfg.ClaimTTL, sealer: cfg.Sealer,
 		waitN: cfg.WaitReplicas, waitFor: cfg.WaitTimeout, ledger: cfg.LedgerMax, opens: opens,
+		limits: limiter.New(rdb, cfg.KeyPrefix),
 	}
 }
 
@@ -106,6 +110,16 @@ func (k keys) claim(id string) string { return k.base + "claim:" + id }
 // id) makes the call idempotent: a retry with the same claimID within the
 // claim TTL returns the same entry. It returns ErrEmpty when nothing usable
 // is pooled.
+func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (Handout, error) {
+	h, _, err := s.TakeLimited(ctx, profile, claimID, minRemaining, nil)
+	return h, err
+}
+
+// TakeLimited is Take behind the caller's limits: checks are applied in
+// order before the take, in the same round trip (on a Cluster, where their
+// keys live in other slots, at the same time as the take). When one denies, nothing is taken and the
+// error matches limiter.ErrDenied. The decisions of the checks reached are
+// returned whenever the checks were applied, with an error too.
 //
 // Entries sealed with a key this Store lacks are left for a replica that
 // has it. An entry that cannot be opened or decoded all the same (tampered
@@ -117,31 +131,96 @@ func (k keys) claim(id string) string { return k.base + "claim:" + id }
 // context of its own: a take that did run in Redis is undone and its entry
 // pooled again, so a failure loses nothing. An error for which even that
 // failed matches ErrUnavailable and is an *UnrecoveredError.
-func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (Handout, error) {
+func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+	var decisions []limiter.Decision
 	for attempt := 0; ; attempt++ {
 		claim := claimID
 		if attempt > 0 {
 			// A fresh claim: the first one holds the entry that failed.
-			claim = claimID + "#" + strconv.Itoa(attempt)
+			// The limits were applied by the first.
+			claim, checks = claimID+"#"+strconv.Itoa(attempt), nil
 		}
-		id, body, err := s.take(ctx, profile, claim, minRemaining)
+		t, err := s.takeLimited(ctx, profile, claim, minRemaining, checks)
+		if attempt == 0 {
+			decisions = t.decisions
+		}
 		if errors.Is(err, ErrEmpty) {
-			return Handout{}, err
+			if err == ErrEmpty { // not an abandoned claim
+				s.metrics.miss(profile)
+			}
+			return Handout{}, decisions, err
+		}
+		if errors.Is(err, limiter.ErrDenied) {
+			return Handout{}, decisions, err
 		}
 		if err != nil {
-			return Handout{}, s.abandon(profile, claim, minRemaining, err)
+			return Handout{}, decisions, s.abandon(profile, claim, minRemaining, err)
 		}
-		cred, err := s.decode(profile, id, body)
+		cred, err := s.decode(profile, t.id, t.body)
 		if err == nil {
-			return Handout{ID: id, Profile: profile, Source: SourcePool, Credential: cred, claim: claim}, nil
+			return Handout{ID: t.id, Profile: profile, Source: SourcePool, Credential: cred, claim: claim}, decisions, nil
 		}
 		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(profile).stats()}).Err(); err != nil {
-			return Handout{}, storeError("discard", err)
+			return Handout{}, decisions, storeError("discard", err)
 		}
 		if attempt+1 >= maxDiscards {
-			return Handout{}, fmt.Errorf("%w (%d entries in a row could not be opened: %v)", ErrEmpty, maxDiscards, err)
+			return Handout{}, decisions, fmt.Errorf("%w (%d entries in a row could not be opened: %v)", ErrEmpty, maxDiscards, err)
 		}
 	}
+}
+
+// takeLimited runs one take behind checks: in the take's own script where
+// every key may share it (a single Redis), else at the same time as the
+// take, which is undone when a check denies.
+func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemaining time.Duration, checks []limiter.Check) (taken, error) {
+	if _, cluster := s.rdb.(*redis.ClusterClient); !cluster || len(checks) == 0 {
+		return s.take(ctx, profile, claim, minRemaining, checks)
+	}
+	var (
+		ds   []limiter.Decision
+		lerr error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		ds, lerr = s.limits.AllowAtOnce(ctx, checks)
+	}()
+	t, err := s.take(ctx, profile, claim, minRemaining, nil)
+	<-done
+	t.decisions = ds
+	if lerr == nil && allowed(ds, checks) {
+		return t, err
+	}
+	if err != nil && err != ErrEmpty {
+		return t, err // Take recovers the claim
+	}
+	// Refused, or the limits failed: undo what the take did.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
+	defer cancel()
+	k := s.keys(profile)
+	uerr := untakeScript.Run(uctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
+		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.at).Err()
+	if uerr != nil && err == nil {
+		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: storeError("untake", uerr)}
+	}
+	if lerr != nil {
+		return taken{}, storeError("limits", lerr)
+	}
+	return taken{decisions: ds}, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
+}
+
+// allowed reports whether ds allow every one of checks.
+func allowed(ds []limiter.Decision, checks []limiter.Check) bool {
+	if len(ds) != len(checks) {
+		return false
+	}
+	for _, d := range ds {
+		if !d.Allowed {
+			return false
+		}
+	}
+	return true
 }
 
 // maxDiscards bounds the undecodable entries one Take skips.
@@ -179,41 +258,67 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 	}
 }
 
-// take runs takeScript and returns the entry id and its stored body.
-func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (id, body string, err error) {
+// taken is what one take script call returned.
+type taken struct {
+	id, body  string
+	decisions []limiter.Decision // of the checks reached; nil when none were applied
+	at        int64              // the script's now, ms
+}
+
+// take runs takeScript, with checks folded in.
+func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (taken, error) {
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
-	args := append([]any{minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger}, s.opens...)
-	var v any
+	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
+	args = append(args, minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), 1)
+	if len(checks) > 0 {
+		lkeys, largs := s.limits.ScriptArgs(checks)
+		keys = append(keys, lkeys...)
+		args = append(args, largs...)
+	}
+	args = append(args, s.opens...)
+	var (
+		v   any
+		err error
+	)
 	if s.waitN > 0 {
 		v, err = s.takeReplicated(ctx, profile, keys, args)
 	} else {
 		v, err = takeScript.Run(ctx, s.rdb, keys, args...).Result()
 	}
 	if err != nil {
-		return "", "", storeError("take", err)
+		return taken{}, storeError("take", err)
 	}
 	reply, ok := v.([]any)
-	if !ok || len(reply) != 5 {
-		return "", "", fmt.Errorf("pool: take: unexpected reply %T", v)
+	if !ok || len(reply) != 7 {
+		return taken{}, fmt.Errorf("pool: take: unexpected reply %T", v)
 	}
 	status, ok0 := reply[0].(int64)
 	id, ok1 := reply[1].(string)
 	body, ok2 := reply[2].(string)
 	evicted, ok3 := reply[3].(int64)
-	if !ok0 || !ok1 || !ok2 || !ok3 {
-		return "", "", fmt.Errorf("pool: take: unexpected reply types %T %T %T %T", reply[0], reply[1], reply[2], reply[3])
+	lim, ok4 := reply[5].([]any)
+	at, ok5 := reply[6].(int64)
+	if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+		return taken{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[5], reply[6])
 	}
 	s.metrics.waste(profile, evicted)
+	t := taken{id: id, body: body, at: at}
+	if len(checks) > 0 {
+		if t.decisions, _, err = limiter.Decisions(checks, lim); err != nil {
+			return taken{}, fmt.Errorf("pool: take: %w", err)
+		}
+	}
 	switch status {
 	case 0:
-		s.metrics.miss(profile)
-		return "", "", ErrEmpty
+		return t, ErrEmpty
 	case 3:
-		return "", "", fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
+		return t, fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
+	case 4:
+		return t, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
 	}
-	return id, body, nil
+	return t, nil
 }
 
 // encode turns a credential into the stored body, sealed when configured.

@@ -9,17 +9,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 )
 
 // The baselines: what a credential answer costs at the least. "bare" is a
 // Gin handler answering the same bytes a real answer has; "redis" makes
-// one Redis round trip first. Each runs as its own process, like a
-// tokenpoold replica.
+// one Redis round trip (a GET) first; "handwritten" is what a user would
+// write by hand: one redis_rate check on the client address and one Lua
+// pop of a pooled answer, with no auth and no logs. Each runs as its own
+// process, like a tokenpoold replica.
 
 // baselineBody is a credential answer of the real size and shape.
 func baselineBody() []byte {
@@ -40,15 +44,17 @@ func serveBaseline(ctx context.Context, kind, addr, redisURL string) error {
 	e := gin.New()
 	body := baselineBody()
 	var rdb *redis.Client
-	if kind == "redis" {
+	switch kind {
+	case "bare":
+	case "redis", "handwritten":
 		opt, err := redis.ParseURL(redisURL)
 		if err != nil {
 			return fmt.Errorf("-redis-url: %w", err)
 		}
 		rdb = redis.NewClient(opt)
 		defer rdb.Close()
-	} else if kind != "bare" {
-		return fmt.Errorf("unknown baseline %q (bare, redis)", kind)
+	default:
+		return fmt.Errorf("unknown baseline %q (bare, redis, handwritten)", kind)
 	}
 	h := func(c *gin.Context) {
 		if rdb != nil {
@@ -59,6 +65,12 @@ func serveBaseline(ctx context.Context, kind, addr, redisURL string) error {
 		}
 		c.Header("Cache-Control", "no-store")
 		c.Data(http.StatusOK, "application/json; charset=utf-8", body)
+	}
+	if kind == "handwritten" {
+		var err error
+		if h, err = handwritten(ctx, rdb, body); err != nil {
+			return err
+		}
 	}
 	e.POST("/v1/session-config", h)
 	e.GET("/api/orga-client-secrets", h)
@@ -97,4 +109,59 @@ func startBaseline(ctx context.Context, kind, redisURL, dir string) (string, *ex
 		return "", nil, err
 	}
 	return url, cmd, nil
+}
+
+// handwrittenEntries is how many answers the handwritten baseline pools
+// before it serves: more than a 10 s saturation run takes.
+const handwrittenEntries = 600_000
+
+// popScript pops the pooled answer that expires soonest.
+var popScript = redis.NewScript(`
+local e = redis.call('ZPOPMIN', KEYS[1])
+if #e == 0 then return false end
+local body = redis.call('HGET', KEYS[2], e[1])
+redis.call('HDEL', KEYS[2], e[1])
+return body
+`)
+
+// handwritten pools handwrittenEntries answers and returns the handler a
+// user would write: a per-address limit (set high enough not to refuse),
+// then a pop.
+func handwritten(ctx context.Context, rdb *redis.Client, body []byte) (gin.HandlerFunc, error) {
+	const ready, bodies = "tp:bench:hand:ready", "tp:bench:hand:e"
+	exp := time.Now().Add(2 * time.Minute).UnixMilli()
+	for i := 0; i < handwrittenEntries; i += 1000 {
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := i; j < i+1000; j++ {
+				id := strconv.Itoa(j)
+				p.ZAdd(ctx, ready, redis.Z{Score: float64(exp + int64(j)), Member: id})
+				p.HSet(ctx, bodies, id, body)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("handwritten baseline: filling the pool: %w", err)
+		}
+	}
+	limiter := redis_rate.NewLimiter(rdb)
+	limit := redis_rate.PerMinute(1_000_000_000)
+	return func(c *gin.Context) {
+		ctx := c.Request.Context()
+		res, err := limiter.Allow(ctx, "ip:"+c.ClientIP(), limit)
+		if err != nil {
+			c.AbortWithStatus(http.StatusServiceUnavailable)
+			return
+		}
+		if res.Allowed == 0 {
+			c.AbortWithStatus(http.StatusTooManyRequests)
+			return
+		}
+		b, err := popScript.Run(ctx, rdb, []string{ready, bodies}).Text()
+		if err != nil {
+			c.AbortWithStatus(http.StatusServiceUnavailable)
+			return
+		}
+		c.Header("Cache-Control", "no-store")
+		c.Data(http.StatusOK, "application/json; charset=utf-8", []byte(b))
+	}, nil
 }

@@ -7,7 +7,7 @@
 // and writes a summary, result.json and a self-contained report.html.
 //
 // It can start its own world (-local N: redis-server, the simulated
-// provider, N tokenpoold replicas), the two baselines (-baseline bare|redis)
+// provider, N tokenpoold replicas), the baselines (-baseline bare|redis|handwritten)
 // and a per-request minting mode (-local N -direct).
 //
 //	go run ./cmd/tokenpool-bench -local 2 -scenario ramp -from 5 -to 200 -duration 60s -sim-latency 100ms -sim-quota 300
@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&direct, "direct", false, "-local: no pool; every handout is minted for its request")
 	fs.BoolVar(&cold, "cold", false, "-local: start the load at once instead of when the pool holds its floor")
 	fs.Var(&env, "env", "-local: extra KEY=VALUE for the replicas (repeatable)")
-	fs.StringVar(&baseline, "baseline", "", "start a baseline instead: bare (a Gin handler answering the same bytes) or redis (plus one Redis round trip)")
+	fs.StringVar(&baseline, "baseline", "", "start a baseline instead: bare (a Gin handler answering the same bytes), redis (plus one Redis GET) or handwritten (one redis_rate check and one Lua pop, no auth, no logs)")
 	fs.IntVar(&prewarm, "prewarm", 0, "prewarm the profile to N ready before the load (needs an admin key); memory: credentials to measure")
 	fs.DurationVar(&prewarmBefore, "prewarm-before", time.Minute, "how long before the load the prewarm is set")
 	fs.DurationVar(&prewarmHold, "prewarm-hold", -1, "how long into the load the prewarm lasts (default: the whole load; 0: it ends as the load starts)")
