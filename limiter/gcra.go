@@ -21,7 +21,7 @@ type Check struct {
 	Limit  Limit
 }
 
-// LuaGCRA defines limits(kb, ab, n, peek) for Redis scripts that apply
+// LuaGCRA defines limits(kb, ab, n, peek, t) for Redis scripts that apply
 // caller limits together with other work in one call (the pool's take
 // does): the GCRA of redis_rate (same keys, same values, same answers),
 // over n checks whose keys are KEYS[kb+1 .. kb+n] and whose limits are
@@ -31,13 +31,13 @@ type Check struct {
 // (a retried call that was counted already) nothing is counted and each
 // check reports its state. It returns whether every check allowed, and a
 // flat list {allowed, remaining, retry after s, reset after s} per check
-// reached.
+// reached. t is the script's TIME reply (nil: limits() asks).
 const LuaGCRA = `
-local function limits(kb, ab, n, peek)
+local function limits(kb, ab, n, peek, t)
   local out, ok = {}, true
   if n == 0 then return ok, out end
   -- redis_rate's clock: seconds since 2017-01-01, with microseconds.
-  local t = redis.call('TIME')
+  t = t or redis.call('TIME')
   local now = (t[1] - 1483228800) + (t[2] / 1000000)
   for i = 1, n do
     local key = KEYS[kb + i]

@@ -58,11 +58,9 @@ local function claim(v)
   return string.sub(v, 1, a - 1), tonumber(string.sub(v, a + 1, b - 1)), string.sub(v, b + 1)
 end
 
--- ledger records a handed-out id until its retire time, keeps the key's
--- TTL at the latest retire time, and bounds its size (the ids that retire
--- soonest go first; each one dropped is counted).
-local function ledger(handed, stats, id, retire, now, bound)
-  redis.call('ZADD', handed, fmt(retire), id)
+-- ledgerKept keeps the ledger's TTL at its latest retire time and bounds
+-- its size, once an id retiring at retire was added to it.
+local function ledgerKept(handed, stats, retire, now, bound)
   if redis.call('PTTL', handed) < retire - now then
     redis.call('PEXPIREAT', handed, fmt(retire))
   end
@@ -111,12 +109,14 @@ end
 // of the given prefixes (sealed with a key this replica lacks) is left in
 // place.
 var takeScript = redis.NewScript(luaPrelude + limiter.LuaGCRA + `
-local now = clock(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(ARGV[3])
+if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
 local cutoff = now + tonumber(ARGV[1])
 local n = tonumber(ARGV[7])
 local claimed = redis.call('GET', KEYS[4])
 if claimed == '-' then return {3, '', '', 0, 0, {}, now} end
-local ok, lim = limits(5, 8, n, claimed ~= false)
+local ok, lim = limits(5, 8, n, claimed ~= false, t)
 if claimed and string.sub(claimed, 1, 1) == '!' then
   -- denied before: report that limit as denied, and nothing after it
   local i = tonumber(string.sub(claimed, 2))
@@ -134,14 +134,9 @@ if claimed and claimed ~= '0' then
   redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
   redis.call('HINCRBY', KEYS[3], 'wasted', 1)
 end
-local evicted = 0
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if first[2] and tonumber(first[2]) <= cutoff then
-  evicted = evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
-end
-if ARGV[8] == '1' and not claimed then
-  demand(KEYS[3], now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-end
+-- The counters this take moves, and the demand, are read once and
+-- written once, at the end.
+local st = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses')
 local opens_from = 9 + 3 * n
 local function opens(body)
   if #ARGV < opens_from then return true end
@@ -150,39 +145,64 @@ local function opens(body)
   end
   return false
 end
--- Most takes find the first usable entry good: look at one, then at up
--- to 16 in all.
-local foreign, seen, offset, batch = 0, 0, 0, 1
-while seen < 16 do
-  local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(cutoff), '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
-  if #hits == 0 then break end
-  for i = 1, #hits, 2 do
-    seen = seen + 1
-    local id, retire = hits[i], tonumber(hits[i + 1])
+-- Pop the entry that retires soonest; entries too close to retiring are
+-- waste. Most takes pop once.
+local evicted, foreign, examined = 0, 0, 0
+local left = {} -- entries popped for a replica that can open them: put back
+local hit, hit_retire, hit_body
+while examined < 16 do
+  local e = redis.call('ZPOPMIN', KEYS[1])
+  if #e == 0 then break end
+  local id, retire = e[1], tonumber(e[2])
+  if retire <= cutoff then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HINCRBY', KEYS[3], 'wasted', 1)
+    evicted = evicted + 1 + evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
+    if evicted > 512 then break end -- the refill sweeps evict the rest
+  else
+    examined = examined + 1
     local body = redis.call('HGET', KEYS[2], id)
     if not body then
-      redis.call('ZREM', KEYS[1], id)
       redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
-    elseif redis.call('ZSCORE', KEYS[5], id) then
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('HDEL', KEYS[2], id)
-      redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
-    elseif opens(body) then
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('HDEL', KEYS[2], id)
-      ledger(KEYS[5], KEYS[3], id, retire, now, tonumber(ARGV[6]))
-      redis.call('HINCRBY', KEYS[3], 'handed_out', 1)
-      redis.call('SET', KEYS[4], id .. ' ' .. fmt(retire) .. ' ' .. body, 'PX', ARGV[2])
-      return {1, id, body, evicted, foreign, lim, now}
-    else
+    elseif not opens(body) then
       foreign = foreign + 1
-      offset = offset + 1
+      table.insert(left, retire)
+      table.insert(left, id)
+    else
+      redis.call('HDEL', KEYS[2], id)
+      if redis.call('ZADD', KEYS[5], 'NX', fmt(retire), id) == 0 then
+        redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
+      else
+        hit, hit_retire, hit_body = id, retire, body
+        break
+      end
     end
   end
-  batch = 16 - seen
+end
+if #left > 0 then redis.call('ZADD', KEYS[1], unpack(left)) end
+local fields = {}
+if ARGV[8] == '1' and not claimed then
+  local dt = math.max(0, now - (tonumber(st[3]) or now))
+  local tf, ts = tonumber(ARGV[4]), tonumber(ARGV[5])
+  table.insert(fields, 'd_fast')
+  table.insert(fields, tostring((tonumber(st[1]) or 0) * math.exp(-dt / tf) + 1000 / tf))
+  table.insert(fields, 'd_slow')
+  table.insert(fields, tostring((tonumber(st[2]) or 0) * math.exp(-dt / ts) + 1000 / ts))
+  table.insert(fields, 'd_at')
+  table.insert(fields, fmt(now))
+end
+if hit then
+  ledgerKept(KEYS[5], KEYS[3], hit_retire, now, tonumber(ARGV[6]))
+  table.insert(fields, 'handed_out')
+  table.insert(fields, fmt((tonumber(st[4]) or 0) + 1))
+  redis.call('HSET', KEYS[3], unpack(fields))
+  redis.call('SET', KEYS[4], hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', ARGV[2])
+  return {1, hit, hit_body, evicted, foreign, lim, now}
 end
 if n > 0 then redis.call('SET', KEYS[4], '0', 'PX', ARGV[2]) end
-redis.call('HINCRBY', KEYS[3], 'misses', 1)
+table.insert(fields, 'misses')
+table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
+redis.call('HSET', KEYS[3], unpack(fields))
 return {0, '', '', evicted, foreign, lim, now}
 `)
 

@@ -11,13 +11,14 @@ L="-tokenpoold bin/tokenpoold"
 mkdir -p bench-results
 run() { name=$1; shift; echo "=== $name: $B $*" | tee -a bench-results/summary.txt; "$B" -out "bench-results/$name" "$@" | tee -a bench-results/summary.txt; }
 
-# (a) Most handouts per second, closed loop, 64 callers: the two baselines,
-# then one tokenpoold replica (auth, both limits, metrics and the access
-# log on) handing out from a pool prewarmed to 100,000, the prewarm over
-# as the load starts so nothing is minted while it runs.
+# (a) Most handouts per second, closed loop, 64 callers: the three
+# baselines, then one tokenpoold replica (auth, both limits, metrics and
+# the access log on) handing out from a pool prewarmed to 100,000, the
+# prewarm over as the load starts.
 for i in 1 2; do
   run a-bare-$i      -baseline bare  -scenario max -concurrency 64 -duration 10s
   run a-redis-$i     -baseline redis -scenario max -concurrency 64 -duration 10s
+  run a-handwritten-$i -baseline handwritten -scenario max -concurrency 64 -duration 10s
   run a-tokenpoold-$i -local 1 $L -scenario max -concurrency 64 -duration 10s -sim-latency 2ms \
       -prewarm 100000 -prewarm-before 150s -prewarm-hold 0 -env TOKENPOOL_POOL_MAX=100000
 done
