@@ -41,6 +41,7 @@ type Handout struct {
 	Credential
 
 	claim string // the take's claim key suffix, for Return; "" unless pooled
+	tag   string // the hash tag of the shard it was taken from, for Return
 }
 
 // LogValue keeps the credential out of logs.

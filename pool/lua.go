@@ -89,8 +89,8 @@ end
 //
 // KEYS: ready, entries, stats, claim, handed, then the limits' keys
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
-// slow) ms, ledger bound (entries), the number of limits n, whether to
-// count demand (1, 0), n (burst, rate, period s) triples, then the body
+// slow) ms, ledger bound (entries), the number of limits n, what to count
+// (1: the demand, 2: a miss; added), n (burst, rate, period s) triples, then the body
 // prefixes this replica can open (none: any)
 // Reply: {status, id, body, evicted, foreign, limits, now ms}: status 1 handed out,
 // 2 the entry of an earlier call with this claim, 3 the claim was abandoned
@@ -181,7 +181,8 @@ while examined < 16 do
 end
 if #left > 0 then redis.call('ZADD', KEYS[1], unpack(left)) end
 local fields = {}
-if ARGV[8] == '1' and not claimed then
+local counts = tonumber(ARGV[8])
+if counts % 2 == 1 and not claimed then
   local dt = math.max(0, now - (tonumber(st[3]) or now))
   local tf, ts = tonumber(ARGV[4]), tonumber(ARGV[5])
   table.insert(fields, 'd_fast')
@@ -200,9 +201,11 @@ if hit then
   return {1, hit, hit_body, evicted, foreign, lim, now}
 end
 if n > 0 then redis.call('SET', KEYS[4], '0', 'PX', ARGV[2]) end
-table.insert(fields, 'misses')
-table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
-redis.call('HSET', KEYS[3], unpack(fields))
+if counts >= 2 then
+  table.insert(fields, 'misses')
+  table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
+end
+if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
 return {0, '', '', evicted, foreign, lim, now}
 `)
 

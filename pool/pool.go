@@ -56,7 +56,15 @@ type Profile struct {
 	// MinRemaining is the least life a handed-out credential has left.
 	// default: 30s
 	MinRemaining time.Duration
+	// Shards spreads the pool over this many Redis hash slots, so that on
+	// a Cluster one busy profile uses several masters (see shard.go):
+	// each shard keeps its share of the target, and a take tries a shard
+	// at random, then the others. At most MaxShards. default: 1
+	Shards int
 }
+
+// MaxShards bounds a profile's shards.
+const MaxShards = 64
 
 // Config configures a Pool. Zero values mean the documented default.
 type Config struct {
@@ -129,6 +137,7 @@ type profile struct {
 	Profile
 	minLife time.Duration // MinRemaining + skew: what Redis scripts check
 	sizing  Sizing
+	tags    []string // the hash tags of its shards
 	// direct bounds this profile's mints for requests (misses and on-demand
 	// mints) on this replica, so a burst on one profile can't take every
 	// slot from the others; nil when direct minting is off.
@@ -223,7 +232,13 @@ func New(cfg Config) (*Pool, error) {
 		if pr.MinRemaining <= 0 {
 			pr.MinRemaining = 30 * time.Second
 		}
-		prof := &profile{Profile: pr, minLife: pr.MinRemaining + cfg.MaxClockSkew,
+		if pr.Shards <= 0 {
+			pr.Shards = 1
+		}
+		if pr.Shards > MaxShards {
+			return nil, fmt.Errorf("pool: config: profile %q: at most %d shards", pr.Name, MaxShards)
+		}
+		prof := &profile{Profile: pr, tags: shardTags(pr.Name, pr.Shards), minLife: pr.MinRemaining + cfg.MaxClockSkew,
 			sizing: Sizing{Floor: max(pr.Target, 0), Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
 		if cfg.DirectMints > 0 {
 			prof.direct = make(chan struct{}, cfg.DirectMints)
@@ -290,15 +305,8 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, ch
 	}
 	var ds []limiter.Decision
 	if pr.Target > 0 {
-		h, taken, err := p.store.TakeLimited(ctx, pr.Name, requestID, pr.minLife, checks)
-		var ue *UnrecoveredError
-		if errors.As(err, &ue) {
-			p.refill.unrecovered(ue)
-		}
+		h, taken, err := p.take(ctx, pr, requestID, checks)
 		p.refill.wake()
-		if err == nil {
-			p.metrics.handout(pr.Name, SourcePool)
-		}
 		if !errors.Is(err, ErrEmpty) {
 			return h, taken, err
 		}
@@ -314,6 +322,43 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, ch
 	}
 	h, err := p.mintDirect(ctx, pr)
 	return h, ds, err
+}
+
+// take takes from pr's pool behind checks: from one shard picked at
+// random, then from the others in turn while they are empty. The first
+// take applies the checks and counts the demand; a miss is counted once,
+// when every shard was empty.
+func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+	n := len(pr.tags)
+	first, counts := 0, countDemand|countMiss
+	if n > 1 {
+		first, counts = rand.N(n), countDemand
+	}
+	var ds []limiter.Decision
+	for k := range n {
+		h, taken, err := p.store.takeIn(ctx, pr.tags[(first+k)%n], requestID, pr.minLife, checks, counts)
+		if k == 0 {
+			ds = taken
+		}
+		var ue *UnrecoveredError
+		if errors.As(err, &ue) {
+			p.refill.unrecovered(ue)
+		}
+		if err == nil {
+			p.metrics.handout(pr.Name, SourcePool)
+			return h, ds, nil
+		}
+		if err != ErrEmpty { // denied, failed, or an abandoned claim
+			return h, ds, err
+		}
+		checks, counts = nil, 0
+	}
+	if n > 1 {
+		// Best effort: a counter.
+		_ = p.store.count(ctx, pr.tags[first], "misses", 1)
+	}
+	p.metrics.miss(pr.Name)
+	return Handout{}, ds, ErrEmpty
 }
 
 // Return puts back a handout whose caller never received it (the client
@@ -332,13 +377,13 @@ func (p *Pool) Return(h Handout) {
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
-		if err := p.store.recoverClaim(ctx, pr.Name, h.claim, pr.minLife); err != nil {
-			p.refill.unrecovered(&UnrecoveredError{Profile: pr.Name, Claim: h.claim, MinRemaining: pr.minLife, At: time.Now(), Err: err})
+		if err := p.store.recoverClaim(ctx, h.tag, h.claim, pr.minLife); err != nil {
+			p.refill.unrecovered(&UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: time.Now(), Err: err})
 		}
 	case SourceDirect:
 		p.metrics.returned(pr.Name)
-		e := parked{resID: "", entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}
-		if _, err := p.store.put(ctx, pr.Name, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+		e := parked{tag: pr.tags[rand.N(len(pr.tags))], entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}
+		if _, err := p.store.put(ctx, e.tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
 			p.refill.park(pr.Name, e)
 		}
 	}
@@ -351,7 +396,7 @@ func (p *Pool) mintDirect(ctx context.Context, pr *profile) (Handout, error) {
 	if err != nil {
 		return Handout{}, err
 	}
-	if err := p.store.count(ctx, pr.Name, "direct", 1); err != nil {
+	if err := p.store.count(ctx, pr.tags[0], "direct", 1); err != nil {
 		p.log.Warn("pool: counting a direct mint", "profile", pr.Name, "err", err)
 	}
 	p.metrics.handout(pr.Name, SourceDirect)
@@ -463,7 +508,7 @@ func (p *Pool) Ready(ctx context.Context) error {
 		if !ok || a.Available() {
 			continue
 		}
-		st, err := p.store.Stats(ctx, name, p.profiles[name].minLife)
+		st, err := p.Stats(ctx, name)
 		if err != nil {
 			return err
 		}
@@ -488,8 +533,10 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 		return &RequestError{Status: 400, Message: fmt.Sprintf(
 			"ready: at most %d, this profile's ceiling (max_target, TOKENPOOL_POOL_MAX)", pr.sizing.Ceiling)}
 	}
-	if err := p.store.SetPrewarm(ctx, profileName, ready, until); err != nil {
-		return err
+	for i, tag := range pr.tags {
+		if err := p.store.setPrewarm(ctx, tag, share(ready, i, len(pr.tags)), ready, until); err != nil {
+			return err
+		}
 	}
 	p.refill.wake()
 	return nil
@@ -497,17 +544,26 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 
 // Prewarm returns the named profile's active prewarm (ready 0: none).
 func (p *Pool) Prewarm(ctx context.Context, profileName string) (int, time.Time, error) {
-	if _, ok := p.profiles[profileName]; !ok {
+	pr, ok := p.profiles[profileName]
+	if !ok {
 		return 0, time.Time{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	return p.store.Prewarm(ctx, profileName)
+	return p.store.Prewarm(ctx, pr.tags[0])
 }
 
-// Stats returns the named profile's shared snapshot.
+// Stats returns the named profile's shared snapshot, its shards' added up.
 func (p *Pool) Stats(ctx context.Context, profileName string) (Stats, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Stats{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	return p.store.Stats(ctx, profileName, pr.minLife)
+	var sum Stats
+	for _, tag := range pr.tags {
+		st, err := p.store.Stats(ctx, tag, pr.minLife)
+		if err != nil {
+			return Stats{}, err
+		}
+		sum = sum.add(st)
+	}
+	return sum, nil
 }

@@ -21,6 +21,8 @@ const recoverTimeout = time.Second
 // counts the entry as lost when the claim is gone. It wraps the take's
 // error, so it matches what that matches.
 type UnrecoveredError struct {
+	// Profile is the hash tag of the shard taken from: the profile's name
+	// unless it is sharded.
 	Profile, Claim string
 	MinRemaining   time.Duration
 	At             time.Time // when the take failed
@@ -77,7 +79,7 @@ func (r *refiller) flush() {
 		}
 		r.p.metrics.loss(name, lost)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := r.p.store.count(ctx, name, "lost", lost)
+		err := r.p.store.count(ctx, pr.tags[0], "lost", lost)
 		cancel()
 		r.p.log.Warn("pool: stopped holding credentials Redis did not take", "profile", name,
 			"lost", lost, "expired_unpooled", wasted, "counted_in_redis", err == nil)
@@ -91,12 +93,12 @@ const maxPending = 4096
 // unrecovered queues a failed take for the loop to recover.
 func (r *refiller) unrecovered(e *UnrecoveredError) {
 	r.mu.Lock()
-	if st := r.state[e.Profile]; st != nil {
+	if st := r.state[profileOf(e.Profile)]; st != nil {
 		if len(st.pending) < maxPending {
 			st.pending = append(st.pending, e)
 		} else {
 			st.lost++
-			r.p.metrics.loss(e.Profile, 1)
+			r.p.metrics.loss(profileOf(e.Profile), 1)
 		}
 	}
 	r.mu.Unlock()
@@ -132,13 +134,13 @@ func (r *refiller) recoverPending(pr *profile) bool {
 			r.p.metrics.loss(pr.Name, 1)
 			continue
 		}
-		if err := r.p.store.recoverClaim(ctx, pr.Name, e.Claim, e.MinRemaining); err != nil {
+		if err := r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.MinRemaining); err != nil {
 			return requeue(list[i:], lost)
 		}
 		recovered++
 	}
 	if lost > 0 {
-		if err := r.p.store.count(ctx, pr.Name, "lost", lost); err != nil {
+		if err := r.p.store.count(ctx, pr.tags[0], "lost", lost); err != nil {
 			return requeue(nil, lost)
 		}
 	}

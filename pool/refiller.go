@@ -47,6 +47,8 @@ type refillState struct {
 	latency   time.Duration       // moving average of a mint's duration
 	life      time.Duration       // moving average of a new credential's usable life; 0: none seen
 	demand    Demand              // the fleet's demand, as the last reservation round saw it
+	demands   []Demand            // each shard's part of it
+	rounds    int                 // reservation rounds so far
 	target    int                 // the target of the last round
 	lastLog   time.Time           // last failure logged
 	quiet     int                 // failures not logged since lastLog
@@ -58,6 +60,7 @@ type refillState struct {
 // in memory and put back when Redis answers again, unless it goes stale
 // first; then it is counted as waste.
 type parked struct {
+	tag            string // the shard it goes to
 	resID, entryID string
 	retire         time.Time
 	cred           Credential
@@ -85,7 +88,7 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 		state:       make(map[string]*refillState, len(p.names)),
 	}
 	for _, name := range p.names {
-		r.state[name] = &refillState{latency: 500 * time.Millisecond}
+		r.state[name] = &refillState{latency: 500 * time.Millisecond, demands: make([]Demand, len(p.profiles[name].tags))}
 	}
 	return r
 }
@@ -177,27 +180,56 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	if !ok {
 		return
 	}
-	// The reservation round runs to completion even when the loop is told to
-	// stop, so no lease is granted that nobody knows about.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	res, err := r.p.store.reserve(rctx, pr.Name, a)
-	cancel()
-	if err != nil {
-		r.failed(pr.Name, "reserve", err)
-		return
-	}
-	r.observe(pr, res)
-	if ctx.Err() != nil {
-		r.releaseAll(pr.Name, "released", res.ids)
-		return
+	// Each shard holds its share of the target; the mint slots this
+	// replica has free go to the shards in turn.
+	var sum reservation
+	n := len(pr.tags)
+	r.mu.Lock()
+	start := r.state[pr.Name].rounds % n // the first shard to get a slot turns round
+	r.state[pr.Name].rounds++
+	r.mu.Unlock()
+	for k := range n {
+		i := (start + k) % n
+		tag := pr.tags[i]
+		sa := a
+		sa.target, sa.idPrefix = share(a.target, i, n), r.p.replicaID+"/"+tag+"/"
+		// The reservation round runs to completion even when the loop is
+		// told to stop, so no lease is granted that nobody knows about.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		res, err := r.p.store.reserve(rctx, tag, sa)
+		cancel()
+		if err != nil {
+			r.failed(pr.Name, "reserve", err)
+			return
+		}
+		r.mu.Lock()
+		r.state[pr.Name].demands[i] = res.demand
+		r.mu.Unlock()
+		sum.usable, sum.inFlight, sum.target = sum.usable+res.usable, sum.inFlight+res.inFlight, sum.target+res.target
+		if ctx.Err() != nil {
+			r.releaseAll(tag, "released", res.ids)
+			return
+		}
+		r.mu.Lock()
+		r.state[pr.Name].inFlight += len(res.ids)
+		r.mu.Unlock()
+		for _, id := range res.ids {
+			r.wg.Add(1)
+			go r.mint(pr, tag, id)
+		}
+		a.want -= len(res.ids)
+		a.firstID += uint64(len(res.ids))
+		if a.want <= 0 && k+1 < n {
+			break // the other shards' demand is as last seen
+		}
 	}
 	r.mu.Lock()
-	r.state[pr.Name].inFlight += len(res.ids)
-	r.mu.Unlock()
-	for _, id := range res.ids {
-		r.wg.Add(1)
-		go r.mint(pr, id)
+	for _, d := range r.state[pr.Name].demands {
+		sum.demand.Fast += d.Fast
+		sum.demand.Slow += d.Slow
 	}
+	r.mu.Unlock()
+	r.observe(pr, sum)
 }
 
 // plan decides one reservation round for pr: the target from the demand
@@ -253,8 +285,9 @@ func (r *refiller) observe(pr *profile, res reservation) {
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
-// mint mints one credential for reservation resID and pools it.
-func (r *refiller) mint(pr *profile, resID string) {
+// mint mints one credential for reservation resID of shard tag and pools
+// it there.
+func (r *refiller) mint(pr *profile, tag, resID string) {
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()
@@ -277,7 +310,7 @@ func (r *refiller) mint(pr *profile, resID string) {
 		if r.mintCtx.Err() != nil {
 			why = "released" // shutting down: not the provider's fault
 		}
-		r.releaseAll(pr.Name, why, []string{resID})
+		r.releaseAll(tag, why, []string{resID})
 		if why == "mint_failed" {
 			r.failed(pr.Name, "mint", err)
 		}
@@ -289,8 +322,8 @@ func (r *refiller) mint(pr *profile, resID string) {
 	// already minted and paid for.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer pcancel()
-	e := parked{resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}
-	if _, err := r.p.store.put(pctx, pr.Name, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+	e := parked{tag: tag, resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}
+	if _, err := r.p.store.put(pctx, tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
 		r.park(pr.Name, e)
 		r.failed(pr.Name, "put", err)
 	}
@@ -330,7 +363,7 @@ func (r *refiller) unpark(pr *profile) bool {
 			lost++
 			continue
 		}
-		if _, err := r.p.store.put(ctx, pr.Name, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+		if _, err := r.p.store.put(ctx, e.tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
 			r.mu.Lock()
 			st.parked = append(list[i:], st.parked...)
 			st.lostWaste += lost
@@ -340,7 +373,7 @@ func (r *refiller) unpark(pr *profile) bool {
 		pooled++
 	}
 	if lost > 0 {
-		if err := r.p.store.count(ctx, pr.Name, "wasted", lost); err != nil {
+		if err := r.p.store.count(ctx, pr.tags[0], "wasted", lost); err != nil {
 			r.mu.Lock()
 			st.lostWaste += lost
 			r.mu.Unlock()
@@ -363,12 +396,12 @@ func (r *refiller) retireAt(exp time.Time, minLife time.Duration) time.Time {
 	return exp.Add(-time.Duration(r.p.random() * r.p.jitter * float64(usable)))
 }
 
-func (r *refiller) releaseAll(profile, why string, ids []string) {
+func (r *refiller) releaseAll(tag, why string, ids []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := r.p.store.release(ctx, profile, why, ids...); err != nil {
+	if err := r.p.store.release(ctx, tag, why, ids...); err != nil {
 		// The leases lapse by themselves; nothing is lost.
-		r.p.log.Warn("pool: releasing reservations", "profile", profile, "n", len(ids), "err", err)
+		r.p.log.Warn("pool: releasing reservations", "profile", profileOf(tag), "n", len(ids), "err", err)
 	}
 }
 

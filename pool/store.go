@@ -132,6 +132,19 @@ func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining 
 // pooled again, so a failure loses nothing. An error for which even that
 // failed matches ErrUnavailable and is an *UnrecoveredError.
 func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+	return s.takeIn(ctx, profile, claimID, minRemaining, checks, countDemand|countMiss)
+}
+
+// What a take counts in its shard's stats, besides a handout.
+const (
+	countDemand = 1 // the request, in the demand rates
+	countMiss   = 2 // a miss, when nothing usable was found
+)
+
+// takeIn is TakeLimited on one shard of a profile (tag: its hash tag),
+// counting what counts says.
+func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (Handout, []limiter.Decision, error) {
+	profile := tag
 	var decisions []limiter.Decision
 	for attempt := 0; ; attempt++ {
 		claim := claimID
@@ -140,14 +153,11 @@ func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRem
 			// The limits were applied by the first.
 			claim, checks = claimID+"#"+strconv.Itoa(attempt), nil
 		}
-		t, err := s.takeLimited(ctx, profile, claim, minRemaining, checks)
+		t, err := s.takeLimited(ctx, profile, claim, minRemaining, checks, counts)
 		if attempt == 0 {
 			decisions = t.decisions
 		}
 		if errors.Is(err, ErrEmpty) {
-			if err == ErrEmpty { // not an abandoned claim
-				s.metrics.miss(profile)
-			}
 			return Handout{}, decisions, err
 		}
 		if errors.Is(err, limiter.ErrDenied) {
@@ -158,7 +168,7 @@ func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRem
 		}
 		cred, err := s.decode(profile, t.id, t.body)
 		if err == nil {
-			return Handout{ID: t.id, Profile: profile, Source: SourcePool, Credential: cred, claim: claim}, decisions, nil
+			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag}, decisions, nil
 		}
 		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(profile).stats()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
@@ -172,9 +182,9 @@ func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRem
 // takeLimited runs one take behind checks: in the take's own script where
 // every key may share it (a single Redis), else at the same time as the
 // take, which is undone when a check denies.
-func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemaining time.Duration, checks []limiter.Check) (taken, error) {
+func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
 	if _, cluster := s.rdb.(*redis.ClusterClient); !cluster || len(checks) == 0 {
-		return s.take(ctx, profile, claim, minRemaining, checks)
+		return s.take(ctx, profile, claim, minRemaining, checks, counts)
 	}
 	var (
 		ds   []limiter.Decision
@@ -185,7 +195,7 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		defer close(done)
 		ds, lerr = s.limits.AllowAtOnce(ctx, checks)
 	}()
-	t, err := s.take(ctx, profile, claim, minRemaining, nil)
+	t, err := s.take(ctx, profile, claim, minRemaining, nil, counts)
 	<-done
 	t.decisions = ds
 	if lerr == nil && allowed(ds, checks) {
@@ -266,12 +276,12 @@ type taken struct {
 }
 
 // take runs takeScript, with checks folded in.
-func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (taken, error) {
+func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
 	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
 	args = append(args, minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), 1)
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts)
 	if len(checks) > 0 {
 		lkeys, largs := s.limits.ScriptArgs(checks)
 		keys = append(keys, lkeys...)
@@ -303,7 +313,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 	if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
 		return taken{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[5], reply[6])
 	}
-	s.metrics.waste(profile, evicted)
+	s.metrics.waste(profileOf(profile), evicted)
 	t := taken{id: id, body: body, at: at}
 	if len(checks) > 0 {
 		if t.decisions, _, err = limiter.Decisions(checks, lim); err != nil {
@@ -327,7 +337,7 @@ func (s *Store) encode(profile, id string, c Credential) ([]byte, error) {
 	if err != nil || s.sealer == nil {
 		return b, err
 	}
-	return s.sealer.seal(profile, id, b), nil
+	return s.sealer.seal(profileOf(profile), id, b), nil
 }
 
 // decode reverses encode.
@@ -335,7 +345,7 @@ func (s *Store) decode(profile, id, body string) (Credential, error) {
 	b := []byte(body)
 	if s.sealer != nil {
 		var err error
-		if b, err = s.sealer.open(profile, id, b); err != nil {
+		if b, err = s.sealer.open(profileOf(profile), id, b); err != nil {
 			return Credential{}, err
 		}
 	}
@@ -386,7 +396,7 @@ func (s *Store) reserve(ctx context.Context, profile string, a reserveArgs) (res
 	if err1 != nil || err2 != nil {
 		return reservation{}, fmt.Errorf("pool: reserve: demand: %v %v", err1, err2)
 	}
-	s.metrics.waste(profile, n[5])
+	s.metrics.waste(profileOf(profile), n[5])
 	granted := min(int(n[0]), a.want)
 	ids := make([]string, granted)
 	for i := range ids {
@@ -409,13 +419,19 @@ func floatString(v any) (float64, error) {
 // SetPrewarm raises profile's floor to ready until the given time, for
 // every replica; ready 0 ends a prewarm.
 func (s *Store) SetPrewarm(ctx context.Context, profile string, ready int, until time.Time) error {
+	return s.setPrewarm(ctx, profile, ready, ready, until)
+}
+
+// setPrewarm raises one shard's floor to ready, its share of the
+// profile's total.
+func (s *Store) setPrewarm(ctx context.Context, profile string, ready, total int, until time.Time) error {
 	k := s.keys(profile).prewarm()
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if ready <= 0 {
 			p.Del(ctx, k)
 			return nil
 		}
-		p.HSet(ctx, k, "ready", ready, "until", until.UnixMilli())
+		p.HSet(ctx, k, "ready", ready, "total", total, "until", until.UnixMilli())
 		p.PExpireAt(ctx, k, until)
 		return nil
 	})
@@ -427,12 +443,15 @@ func (s *Store) SetPrewarm(ctx context.Context, profile string, ready int, until
 
 // Prewarm returns profile's active prewarm; ready is 0 when there is none.
 func (s *Store) Prewarm(ctx context.Context, profile string) (ready int, until time.Time, err error) {
-	v, err := s.rdb.HMGet(ctx, s.keys(profile).prewarm(), "ready", "until").Result()
+	v, err := s.rdb.HMGet(ctx, s.keys(profile).prewarm(), "ready", "until", "total").Result()
 	if err != nil {
 		return 0, time.Time{}, storeError("prewarm", err)
 	}
 	r, _ := v[0].(string)
 	u, _ := v[1].(string)
+	if t, ok := v[2].(string); ok {
+		r = t
+	}
 	ready, _ = strconv.Atoi(r)
 	ms, _ := strconv.ParseInt(u, 10, 64)
 	if ready <= 0 || ms <= time.Now().UnixMilli() {
@@ -528,6 +547,20 @@ type Stats struct {
 	Surplus             int64 // minted after their reservation lapsed, with no room: counted in Wasted too
 	Orphaned            int64 // ids in the ready set without a body (should stay 0)
 	LedgerTrimmed       int64 // ledger ids dropped to keep it within LedgerMax
+}
+
+// add is s with every figure of t added.
+func (s Stats) add(t Stats) Stats {
+	return Stats{
+		Ready: s.Ready + t.Ready, Usable: s.Usable + t.Usable, InFlight: s.InFlight + t.InFlight, Target: s.Target + t.Target,
+		Demand: Demand{Fast: s.Demand.Fast + t.Demand.Fast, Slow: s.Demand.Slow + t.Demand.Slow},
+		Minted: s.Minted + t.Minted, HandedOut: s.HandedOut + t.HandedOut, Direct: s.Direct + t.Direct,
+		Wasted: s.Wasted + t.Wasted, Misses: s.Misses + t.Misses, MintFailed: s.MintFailed + t.MintFailed,
+		Lapsed: s.Lapsed + t.Lapsed, DuplicatesPrevented: s.DuplicatesPrevented + t.DuplicatesPrevented,
+		Discarded: s.Discarded + t.Discarded, Unreplicated: s.Unreplicated + t.Unreplicated, Lost: s.Lost + t.Lost,
+		Returned: s.Returned + t.Returned, Surplus: s.Surplus + t.Surplus, Orphaned: s.Orphaned + t.Orphaned,
+		LedgerTrimmed: s.LedgerTrimmed + t.LedgerTrimmed,
+	}
 }
 
 // Stats reads profile's snapshot in one round trip. Usable counts the

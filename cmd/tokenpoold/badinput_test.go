@@ -25,6 +25,8 @@ func TestBadConfigFileExits2NamingProfileAndField(t *testing.T) {
 		{"a TTL out of Navai's range", "profiles:\n  a:\n    provider: openai\n    openai:\n      client_secret_ttl_seconds: 9000\n",
 			[]string{`profile "a"`, "openai.client_secret_ttl_seconds", "clientSecretTtlSeconds must be between 10 and 7200. Received: 9000"}},
 		{"a negative target", "profiles:\n  default:\n    provider: orga\n    target: -3\n", []string{`profile "default"`, "target"}},
+		{"no shards", "profiles:\n  default:\n    provider: orga\n    shards: 0\n", []string{`profile "default"`, "shards", "1 to 64"}},
+		{"too many shards", "profiles:\n  default:\n    provider: orga\n    shards: 65\n", []string{`profile "default"`, "shards", "1 to 64"}},
 		{"a key variable that is not set", "profiles:\n  default:\n    provider: orga\n    orga:\n      api_key_env: ORGA_KEY_EU\n",
 			[]string{`profile "default"`, "orga.api_key_env", "ORGA_KEY_EU is not set"}},
 		{"a pool of per-caller credentials", "profiles:\n  default:\n    provider: orga\n    target: 5\n    orga:\n      per_caller_email: true\n",

@@ -459,3 +459,30 @@ func TestAnUnauthenticatedFloodCostsNoRedisCallAfterItsRefusal(t *testing.T) {
 		}
 	}
 }
+
+func TestAShardedProfileServesThroughTheDaemon(t *testing.T) {
+	rs := redistest.StartProcess(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_CONFIG": writeConfig(t, "profiles:\n  default:\n    provider: orga\n    target: 9\n    shards: 3\n")})
+	ctx := context.Background()
+	poll.Until(t, "every shard to fill", 20*time.Second, func() bool {
+		st, err := d.pool.Stats(ctx, "default")
+		return err == nil && st.Usable == 9
+	})
+	rdb := rs.Client()
+	shards := 0
+	keys, _ := rdb.Keys(ctx, "tp:{default#*}:ready").Result()
+	for _, k := range keys {
+		if n, _ := rdb.ZCard(ctx, k).Result(); n == 3 {
+			shards++
+		}
+	}
+	if shards != 3 {
+		t.Fatalf("%d shards hold their share of 3 (keys %v)", shards, keys)
+	}
+	for i := range 9 {
+		if r := fetch(t, d.url, callerJWT(t, "alice")); r.status != http.StatusOK || r.header.Get("X-Credential-Source") != "pool" {
+			t.Fatalf("handout %d: %d %s", i+1, r.status, r.header.Get("X-Credential-Source"))
+		}
+	}
+}

@@ -197,7 +197,7 @@ func (m *Main) Open(ctx context.Context) error {
 			target = -1 // no pool: every handout minted for its request
 		}
 		poolProfiles = append(poolProfiles, pool.Profile{
-			Name: p.Name, Minter: minter, Target: target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining,
+			Name: p.Name, Minter: minter, Target: target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining, Shards: p.Shards,
 		})
 		apiProfiles[p.Name] = api.ProfileInfo{Provider: p.Provider, Access: p.Access}
 		if p.Provider == "openai" && p.Target > 0 {

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 )
 
@@ -24,6 +25,7 @@ type Profile struct {
 	Provider     string // "orga" or "openai"
 	Target       int    // the floor; 0: no pool, every handout minted for its request
 	MaxTarget    int    // the ceiling demand may raise the target to
+	Shards       int    // hash slots the pool spreads over; 0: one
 	MinRemaining time.Duration
 	Access       *api.Access // nil: every authenticated caller
 	KeyEnv       string      // the variable holding the provider key, for the bad-key log line
@@ -129,6 +131,7 @@ type (
 		Provider     string      `yaml:"provider"`
 		Target       *int        `yaml:"target"`
 		MaxTarget    *int        `yaml:"max_target"`
+		Shards       *int        `yaml:"shards"`
 		MinRemaining string      `yaml:"min_remaining"`
 		Allow        *accessSpec `yaml:"allow"`
 		Orga         *orgaSpec   `yaml:"orga"`
@@ -375,6 +378,12 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 			return p, fmt.Errorf("max_target: want 1 to 100000, got %d", *s.MaxTarget)
 		}
 		p.MaxTarget = *s.MaxTarget
+	}
+	if s.Shards != nil {
+		if *s.Shards < 1 || *s.Shards > pool.MaxShards {
+			return p, fmt.Errorf("shards: want 1 to %d, got %d", pool.MaxShards, *s.Shards)
+		}
+		p.Shards = *s.Shards
 	}
 	if s.Target != nil {
 		if *s.Target < 0 || *s.Target > 100000 {

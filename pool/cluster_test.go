@@ -1,0 +1,254 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/internal/poll"
+	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/limiter"
+)
+
+// A sharded profile on a 3-master Redis Cluster: one busy profile uses
+// every master, and the pool's promises hold across its shards.
+
+func clusterClient(tb testing.TB, nodes []*redistest.Server, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *redis.ClusterClient {
+	tb.Helper()
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.Addr)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, Dialer: dial, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
+	tb.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func TestAShardedProfileSpreadsOverEveryClusterMaster(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	m := &fakeMinter{ttl: 10 * time.Minute}
+	const target, replicas, handouts = 300, 3, 50_000
+	var pools []*Pool
+	for range replicas {
+		st := NewStore(clusterClient(t, nodes, nil), StoreConfig{})
+		pools = append(pools, newTestPool(t, st, m, func(c *Config) {
+			c.Profiles = []Profile{{Name: "default", Minter: m, Target: target, MaxTarget: target, MinRemaining: time.Second, Shards: 3}}
+			c.Logger = discardLog()
+		}))
+	}
+	for _, p := range pools {
+		p.Open()
+	}
+	ctx := context.Background()
+	poll.Until(t, "the pool to fill", 30*time.Second, func() bool {
+		st, err := pools[0].Stats(ctx, "default")
+		return err == nil && st.Usable == target
+	})
+
+	// Which master serves each shard.
+	cc := clusterClient(t, nodes, nil)
+	master := map[string]string{}
+	tags := shardTags("default", 3)
+	for _, tag := range tags {
+		c, err := cc.MasterForKey(ctx, "tp:{"+tag+"}:ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		master[tag] = c.Options().Addr
+	}
+
+	var (
+		mu       sync.Mutex
+		tokens   = map[string]bool{}
+		dups     int
+		byMaster = map[string]int{}
+		pooled   int
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		failures atomic.Int64
+	)
+	for w := range 8 * replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := pools[w%replicas]
+			for {
+				i := next.Add(1)
+				if i > handouts {
+					return
+				}
+				h, err := p.Get(ctx, "default", fmt.Sprintf("w%d-%d", w, i))
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				mu.Lock()
+				if tokens[h.Token] {
+					dups++
+				}
+				tokens[h.Token] = true
+				if h.Source == SourcePool {
+					pooled++
+					byMaster[master[h.tag]]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range pools {
+		if err := p.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := pools[0].Stats(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d handouts (%d from the pool, %d failed): per master %v; %d minted, stats %+v", len(tokens)+dups, pooled, failures.Load(), byMaster, m.n.Load(), st)
+	if dups != 0 {
+		t.Fatalf("%d credentials handed out twice", dups)
+	}
+	if len(tokens) < handouts*9/10 {
+		t.Fatalf("only %d of %d requests got a credential", len(tokens), handouts)
+	}
+	if len(byMaster) != 3 {
+		t.Fatalf("takes landed on %d masters, want 3: %v", len(byMaster), byMaster)
+	}
+	even := float64(pooled) / 3
+	for addr, n := range byMaster {
+		if math.Abs(float64(n)-even) > 0.2*even {
+			t.Fatalf("master %s served %d of %d pooled takes, beyond ±20%% of %d", addr, n, pooled, int(even))
+		}
+	}
+	// No over-mint: every refill mint is handed out, still pooled, or
+	// counted; and the fleet never held more than the target plus the
+	// mints a replica can have in flight.
+	refill := m.n.Load() - st.Direct
+	if accounted := st.HandedOut + int64(st.Ready) + st.Wasted; refill != accounted {
+		t.Fatalf("%d refill mints, %d handed out + pooled + wasted", refill, accounted)
+	}
+	if st.Ready > target {
+		t.Fatalf("%d pooled after the run, over the target %d", st.Ready, target)
+	}
+	if bound := int64(pooled) + target + replicas*32; refill > bound {
+		t.Fatalf("%d refill mints, over the bound handouts + target + a batch per replica = %d", refill, bound)
+	}
+}
+
+// slowConn delays every write by *delay: a network with latency.
+type slowConn struct {
+	net.Conn
+	delay *atomic.Int64
+}
+
+func (c slowConn) Write(b []byte) (int, error) {
+	time.Sleep(time.Duration(c.delay.Load()))
+	return c.Conn.Write(b)
+}
+
+func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	var delay atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return slowConn{Conn: c, delay: &delay}, nil
+	}
+	cc := clusterClient(t, nodes, dial)
+	st := NewStore(cc, StoreConfig{})
+	ctx := context.Background()
+	for i := range 10 {
+		putOne(t, st, "default", fmt.Sprint("e", i), time.Now().Add(time.Hour))
+	}
+	lim, _ := limiter.Parse("2/m")
+	wide, _ := limiter.Parse("10/m")
+	// The keys of the three live in three slots; the user's on another
+	// master than the profile's.
+	checks := []limiter.Check{{Policy: "ip", Key: "ip:192.0.2.1", Limit: wide}, {Policy: "user", Key: "user:alice", Limit: lim}}
+	if _, _, err := st.TakeLimited(ctx, "default", "warm", 0, checks); err != nil { // loads scripts and slots
+		t.Fatal(err)
+	}
+	// Open a few connections to every master, as a busy daemon has.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
+		}()
+	}
+	wg.Wait()
+
+	// Every write from now on waits 300 ms.
+	delay.Store(int64(300 * time.Millisecond))
+	start := time.Now()
+	h, ds, err := st.TakeLimited(ctx, "default", "req-1", 0, checks)
+	took := time.Since(start)
+	if err != nil || len(ds) != 2 || !ds[0].Allowed || !ds[1].Allowed || ds[1].Remaining != 0 {
+		t.Fatalf("take: %+v %+v %v", h, ds, err)
+	}
+	t.Logf("limits and take with 300 ms per write: %v", took)
+	if took >= 600*time.Millisecond {
+		t.Fatalf("limits and take took %v at 300 ms a write: more than one round trip", took)
+	}
+
+	// A denied take on a Cluster leaves the pool as it was.
+	delay.Store(0)
+	before := clusterSnapshot(t, cc, "default")
+	if _, ds, err := st.TakeLimited(ctx, "default", "req-2", 0, checks); err == nil || len(ds) != 2 || ds[1].Allowed {
+		t.Fatalf("third take of 2/m: %+v %v, want denied by the user limit", ds, err)
+	}
+	after := clusterSnapshot(t, cc, "default")
+	if fmt.Sprint(before.keys) != fmt.Sprint(after.keys) {
+		t.Fatalf("a denied take changed the pool:\nbefore %v\nafter  %v", before.keys, after.keys)
+	}
+	for i, tau := range []time.Duration{demandTauFast, demandTauSlow} {
+		// after's rate as of before's time
+		was := after.demand[i] * math.Exp((after.at-before.at)/float64(tau.Milliseconds()))
+		if d := math.Abs(before.demand[i] - was); d > 1e-9*math.Max(1, before.demand[i]) {
+			t.Fatalf("a denied take changed the demand: %v, then %v", before.demand, after.demand)
+		}
+	}
+}
+
+// snap is a profile's entries, ledger and counters, and its demand rates
+// apart: they decay, and are stored as of their last change.
+type snap struct {
+	keys   []any
+	demand [2]float64 // d_fast, d_slow
+	at     float64    // d_at, ms
+}
+
+func clusterSnapshot(tb testing.TB, rdb redis.UniversalClient, tag string) snap {
+	tb.Helper()
+	ctx := context.Background()
+	base := "tp:{" + tag + "}:"
+	ready, err1 := rdb.ZRangeWithScores(ctx, base+"ready", 0, -1).Result()
+	handed, err2 := rdb.ZRangeWithScores(ctx, base+"handed", 0, -1).Result()
+	bodies, err3 := rdb.HGetAll(ctx, base+"e").Result()
+	stats, err4 := rdb.HGetAll(ctx, base+"stats").Result()
+	for _, err := range []error{err1, err2, err3, err4} {
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	at, _ := strconv.ParseFloat(stats["d_at"], 64)
+	var demand [2]float64
+	for i, f := range []string{"d_fast", "d_slow"} {
+		demand[i], _ = strconv.ParseFloat(stats[f], 64)
+		delete(stats, f)
+	}
+	delete(stats, "d_at")
+	return snap{keys: []any{ready, handed, bodies, stats}, demand: demand, at: at}
+}
