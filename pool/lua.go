@@ -58,6 +58,22 @@ local function claim(v)
   return string.sub(v, 1, a - 1), tonumber(string.sub(v, a + 1, b - 1)), string.sub(v, b + 1)
 end
 
+-- unclaim puts a claimed entry back: out of the ledger and the handed-out
+-- count, into the pool, or counted as waste when it retires by cutoff.
+-- It returns 1 pooled, 2 wasted.
+local function unclaim(claimed, ready, entries, stats, handed, cutoff)
+  local id, retire, body = claim(claimed)
+  redis.call('ZREM', handed, id)
+  redis.call('HINCRBY', stats, 'handed_out', -1)
+  if retire <= cutoff then
+    redis.call('HINCRBY', stats, 'wasted', 1)
+    return 2
+  end
+  redis.call('ZADD', ready, fmt(retire), id)
+  redis.call('HSET', entries, id, body)
+  return 1
+end
+
 -- ledgerKept keeps the ledger's TTL at its latest retire time and bounds
 -- its size, once an id retiring at retire was added to it.
 local function ledgerKept(handed, stats, retire, now, bound)
@@ -222,17 +238,9 @@ var recoverScript = redis.NewScript(luaPrelude + `
 local claimed = redis.call('GET', KEYS[4])
 redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
 if not claimed or claimed == '-' or claimed == '0' or string.sub(claimed, 1, 1) == '!' then return 0 end
-local id, retire, body = claim(claimed)
-redis.call('ZREM', KEYS[5], id)
-redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
-if retire <= clock(ARGV[3]) + tonumber(ARGV[1]) then
-  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
-  return 2
-end
-redis.call('ZADD', KEYS[1], fmt(retire), id)
-redis.call('HSET', KEYS[2], id, body)
-redis.call('HINCRBY', KEYS[3], 'returned', 1)
-return 1
+local r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
+if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
+return r
 `)
 
 // untakeScript undoes a take that ran at the same time as the caller's
@@ -260,16 +268,7 @@ if not claimed then
   redis.call('HINCRBY', KEYS[3], 'misses', -1)
   return 0
 end
-local id, retire, body = claim(claimed)
-redis.call('ZREM', KEYS[5], id)
-redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
-if retire <= clock(ARGV[3]) + tonumber(ARGV[1]) then
-  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
-  return 2
-end
-redis.call('ZADD', KEYS[1], fmt(retire), id)
-redis.call('HSET', KEYS[2], id, body)
-return 1
+return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
 `)
 
 // discardScript counts an entry that was taken but could not be opened

@@ -390,13 +390,19 @@ func TestThePerUserLimitHoldsAcrossProfilesAndReplicas(t *testing.T) {
 	}
 }
 
+// behindProxy starts a daemon with env whose Redis is reached through a
+// proxy the test can close.
+func behindProxy(tb testing.TB, env map[string]string) (*daemon, *redistest.Proxy) {
+	tb.Helper()
+	rs := redistest.StartProcess(tb)
+	sim := startSim(tb, upstreamtest.Config{})
+	proxy := redistest.NewProxy(tb, rs.Addr)
+	env["REDIS_URL"] = "redis://" + proxy.Addr
+	return startDaemon(tb, rs, sim, env), proxy
+}
+
 func TestARefusedCallerIsRefusedWithoutRedisUntilItsRetryTime(t *testing.T) {
-	rs := redistest.StartProcess(t)
-	sim := startSim(t, upstreamtest.Config{})
-	proxy := redistest.NewProxy(t, rs.Addr)
-	d := startDaemon(t, rs, sim, map[string]string{
-		"REDIS_URL": "redis://" + proxy.Addr, "TOKENPOOL_RATE_PER_USER": "1/2s", "TOKENPOOL_RATE_PER_IP": "1000/m",
-	})
+	d, proxy := behindProxy(t, map[string]string{"TOKENPOOL_RATE_PER_USER": "1/2s", "TOKENPOOL_RATE_PER_IP": "1000/m"})
 	alice := callerJWT(t, "alice")
 	if r := fetch(t, d.url, alice); r.status != http.StatusOK {
 		t.Fatalf("first: %d %s", r.status, r.body)
@@ -432,12 +438,7 @@ func TestARefusedCallerIsRefusedWithoutRedisUntilItsRetryTime(t *testing.T) {
 }
 
 func TestAnUnauthenticatedFloodCostsNoRedisCallAfterItsRefusal(t *testing.T) {
-	rs := redistest.StartProcess(t)
-	sim := startSim(t, upstreamtest.Config{})
-	proxy := redistest.NewProxy(t, rs.Addr)
-	d := startDaemon(t, rs, sim, map[string]string{
-		"REDIS_URL": "redis://" + proxy.Addr, "TOKENPOOL_RATE_PER_IP": "3/m",
-	})
+	d, proxy := behindProxy(t, map[string]string{"TOKENPOOL_RATE_PER_IP": "3/m"})
 	for i := range 3 {
 		if r := fetch(t, d.url, "not-a-token"); r.status != http.StatusUnauthorized {
 			t.Fatalf("bad token %d: %d", i+1, r.status)
