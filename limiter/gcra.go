@@ -101,13 +101,12 @@ func (l *Limiter) ScriptArgs(checks []Check) (keys []string, args []any) {
 }
 
 // Decisions reads the flat list limits() returned for checks: one
-// Decision per check reached, and whether every check allowed.
-func Decisions(checks []Check, reply []any) ([]Decision, bool, error) {
+// Decision per check reached.
+func Decisions(checks []Check, reply []any) ([]Decision, error) {
 	if len(reply)%4 != 0 || len(reply)/4 > len(checks) {
-		return nil, false, fmt.Errorf("limiter: unexpected reply of %d elements for %d checks", len(reply), len(checks))
+		return nil, fmt.Errorf("limiter: unexpected reply of %d elements for %d checks", len(reply), len(checks))
 	}
 	out := make([]Decision, len(reply)/4)
-	allowed := len(out) == len(checks)
 	for i := range out {
 		r := reply[4*i : 4*i+4]
 		ok, okOK := r[0].(int64)
@@ -115,15 +114,28 @@ func Decisions(checks []Check, reply []any) ([]Decision, bool, error) {
 		retry, err1 := seconds64(r[2])
 		reset, err2 := seconds64(r[3])
 		if !okOK || !remOK || err1 != nil || err2 != nil {
-			return nil, false, fmt.Errorf("limiter: unexpected reply for check %d: %v", i+1, r)
+			return nil, fmt.Errorf("limiter: unexpected reply for check %d: %v", i+1, r)
 		}
 		out[i] = Decision{
 			Policy: checks[i].Policy, Allowed: ok == 1, Limit: checks[i].Limit, Remaining: int(rem),
 			RetryAfter: max(retry, 0), ResetAfter: max(reset, 0),
 		}
-		allowed = allowed && out[i].Allowed
 	}
-	return out, allowed, nil
+	return out, nil
+}
+
+// Allowed reports whether ds, the decisions of checks, allow them all:
+// every check was reached, and none denied.
+func Allowed(checks []Check, ds []Decision) bool {
+	if len(ds) != len(checks) {
+		return false
+	}
+	for _, d := range ds {
+		if !d.Allowed {
+			return false
+		}
+	}
+	return true
 }
 
 // seconds64 reads a script's seconds string as redis_rate does.
@@ -143,7 +155,7 @@ func seconds64(v any) (time.Duration, error) {
 // check that denies stops, and the checks after it are not counted (as if
 // each were asked in turn). It returns one Decision per check reached; an
 // error only when Redis fails. On a single Redis it is one script call; on
-// a Cluster, whose checks' keys lie in different slots, one call per check.
+// a Cluster, whose checks' keys lie in different slots, AllowAtOnce.
 func (l *Limiter) AllowAll(ctx context.Context, checks []Check) ([]Decision, error) {
 	for _, c := range checks {
 		if c.Limit.Rate <= 0 || c.Limit.Period <= 0 {
@@ -214,7 +226,7 @@ func (l *Limiter) allow(ctx context.Context, checks []Check) ([]Decision, error)
 	if err != nil {
 		return nil, fmt.Errorf("limiter: %w", err)
 	}
-	d, _, err := Decisions(checks, v)
+	d, err := Decisions(checks, v)
 	return d, err
 }
 
@@ -223,8 +235,7 @@ func (l *Limiter) allow(ctx context.Context, checks []Check) ([]Decision, error)
 // checks at once, in different slots). It is GCRA's exact inverse while
 // nothing else counted meanwhile, and never more than one event.
 func (l *Limiter) Refund(ctx context.Context, c Check) error {
-	err := refundScript.Run(ctx, l.rdb, []string{l.key(c.Key)}, c.Limit.Rate, c.Limit.Period.Seconds()).Err()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err := refundScript.Run(ctx, l.rdb, []string{l.key(c.Key)}, c.Limit.Rate, c.Limit.Period.Seconds()).Err(); err != nil {
 		return fmt.Errorf("limiter: refund: %w", err)
 	}
 	return nil

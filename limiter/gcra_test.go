@@ -151,7 +151,7 @@ func TestDecisionsRefusesAMalformedReply(t *testing.T) {
 		{int64(1), int64(0), "x", "1"},
 	} {
 		t.Run(fmt.Sprint(reply), func(t *testing.T) {
-			if _, _, err := Decisions(checks, reply); err == nil {
+			if _, err := Decisions(checks, reply); err == nil {
 				t.Fatal("no error")
 			}
 		})

@@ -316,7 +316,7 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, ch
 		if ds, err = p.store.limits.AllowAll(ctx, checks); err != nil {
 			return Handout{}, nil, storeError("limits", err)
 		}
-		if !allowed(ds, checks) {
+		if !limiter.Allowed(checks, ds) {
 			return Handout{}, ds, fmt.Errorf("pool: %w", limiter.ErrDenied)
 		}
 	}

@@ -47,7 +47,7 @@ type refillState struct {
 	latency   time.Duration       // moving average of a mint's duration
 	life      time.Duration       // moving average of a new credential's usable life; 0: none seen
 	demand    Demand              // the fleet's demand, as the last reservation round saw it
-	demands   []Demand            // each shard's part of it
+	shards    []reservation       // what each shard's last reservation round saw
 	rounds    int                 // reservation rounds so far
 	target    int                 // the target of the last round
 	lastLog   time.Time           // last failure logged
@@ -88,7 +88,7 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 		state:       make(map[string]*refillState, len(p.names)),
 	}
 	for _, name := range p.names {
-		r.state[name] = &refillState{latency: 500 * time.Millisecond, demands: make([]Demand, len(p.profiles[name].tags))}
+		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, len(p.profiles[name].tags))}
 	}
 	return r
 }
@@ -182,7 +182,6 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	}
 	// Each shard holds its share of the target; the mint slots this
 	// replica has free go to the shards in turn.
-	var sum reservation
 	n := len(pr.tags)
 	r.mu.Lock()
 	start := r.state[pr.Name].rounds % n // the first shard to get a slot turns round
@@ -202,10 +201,11 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 			r.failed(pr.Name, "reserve", err)
 			return
 		}
+		seen := res
+		seen.ids = nil
 		r.mu.Lock()
-		r.state[pr.Name].demands[i] = res.demand
+		r.state[pr.Name].shards[i] = seen
 		r.mu.Unlock()
-		sum.usable, sum.inFlight, sum.target = sum.usable+res.usable, sum.inFlight+res.inFlight, sum.target+res.target
 		if ctx.Err() != nil {
 			r.releaseAll(tag, "released", res.ids)
 			return
@@ -220,13 +220,15 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 		a.want -= len(res.ids)
 		a.firstID += uint64(len(res.ids))
 		if a.want <= 0 && k+1 < n {
-			break // the other shards' demand is as last seen
+			break // the other shards are as last seen
 		}
 	}
+	var sum reservation
 	r.mu.Lock()
-	for _, d := range r.state[pr.Name].demands {
-		sum.demand.Fast += d.Fast
-		sum.demand.Slow += d.Slow
+	for _, sh := range r.state[pr.Name].shards {
+		sum.usable, sum.inFlight, sum.target = sum.usable+sh.usable, sum.inFlight+sh.inFlight, sum.target+sh.target
+		sum.demand.Fast += sh.demand.Fast
+		sum.demand.Slow += sh.demand.Slow
 	}
 	r.mu.Unlock()
 	r.observe(pr, sum)

@@ -117,8 +117,8 @@ func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining 
 
 // TakeLimited is Take behind the caller's limits: checks are applied in
 // order before the take, in the same round trip (on a Cluster, where their
-// keys live in other slots, at the same time as the take). When one denies, nothing is taken and the
-// error matches limiter.ErrDenied. The decisions of the checks reached are
+// keys live in other slots, at the same time as the take). When one
+// denies, nothing is taken and the error matches limiter.ErrDenied. The decisions of the checks reached are
 // returned whenever the checks were applied, with an error too.
 //
 // Entries sealed with a key this Store lacks are left for a replica that
@@ -144,7 +144,6 @@ const (
 // takeIn is TakeLimited on one shard of a profile (tag: its hash tag),
 // counting what counts says.
 func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (Handout, []limiter.Decision, error) {
-	profile := tag
 	var decisions []limiter.Decision
 	for attempt := 0; ; attempt++ {
 		claim := claimID
@@ -153,7 +152,7 @@ func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining ti
 			// The limits were applied by the first.
 			claim, checks = claimID+"#"+strconv.Itoa(attempt), nil
 		}
-		t, err := s.takeLimited(ctx, profile, claim, minRemaining, checks, counts)
+		t, err := s.takeLimited(ctx, tag, claim, minRemaining, checks, counts)
 		if attempt == 0 {
 			decisions = t.decisions
 		}
@@ -164,13 +163,13 @@ func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining ti
 			return Handout{}, decisions, err
 		}
 		if err != nil {
-			return Handout{}, decisions, s.abandon(profile, claim, minRemaining, err)
+			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, err)
 		}
-		cred, err := s.decode(profile, t.id, t.body)
+		cred, err := s.decode(tag, t.id, t.body)
 		if err == nil {
 			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag}, decisions, nil
 		}
-		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(profile).stats()}).Err(); err != nil {
+		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
 		}
 		if attempt+1 >= maxDiscards {
@@ -198,7 +197,7 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 	t, err := s.take(ctx, profile, claim, minRemaining, nil, counts)
 	<-done
 	t.decisions = ds
-	if lerr == nil && allowed(ds, checks) {
+	if lerr == nil && limiter.Allowed(checks, ds) {
 		return t, err
 	}
 	if err != nil && err != ErrEmpty {
@@ -218,19 +217,6 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		return taken{}, storeError("limits", lerr)
 	}
 	return taken{decisions: ds}, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
-}
-
-// allowed reports whether ds allow every one of checks.
-func allowed(ds []limiter.Decision, checks []limiter.Check) bool {
-	if len(ds) != len(checks) {
-		return false
-	}
-	for _, d := range ds {
-		if !d.Allowed {
-			return false
-		}
-	}
-	return true
 }
 
 // maxDiscards bounds the undecodable entries one Take skips.
@@ -316,7 +302,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 	s.metrics.waste(profileOf(profile), evicted)
 	t := taken{id: id, body: body, at: at}
 	if len(checks) > 0 {
-		if t.decisions, _, err = limiter.Decisions(checks, lim); err != nil {
+		if t.decisions, err = limiter.Decisions(checks, lim); err != nil {
 			return taken{}, fmt.Errorf("pool: take: %w", err)
 		}
 	}
