@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -15,12 +18,18 @@ import (
 // demo is what -demo adds: the simulated provider in-process and a random
 // JWT secret, so the daemon runs with nothing configured.
 type demo struct {
-	sim *upstreamtest.Server
+	sim  *upstreamtest.Server
+	stop context.CancelFunc // ends a wait for the pool
+	done chan struct{}      // closed once announce's goroutine returns
 }
 
 // demoLatency is the simulated provider's delay per call; a mint makes two
 // calls, in the 150–600 ms a real exchange costs.
 const demoLatency = 120 * time.Millisecond
+
+// demoFillWait bounds the wait for the pool to hold its floor before the
+// curl line is printed anyway.
+const demoFillWait = 30 * time.Second
 
 // startDemo starts the simulated provider and points cfg at it.
 func startDemo(cfg *Config) (*demo, error) {
@@ -47,10 +56,58 @@ func startDemo(cfg *Config) (*demo, error) {
 	return &demo{sim: sim}, nil
 }
 
-// announce prints one line starting with "curl " that fetches a
+// announce prints the curl line once the default profile's pool holds
+// its floor, so that the first credential a new user fetches comes from
+// the pool. It waits in the background: Open returns at once.
+func (d *demo) announce(m *Main) {
+	ctx, stop := context.WithTimeout(context.Background(), demoFillWait)
+	d.stop, d.done = stop, make(chan struct{})
+	go func() {
+		defer close(d.done)
+		defer stop()
+		name := m.Config.Profiles.Default
+		floor := 0
+		if p, ok := m.Config.Profiles.Get(name); ok {
+			floor = p.Target
+		}
+		m.log.Info("demo: filling the pool before printing the curl line", "profile", name, "floor", floor)
+		if err := waitForFloor(ctx, m.pool, name, floor); err != nil {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return // shutting down
+			}
+			m.log.Warn("demo: the pool did not reach its floor; printing the curl line anyway", "err", err)
+		}
+		if err := d.printCurl(m); err != nil {
+			m.log.Error("demo", "err", err)
+		}
+	}()
+}
+
+// waitForFloor polls the profile's shared snapshot until it holds floor
+// usable credentials, or ctx ends.
+func waitForFloor(ctx context.Context, p *pool.Pool, profile string, floor int) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := p.Stats(ctx, profile)
+		if err == nil && st.Usable >= floor {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+			}
+			return fmt.Errorf("%w with %d of %d usable", ctx.Err(), st.Usable, floor)
+		case <-tick.C:
+		}
+	}
+}
+
+// printCurl prints one line starting with "curl " that fetches a
 // credential as it stands: a caller JWT valid for a day, signed with the
 // demo's secret. It goes to stdout, never to the logs.
-func (d *demo) announce(m *Main) error {
+func (d *demo) printCurl(m *Main) error {
 	now := time.Now()
 	claims := jwt.RegisteredClaims{
 		Subject:   "demo-user",
@@ -74,5 +131,11 @@ func (d *demo) announce(m *Main) error {
 	return err
 }
 
-// Close stops the simulated provider.
-func (d *demo) Close() { _ = d.sim.Close() }
+// Close ends a wait for the pool, then stops the simulated provider.
+func (d *demo) Close() {
+	if d.stop != nil {
+		d.stop()
+		<-d.done
+	}
+	_ = d.sim.Close()
+}

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -87,19 +89,29 @@ func TestDemo(t *testing.T) {
 		t.Fatal("no curl line within 15s")
 	}
 
+	headerFile := filepath.Join(t.TempDir(), "headers")
 	runLine := func(line string) reply {
 		if _, err := exec.LookPath("curl"); err == nil {
-			out, err := exec.Command("sh", "-c", line+` -w '\n%{http_code}'`).Output()
+			out, err := exec.Command("sh", "-c", line+` -D '`+headerFile+`' -w '\n%{http_code}'`).Output()
 			if err != nil {
 				t.Fatalf("%s: %v", line, err)
 			}
-			body, code, _ := strings.Cut(string(bytes.TrimSpace(out)), "\n")
-			if i := strings.LastIndex(string(out), "\n"); i >= 0 {
-				body, code = strings.TrimSpace(string(out[:i])), strings.TrimSpace(string(out[i+1:]))
+			out = bytes.TrimSpace(out)
+			body, code := "", string(out)
+			if i := bytes.LastIndexByte(out, '\n'); i >= 0 {
+				body, code = strings.TrimSpace(string(out[:i])), string(out[i+1:])
 			}
 			var status int
 			fmt.Sscan(code, &status)
-			return reply{status: status, body: []byte(body), received: time.Now()}
+			raw, err := os.ReadFile(headerFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil)
+			if err != nil {
+				t.Fatalf("curl's headers: %v\n%s", err, raw)
+			}
+			return reply{status: status, header: resp.Header, body: []byte(body), received: time.Now()}
 		}
 		// No curl here: do what the line says.
 		m := regexp.MustCompile(`-H 'Authorization: Bearer ([^']+)' (\S+)$`).FindStringSubmatch(line)
@@ -109,7 +121,13 @@ func TestDemo(t *testing.T) {
 		return fetch(t, strings.TrimSuffix(m[2], "/v1/session-config"), m[1])
 	}
 
-	first := runLine(line).credential(t)
+	// The line is printed once the pool holds its floor: a new user's
+	// first credential comes from it.
+	answer := runLine(line)
+	if src := answer.header.Get("X-Credential-Source"); src != "pool" {
+		t.Fatalf("the first answer's X-Credential-Source is %q, want pool", src)
+	}
+	first := answer.credential(t)
 	if first.EphemeralToken == "" || len(first.ICEServers) == 0 {
 		t.Fatalf("empty token or ICE servers: %+v", first)
 	}

@@ -289,7 +289,7 @@ func (m *Main) Open(ctx context.Context) error {
 		"profiles", names, "default_profile", ps.Default, "realtime_profile", ps.Realtime,
 		"sealed", sealer != nil, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo)
 	if m.demo != nil {
-		return m.demo.announce(m)
+		m.demo.announce(m)
 	}
 	return nil
 }
