@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 	"golang.org/x/net/html"
 )
 
@@ -43,6 +46,7 @@ func TestBenchRunsEveryScenario(t *testing.T) {
 		{"memory", []string{"-scenario", "memory", "-prewarm", "300"}},
 		{"bare baseline", []string{"-baseline", "bare", "-scenario", "steady", "-rate", "50", "-duration", "2s"}},
 		{"redis baseline", []string{"-baseline", "redis", "-scenario", "max", "-concurrency", "4", "-duration", "2s"}},
+		{"vegeta format", []string{"-format", "vegeta", "-scenario", "steady", "-rate", "40", "-duration", "2s"}},
 	}
 	for _, r := range runs {
 		t.Run(r.name, func(t *testing.T) {
@@ -53,16 +57,18 @@ func TestBenchRunsEveryScenario(t *testing.T) {
 			}
 			cmd := exec.Command(bench, args...)
 			cmd.Dir = "../.."
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
 			stdout, err := cmd.Output()
 			if err != nil {
-				var stderr []byte
-				if ee, ok := err.(*exec.ExitError); ok {
-					stderr = ee.Stderr
-				}
-				t.Fatalf("%v\n%s\n%s", err, stdout, stderr)
+				t.Fatalf("%v\n%s\n%s", err, stdout, stderr.Bytes())
 			}
-			if !strings.Contains(string(stdout), "wrote ") {
-				t.Fatalf("no summary:\n%s", stdout)
+			summary := stdout
+			if strings.Contains(r.name, "vegeta") {
+				summary = stderr.Bytes()
+			}
+			if !strings.Contains(string(summary), "wrote ") {
+				t.Fatalf("no summary:\n%s", summary)
 			}
 			var res Result
 			b, err := os.ReadFile(filepath.Join(out, "result.json"))
@@ -85,7 +91,57 @@ func TestBenchRunsEveryScenario(t *testing.T) {
 				t.Fatalf("checks %+v", res.Checks)
 			}
 			checkReport(t, filepath.Join(out, "report.html"), res.Memory == nil)
+			if res.Memory == nil {
+				checkVegeta(t, filepath.Join(out, "vegeta.json"), res)
+			}
+			if strings.Contains(r.name, "vegeta") {
+				b, err := os.ReadFile(filepath.Join(out, "vegeta.json"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(stdout, b) {
+					t.Fatalf("stdout is not vegeta.json:\n%s\n%s", stdout, b)
+				}
+			}
 		})
+	}
+}
+
+// checkVegeta decodes vegeta.json strictly into vegeta's own Metrics and
+// checks it counts what result.json does.
+func checkVegeta(t *testing.T, path string, res Result) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	var m vegeta.Metrics
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("vegeta.json into vegeta.Metrics: %v", err)
+	}
+	if dec.More() {
+		t.Fatal("vegeta.json holds more than one report")
+	}
+	ok := res.Status["200"]
+	switch {
+	case m.Requests != uint64(res.Sent):
+		t.Fatalf("vegeta: %d requests, result.json: %d sent", m.Requests, res.Sent)
+	case m.StatusCodes["200"] != ok:
+		t.Fatalf("vegeta: %d 200s, result.json: %d", m.StatusCodes["200"], ok)
+	case m.Success != float64(ok)/float64(res.Sent):
+		t.Fatalf("vegeta: success %v, want %d of %d", m.Success, ok, res.Sent)
+	case m.Latencies.P50 <= 0 || m.Latencies.P50 > m.Latencies.P99 || m.Latencies.P99 > m.Latencies.Max:
+		t.Fatalf("vegeta latencies: %+v", m.Latencies)
+	case m.BytesIn.Total == 0 || m.Rate <= 0 || m.Duration <= 0:
+		t.Fatalf("vegeta: bytes in %d, rate %v, duration %v", m.BytesIn.Total, m.Rate, m.Duration)
+	}
+	// vegeta's percentiles are estimates (a t-digest); ours are exact to
+	// 3 digits (HDR): the medians agree within a few percent.
+	if ours, theirs := res.Latency.P50, float64(m.Latencies.P50)/float64(time.Millisecond); theirs < ours*0.8 || theirs > ours*1.25 {
+		t.Fatalf("vegeta p50 %.3f ms, ours %.3f ms", theirs, ours)
 	}
 }
 

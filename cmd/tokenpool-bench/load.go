@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
 // Load sends requests to targets as virtual users and records every
@@ -67,6 +68,7 @@ func (l *Load) fire(ctx context.Context, intended time.Time) {
 	n := l.next.Add(1) - 1
 	s := Sample{Intended: intended, Target: int(n % uint64(len(l.Targets)))}
 	req := l.request(ctx, n)
+	s.BytesOut = max(req.ContentLength, 0)
 	s.Sent = time.Now()
 	resp, err := l.Client.Do(req)
 	if err == nil {
@@ -75,6 +77,10 @@ func (l *Load) fire(ctx context.Context, intended time.Time) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		s.Received = time.Now()
+		s.BytesIn = int64(len(body))
+		if s.Status < 200 || s.Status >= 400 {
+			s.Err = resp.Status // as vegeta records it
+		}
 		if s.Status == http.StatusOK {
 			// Parsed for baselines too, so the client does the same work
 			// whatever it measures; only the checks differ.
@@ -85,6 +91,7 @@ func (l *Load) fire(ctx context.Context, intended time.Time) {
 		}
 	} else {
 		s.Received = time.Now()
+		s.Err = err.Error()
 	}
 	s.Latency = s.Received.Sub(intended)
 	l.rec.add(s)
@@ -198,6 +205,8 @@ type Sample struct {
 	Token                    string
 	Expires                  time.Time
 	Target                   int
+	BytesIn, BytesOut        int64
+	Err                      string // the client's error, or the status line of an answer outside 2xx/3xx
 }
 
 // Recorder keeps per-second buckets and the checks. It is safe for
@@ -218,6 +227,7 @@ type Recorder struct {
 	foreignN   int
 	checked    int
 	dropCount  int
+	vegeta     vegeta.Metrics // the same samples, as vegeta's report counts them
 }
 
 // Second is one second of a run, by the requests' intended send time.
@@ -294,6 +304,10 @@ func (r *Recorder) add(s Sample) {
 		r.byStatus[s.Status] = h
 	}
 	_ = h.RecordValue(us)
+	r.vegeta.Add(&vegeta.Result{
+		Code: uint16(s.Status), Timestamp: s.Intended, Latency: s.Latency,
+		BytesIn: uint64(s.BytesIn), BytesOut: uint64(s.BytesOut), Error: s.Err,
+	})
 	switch s.Source {
 	case "pool":
 		sec.Pool++

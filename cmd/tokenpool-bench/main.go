@@ -4,7 +4,8 @@
 // replicas, in scenarios steady, step, spike and ramp, or a closed loop
 // (max) to find the most a server sustains. It checks that every
 // credential is unique across all replicas and has the minimum life left,
-// and writes a summary, result.json and a self-contained report.html.
+// and writes a summary, result.json, vegeta.json (vegeta's JSON report,
+// also on stdout with -format vegeta) and a self-contained report.html.
 //
 // It can start its own world (-local N: redis-server, the simulated
 // provider, N tokenpoold replicas), the baselines (-baseline bare|redis|handwritten)
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 )
@@ -63,6 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		prewarmBefore, prewarmHold  time.Duration
 		env                         listFlag
 		serve, listen, redisURL     string
+		format                      string
 	)
 	fs.StringVar(&sf.Name, "scenario", "steady", "steady, step, spike, ramp, max (closed loop) or memory")
 	fs.Float64Var(&sf.Rate, "rate", 50, "requests per second: steady; the step's rate; spike: the base rate")
@@ -85,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&timeout, "timeout", 10*time.Second, "client timeout of one request")
 	fs.IntVar(&maxInFlight, "max-in-flight", 20000, "open loop: requests in flight before new ones are dropped")
 	fs.IntVar(&warm, "warm", 10, "seconds at the start left out of the 'after warm-up' pool share")
+	fs.StringVar(&format, "format", "text", "stdout: text (the summary) or vegeta (vegeta's JSON report, the summary on stderr)")
 	fs.StringVar(&outDir, "out", "", "directory for result.json and report.html (default bench-results/<scenario>-<time>)")
 	fs.IntVar(&local, "local", 0, "start N tokenpoold replicas, a redis-server and the simulated provider")
 	fs.StringVar(&tokenpoold, "tokenpoold", "", "the daemon's binary for -local (default: go build ./cmd/tokenpoold)")
@@ -120,6 +124,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	memory := sf.Name == "memory"
+	report := stdout // the summary
+	switch {
+	case format == "vegeta" && memory:
+		fmt.Fprintln(stderr, "tokenpool-bench: -format vegeta reports requests; the memory scenario sends none")
+		return 2
+	case format == "vegeta":
+		report = stderr
+	case format != "text":
+		fmt.Fprintf(stderr, "tokenpool-bench: -format %q: want text or vegeta\n", format)
+		return 2
+	}
 	sc := Scenario{Name: "memory", Describe: fmt.Sprintf("memory of %d pooled credentials", prewarm)}
 	if !memory {
 		var err error
@@ -280,11 +295,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	<-polled
 
 	res := rec.result(sc, mode, cfg, start, warm)
-	res.summary(stdout)
+	res.summary(report)
 	if err := res.write(outDir); err != nil {
 		return fail("%v", err)
 	}
-	fmt.Fprintf(stdout, "\nwrote %s and %s\n", filepath.Join(outDir, "result.json"), filepath.Join(outDir, "report.html"))
+	if format == "vegeta" {
+		if err := vegeta.NewJSONReporter(res.Vegeta).Report(stdout); err != nil {
+			return fail("%v", err)
+		}
+	}
+	fmt.Fprintf(report, "\nwrote %s, %s and %s\n", filepath.Join(outDir, "result.json"),
+		filepath.Join(outDir, "vegeta.json"), filepath.Join(outDir, "report.html"))
 	if res.Checks.Duplicates > 0 || res.Checks.ShortLived > 0 || res.Checks.Foreign > 0 {
 		fmt.Fprintln(stderr, "tokenpool-bench: credential checks failed")
 		return 3

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
 // Result is one run, as written to result.json.
@@ -44,6 +46,10 @@ type Result struct {
 	Checks   Checks     `json:"checks"`
 	Memory   *Memory    `json:"memory,omitempty"`
 	Timeline []*Second  `json:"timeline"`
+
+	// Vegeta is the run as vegeta's JSON report has it (vegeta.json, and
+	// stdout with -format vegeta); nil for the memory scenario.
+	Vegeta *vegeta.Metrics `json:"-"`
 }
 
 // Machine is where the run ran.
@@ -139,6 +145,9 @@ func (r *Recorder) result(sc Scenario, mode string, cfg map[string]string, start
 		res.FromPool = &PoolShare{All: share(pool, direct), AfterWarm: share(poolWarm, directWarm), WarmSeconds: warm,
 			AfterWarmN: poolWarm + directWarm, Pool: pool, Direct: direct}
 	}
+	v := r.vegeta
+	v.Close()
+	res.Vegeta = &v
 	return res
 }
 
@@ -153,6 +162,15 @@ func (res *Result) write(dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "result.json"), append(b, '\n'), 0o644); err != nil {
 		return err
+	}
+	if res.Vegeta != nil {
+		var buf bytes.Buffer
+		if err := vegeta.NewJSONReporter(res.Vegeta).Report(&buf); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "vegeta.json"), buf.Bytes(), 0o644); err != nil {
+			return err
+		}
 	}
 	f, err := os.Create(filepath.Join(dir, "report.html"))
 	if err != nil {
