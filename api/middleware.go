@@ -11,6 +11,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
@@ -32,6 +34,7 @@ func withRequestID(c *gin.Context) {
 	id := uuid.NewString()
 	c.Set(ctxRequestID, id)
 	c.Header("X-Request-Id", id)
+	trace.SpanFromContext(c.Request.Context()).SetAttributes(attribute.String("tokenpool.request_id", id))
 	c.Next()
 }
 
@@ -62,6 +65,9 @@ func (s *Server) accessLog(c *gin.Context) {
 	}
 	if src := c.GetString(ctxSource); src != "" {
 		attrs = append(attrs, slog.String("source", src))
+	}
+	if sc := trace.SpanContextFromContext(c.Request.Context()); sc.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
 	}
 	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request", attrs...)
 }

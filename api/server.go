@@ -19,6 +19,10 @@ import (
 
 	"github.com/gin-contrib/cors"
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
@@ -99,6 +103,11 @@ type Config struct {
 	// Breaker reports a profile's provider breaker state, for the admin
 	// report. default: "closed"
 	Breaker func(profile string) string
+	// TracerProvider, when set, receives a span per request (its W3C
+	// trace context, when the caller sends one, is the parent), and the
+	// access log names the trace. default: none
+	TracerProvider trace.TracerProvider
+
 	// Metrics records the API's metrics; MetricsHandler serves /metrics.
 	// default: none
 	Metrics        *Metrics
@@ -203,6 +212,10 @@ func (s *Server) routes() error {
 	// wrote. Gin would fall back to X-Real-IP, which a client can set,
 	// when an entry does not parse.
 	e.RemoteIPHeaders = []string{"X-Forwarded-For"}
+	if tp := s.cfg.TracerProvider; tp != nil {
+		e.Use(otelgin.Middleware("tokenpoold", otelgin.WithTracerProvider(tp),
+			otelgin.WithPropagators(propagation.TraceContext{}), otelgin.WithMeterProvider(metricnoop.NewMeterProvider())))
+	}
 	e.Use(withRequestID, s.accessLog, s.recoverPanic)
 	if len(s.cfg.CORSOrigins) > 0 {
 		cc := cors.Config{

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tokenpool/tokenpool/limiter"
 )
@@ -101,6 +103,9 @@ type Config struct {
 	Margin   float64
 	// Metrics records the pool's metrics. default: none
 	Metrics *Metrics
+	// TracerProvider receives a span per refill round and per refill
+	// mint (the round's child). default: none
+	TracerProvider trace.TracerProvider
 
 	// ReplicaID names this replica in reservation ids, so an operator can
 	// tell whose mints are in flight. default: host name and a random suffix
@@ -125,6 +130,7 @@ type Pool struct {
 	replicaID string
 	random    func() float64 // retire jitter; tests make it repeatable
 	metrics   *Metrics
+	tracer    trace.Tracer
 
 	refill *refiller
 
@@ -189,6 +195,9 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.DirectMints == 0 {
 		cfg.DirectMints = 16
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -209,6 +218,7 @@ func New(cfg Config) (*Pool, error) {
 		skew:      cfg.MaxClockSkew,
 		jitter:    cfg.ExpiryJitter,
 		log:       cfg.Logger,
+		tracer:    cfg.TracerProvider.Tracer("github.com/tokenpool/tokenpool/pool"),
 		now:       cfg.Now,
 		newID:     cfg.NewID,
 		replicaID: cfg.ReplicaID,

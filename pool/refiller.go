@@ -7,6 +7,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // refiller keeps every profile at its target. It is one loop goroutine,
@@ -180,6 +184,13 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	if !ok {
 		return
 	}
+	// A span per round that reserves: its Redis calls are its children,
+	// and so are the mints it starts (which outlive it).
+	ctx, span := r.p.tracer.Start(ctx, "pool.refill", trace.WithAttributes(
+		attribute.String("tokenpool.profile", pr.Name), attribute.Int("tokenpool.pool.want", a.want)))
+	defer span.End()
+	reserved := 0
+	defer func() { span.SetAttributes(attribute.Int("tokenpool.pool.reserved", reserved)) }()
 	// Each shard holds its share of the target; the mint slots this
 	// replica has free go to the shards in turn.
 	n := len(pr.tags)
@@ -198,6 +209,7 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 		res, err := r.p.store.reserve(rctx, tag, sa)
 		cancel()
 		if err != nil {
+			span.SetStatus(codes.Error, "reserve failed")
 			r.failed(pr.Name, "reserve", err)
 			return
 		}
@@ -213,9 +225,10 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 		r.mu.Lock()
 		r.state[pr.Name].inFlight += len(res.ids)
 		r.mu.Unlock()
+		reserved += len(res.ids)
 		for _, id := range res.ids {
 			r.wg.Add(1)
-			go r.mint(pr, tag, id)
+			go r.mint(trace.SpanContextFromContext(ctx), pr, tag, id)
 		}
 		a.want -= len(res.ids)
 		a.firstID += uint64(len(res.ids))
@@ -288,8 +301,8 @@ func (r *refiller) observe(pr *profile, res reservation) {
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
 // mint mints one credential for reservation resID of shard tag and pools
-// it there.
-func (r *refiller) mint(pr *profile, tag, resID string) {
+// it there; its span is a child of the round's, round.
+func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string) {
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()
@@ -298,8 +311,10 @@ func (r *refiller) mint(pr *profile, tag, resID string) {
 		r.wake()
 	}()
 
-	ctx, cancel := context.WithTimeout(r.mintCtx, r.mintTimeout)
+	ctx, cancel := context.WithTimeout(trace.ContextWithSpanContext(r.mintCtx, round), r.mintTimeout)
 	defer cancel()
+	ctx, span := r.p.tracer.Start(ctx, "pool.mint", trace.WithAttributes(attribute.String("tokenpool.profile", pr.Name)))
+	defer span.End()
 	start := time.Now()
 	c, err := pr.Minter.Mint(ctx)
 	took := time.Since(start)
@@ -312,6 +327,7 @@ func (r *refiller) mint(pr *profile, tag, resID string) {
 		if r.mintCtx.Err() != nil {
 			why = "released" // shutting down: not the provider's fault
 		}
+		span.SetStatus(codes.Error, why)
 		r.releaseAll(tag, why, []string{resID})
 		if why == "mint_failed" {
 			r.failed(pr.Name, "mint", err)

@@ -71,6 +71,11 @@ type Config struct {
 	TrustedProxies []string // TOKENPOOL_TRUSTED_PROXIES
 	CORSOrigins    []string // TOKENPOOL_CORS_ORIGINS
 
+	// Tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_
+	// form) or OTEL_TRACES_EXPORTER=otlp is set; the SDK reads the other
+	// OTEL_* variables itself.
+	Tracing bool
+
 	LogLevel  slog.Level // TOKENPOOL_LOG_LEVEL
 	DebugAddr string     // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty; loopback unless TOKENPOOL_DEBUG_PUBLIC
 
@@ -125,6 +130,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		CORSOrigins:         e.origins("TOKENPOOL_CORS_ORIGINS"),
 		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
 		DebugAddr:           e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
+		Tracing:             e.tracing(),
 	}
 	if is, ok := e.envIssuer(); ok {
 		cfg.Issuers = append(cfg.Issuers, is)
@@ -226,6 +232,27 @@ func (e *envReader) optionalLimit(name string) limiter.Limit {
 		return limiter.Limit{}
 	}
 	return e.limit(name, "")
+}
+
+// tracing reads whether traces are exported, from the standard OTEL_*
+// variables: OTLP over HTTP only, so a gRPC protocol or another exporter
+// is refused rather than silently sent nowhere.
+func (e *envReader) tracing() bool {
+	exporter := e.str("OTEL_TRACES_EXPORTER", "")
+	switch exporter {
+	case "", "otlp", "none":
+	default:
+		e.fail("OTEL_TRACES_EXPORTER", fmt.Sprintf("must be otlp or none (OTLP over HTTP), got %q", exporter))
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+		if v := e.str(name, "http/protobuf"); v != "http/protobuf" {
+			e.fail(name, fmt.Sprintf("must be http/protobuf (tokenpoold exports OTLP over HTTP), got %q", v))
+		}
+	}
+	if exporter == "none" || e.str("OTEL_SDK_DISABLED", "") == "true" {
+		return false
+	}
+	return exporter == "otlp" || e.str("OTEL_EXPORTER_OTLP_ENDPOINT", "") != "" || e.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") != ""
 }
 
 func (e *envReader) boolean(name string) bool {

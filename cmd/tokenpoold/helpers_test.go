@@ -58,8 +58,9 @@ func envOf(env map[string]string) func(string) string {
 }
 
 // startDaemon runs a daemon on 127.0.0.1:0 with env on top of defaults
-// pointing at rs and sim. It is closed when the test ends.
-func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, env map[string]string) *daemon {
+// pointing at rs and sim; each of with may set a field of Main before it
+// opens. It is closed when the test ends.
+func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, env map[string]string, with ...func(*Main)) *daemon {
 	tb.Helper()
 	full := map[string]string{
 		"TOKENPOOL_ADDR":          "127.0.0.1:0",
@@ -79,6 +80,9 @@ func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, 
 	}
 	logs := &syncBuffer{}
 	m := &Main{Config: cfg, Stderr: logs}
+	for _, f := range with {
+		f(m)
+	}
 	if err := m.Open(context.Background()); err != nil {
 		tb.Fatal(err)
 	}

@@ -28,6 +28,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/api"
 	"github.com/tokenpool/tokenpool/limiter"
@@ -123,15 +125,21 @@ type Main struct {
 	Config Config
 	Stdout io.Writer // the demo's curl line
 	Stderr io.Writer // JSON logs
+	// TracerProvider receives the spans; nil: one exporting OTLP when
+	// the OTEL_* variables ask for it (Config.Tracing), else none.
+	TracerProvider trace.TracerProvider
 
-	log      *slog.Logger
-	logs     *logBuffer // batches the log lines
-	rdb      redis.UniversalClient
-	embedded *embeddedRedis
-	demo     *demo
-	pool     *pool.Pool
-	api      *api.Server
-	guards   map[string]*upstream.Guard // by provider
+	tracer     trace.TracerProvider     // nil: tracing is off
+	ownTracer  *sdktrace.TracerProvider // built here, so flushed and shut down by Close
+	log        *slog.Logger
+	logs       *logBuffer // batches the log lines
+	rdb        redis.UniversalClient
+	embedded   *embeddedRedis
+	demo       *demo
+	pool       *pool.Pool
+	api        *api.Server
+	guards     map[string]*upstream.Guard // by provider
+	httpClient *http.Client               // the providers' calls
 
 	upstreamMetrics *upstream.Metrics
 	ln              net.Listener
@@ -153,6 +161,14 @@ func (m *Main) Open(ctx context.Context) error {
 	m.logs = newLogBuffer(m.Stderr)
 	m.log = slog.New(slog.NewJSONHandler(m.logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
 
+	m.tracer = m.TracerProvider
+	if m.tracer == nil && cfg.Tracing {
+		tp, err := newTracerProvider(ctx)
+		if err != nil {
+			return err
+		}
+		m.tracer, m.ownTracer = tp, tp
+	}
 	if cfg.Demo {
 		d, err := startDemo(cfg)
 		if err != nil {
@@ -216,6 +232,7 @@ func (m *Main) Open(ctx context.Context) error {
 		MintTimeout:       cfg.MintTimeout,
 		ReplicaID:         replica,
 		Metrics:           pool.NewMetrics(reg),
+		TracerProvider:    m.tracer,
 		Logger:            m.log,
 	})
 	if err != nil {
@@ -227,7 +244,7 @@ func (m *Main) Open(ctx context.Context) error {
 		rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
 			Profile: rp.Name, Options: rp.Navai, Pooled: pooled, Pool: m.pool,
 			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL, MinRemaining: rp.MinRemaining,
-			OnDemand: rp.OnDemand, Restricted: restricted,
+			OnDemand: rp.OnDemand, Restricted: restricted, Client: m.providerClient("openai"),
 		})
 		if err != nil {
 			return fmt.Errorf("profile %q: %w", rp.Name, err)
@@ -252,6 +269,7 @@ func (m *Main) Open(ctx context.Context) error {
 			return "closed"
 		},
 		Metrics: api.NewMetrics(reg), MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		TracerProvider: m.tracer,
 	})
 	if err != nil {
 		return err
@@ -287,7 +305,7 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.log.Info("listening", "addr", m.Addr(), "replica", replica, "redis", m.redisKind(),
 		"profiles", names, "default_profile", ps.Default, "realtime_profile", ps.Realtime,
-		"sealed", sealer != nil, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo)
+		"sealed", sealer != nil, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo, "tracing", m.tracer != nil)
 	if m.demo != nil {
 		m.demo.announce(m)
 	}
@@ -322,7 +340,9 @@ func (m *Main) guard(provider string, shared *upstream.Shared, all []Profile) *u
 func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.Minter, error) {
 	switch p.Provider {
 	case "orga":
-		o, err := upstream.NewOrga(upstream.OrgaConfig{APIKey: p.OrgaAPIKey, BaseURL: p.OrgaBaseURL, PerCallerEmail: p.PerCallerEmail})
+		o, err := upstream.NewOrga(upstream.OrgaConfig{
+			APIKey: p.OrgaAPIKey, BaseURL: p.OrgaBaseURL, PerCallerEmail: p.PerCallerEmail, Client: m.providerClient("orga"),
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -333,6 +353,7 @@ func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.M
 		}
 		o, err := upstream.NewOpenAI(upstream.OpenAIConfig{
 			APIKey: p.Navai.APIKey, BaseURL: p.OpenAIBaseURL, Session: p.Navai.Session(upstream.NavaiRequest{}),
+			Client: m.providerClient("openai"),
 		})
 		if err != nil {
 			return nil, err
@@ -340,6 +361,15 @@ func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.M
 		return m.guard("openai", shared, all).Wrap(o), nil
 	}
 	return nil, fmt.Errorf("unknown provider %q", p.Provider)
+}
+
+// providerClient is the HTTP client of a provider's calls: one connection
+// pool for every provider, each call a span when tracing is on.
+func (m *Main) providerClient(provider string) *http.Client {
+	if m.httpClient == nil {
+		m.httpClient = upstream.NewHTTPClient()
+	}
+	return upstream.TraceCalls(m.httpClient, m.tracer, provider)
 }
 
 // providerAdmin lifts a provider's pause and open breaker: the fleet's
@@ -439,6 +469,11 @@ func (m *Main) Close(ctx context.Context) error {
 	}
 	if m.demo != nil {
 		m.demo.Close()
+	}
+	if m.ownTracer != nil {
+		if err := m.ownTracer.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("tracing: flushing spans: %w", err))
+		}
 	}
 	if m.logs != nil {
 		m.logs.Stop() // flushed; later lines write through

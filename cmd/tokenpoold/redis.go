@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/extra/redisotel/v9"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -73,6 +74,14 @@ func (m *Main) openRedis(ctx context.Context) error {
 		opt.PoolTimeout, opt.MaxRetries, opt.ContextTimeoutEnabled = redisPoolTimeout, redisMaxRetries, true
 		opt.Protocol = redisProtocol
 		m.rdb = redis.NewClient(opt)
+	}
+	if m.tracer != nil {
+		// A span per command, named after it; never its arguments, which
+		// carry credentials.
+		if err := redisotel.InstrumentTracing(m.rdb, redisotel.WithTracerProvider(m.tracer),
+			redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false)); err != nil {
+			return fmt.Errorf("tracing Redis: %w", err)
+		}
 	}
 
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
