@@ -55,6 +55,12 @@ func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, ch
 	return h, ds, err
 }
 
+func (p *fakePool) MintOnce(_ context.Context, profile string, _ pool.Minter, _ string) (pool.Handout, error) {
+	h, err := p.get(profile)
+	h.Source = pool.SourceOnDemand
+	return h, err
+}
+
 func (p *fakePool) get(profile string) (pool.Handout, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

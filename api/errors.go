@@ -30,6 +30,9 @@ const (
 	codeInternal         = "internal"
 )
 
+// errNotAllowed: the caller may not use the profile it asked for.
+var errNotAllowed = errors.New("api: profile not allowed for this caller")
+
 // httpError is an error the API raises itself, with its answer decided.
 // Its message is shown to the caller, so it never holds a secret.
 type httpError struct {
@@ -37,9 +40,17 @@ type httpError struct {
 	code    string
 	message string
 	header  http.Header // extra answer headers, e.g. WWW-Authenticate
+	cause   error       // for the log only
 }
 
-func (e *httpError) Error() string { return e.message }
+func (e *httpError) Error() string {
+	if e.cause != nil {
+		return e.message + ": " + e.cause.Error()
+	}
+	return e.message
+}
+
+func (e *httpError) Unwrap() error { return e.cause }
 
 func errorf(status int, code, format string, args ...any) *httpError {
 	return &httpError{status: status, code: code, message: fmt.Sprintf(format, args...)}
@@ -59,7 +70,7 @@ type errorBody struct {
 func (s *Server) fail(c *gin.Context, err error) {
 	var (
 		he     *httpError
-		re     *pool.RequestError
+		re     *pool.Error
 		pm     publicMessager
 		status int
 		code   string
@@ -74,10 +85,11 @@ func (s *Server) fail(c *gin.Context, err error) {
 			}
 		}
 	case errors.As(err, &re):
-		status, code, msg = re.Status, codeForStatus(re.Status), re.Message
+		status, code = answerOf(re.Code)
+		msg = re.Message
 	case errors.Is(err, pool.ErrUnknownProfile):
 		status, code, msg = http.StatusBadRequest, codeBadRequest, "unknown profile"
-	case errors.Is(err, pool.ErrNotAllowed):
+	case errors.Is(err, errNotAllowed):
 		status, code, msg = http.StatusForbidden, codeForbidden, "this caller may not use that profile"
 	case errors.Is(err, pool.ErrClosed):
 		status, code, msg = http.StatusServiceUnavailable, codeUnavailable, "shutting down; retry on another replica"
@@ -111,16 +123,12 @@ func (s *Server) fail(c *gin.Context, err error) {
 // publicMessager is a provider error with a message fit for the caller.
 type publicMessager interface{ PublicMessage() string }
 
-func codeForStatus(status int) string {
-	switch status {
-	case http.StatusUnauthorized:
-		return codeUnauthenticated
-	case http.StatusForbidden:
-		return codeForbidden
-	case http.StatusNotFound:
-		return codeNotFound
+// answerOf maps a domain error's code to the answer's status and code.
+func answerOf(c pool.Code) (int, string) {
+	if c == pool.CodeForbidden {
+		return http.StatusForbidden, codeForbidden
 	}
-	return codeBadRequest
+	return http.StatusBadRequest, codeBadRequest
 }
 
 func setRetryAfter(c *gin.Context, d time.Duration) {

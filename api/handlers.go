@@ -67,7 +67,7 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 		s.failLimited(c, pool.ErrUnknownProfile)
 		return
 	case !info.Access.allows(c.MustGet(ctxCaller).(caller)):
-		s.failLimited(c, pool.ErrNotAllowed)
+		s.failLimited(c, errNotAllowed)
 		return
 	case orgaOnly && info.Provider != "orga":
 		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
@@ -195,7 +195,10 @@ func (s *Server) readyz(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"status": "ready"})
 }
 
-// unavailable wraps a Redis failure outside the pool as a 503.
+// unavailable answers a Redis failure outside the pool: a 503 to retry in
+// a second, the cause in the log.
 func unavailable(err error) error {
-	return &pool.UnavailableError{Err: err, RetryAfter: time.Second}
+	he := errorf(http.StatusServiceUnavailable, codeUnavailable, "no credential available right now; retry later")
+	he.header, he.cause = http.Header{"Retry-After": {"1"}}, err
+	return he
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/upstream"
 )
 
 // providerFailure is a provider error with a public message, as an OpenAI
@@ -56,16 +57,10 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		rtMu  sync.Mutex
 		rtErr error
 	)
-	realtime := RealtimeFunc(func(_ context.Context, _ RealtimeRequest, _ string, may func(string) bool) (pool.Handout, error) {
+	realtime := fakeRealtime(func() error {
 		rtMu.Lock()
 		defer rtMu.Unlock()
-		if !may("assistant") {
-			return pool.Handout{}, pool.ErrNotAllowed
-		}
-		if rtErr != nil {
-			return pool.Handout{}, rtErr
-		}
-		return pool.Handout{ID: "r1", Profile: "assistant", Credential: pool.Credential{Token: "ek_1", ExpiresAt: time.Now().Add(time.Minute)}}, nil
+		return rtErr
 	})
 	perUser, _ := limiter.Parse("3/m")
 	s, err := New(Config{
@@ -201,7 +196,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		check(r.method+" "+r.path+" 503", r.method, r.path, "", "", fresh(), 503)
 		setErr(fmt.Errorf("%w: %w", pool.ErrProvider, providerFailure{}))
 		check(r.method+" "+r.path+" 502", r.method, r.path, "", "", fresh(), 502)
-		setErr(pool.ErrNotAllowed)
+		setErr(errNotAllowed)
 		check(r.method+" "+r.path+" 403", r.method, r.path, "", "", fresh(), 403)
 		setErr(nil)
 		if r.method == "POST" {
@@ -214,7 +209,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("an OpenAI profile on the Orga route is 400", "GET", "/api/orga-client-secrets?profile=assistant", "", "", fresh(), 400)
 	check("a restricted profile is 403", "POST", "/v1/session-config", `{"profile":"staff"}`, "application/json", fresh(), 403)
 	check("the restricted profile with the claim is 200", "POST", "/v1/session-config", `{"profile":"staff"}`, "application/json", staff, 200)
-	setErr(&pool.RequestError{Status: 400, Message: "Missing API key. Configure openaiApiKey or send apiKey in request."})
+	setErr(&pool.Error{Code: pool.CodeInvalid, Message: "Missing API key. Configure openaiApiKey or send apiKey in request."})
 	check("a Navai key policy refusal is 400", "POST", "/navai/realtime/client-secret", `{}`, "application/json", fresh(), 400)
 	setErr(nil)
 	admin := "Bearer admin-key-1"
@@ -270,4 +265,17 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	if len(missing) > 0 {
 		t.Fatalf("documented answers never produced by this test:\n%s", strings.Join(missing, "\n"))
 	}
+}
+
+// fakeRealtime plans every Navai request onto the "assistant" pool, or
+// fails it with what err returns.
+type fakeRealtime func() error
+
+func (f fakeRealtime) Profile() string { return "assistant" }
+
+func (f fakeRealtime) Resolve(upstream.NavaiRequest) (upstream.Plan, error) {
+	if err := f(); err != nil {
+		return upstream.Plan{}, err
+	}
+	return upstream.Plan{Needs: []string{"assistant"}, Pooled: "assistant"}, nil
 }

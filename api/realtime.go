@@ -1,39 +1,20 @@
 package api
 
 import (
-	"context"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/upstream"
 )
 
-// RealtimeRequest is the body of Navai's client secret route. A nil field
-// was not sent.
-type RealtimeRequest struct {
-	Model        *string `json:"model"`
-	Voice        *string `json:"voice"`
-	Instructions *string `json:"instructions"`
-	Language     *string `json:"language"`
-	VoiceAccent  *string `json:"voiceAccent"`
-	VoiceTone    *string `json:"voiceTone"`
-	APIKey       *string `json:"apiKey"`
-}
-
-// Realtime hands out OpenAI Realtime client secrets by Navai's rules. may
-// reports whether the caller may use a profile.
+// Realtime resolves Navai's client secret requests (upstream.Realtime):
+// Profile is the routes' own profile, and Resolve plans one request.
 type Realtime interface {
-	ClientSecret(ctx context.Context, req RealtimeRequest, requestID string, may func(profile string) bool) (pool.Handout, error)
-}
-
-// RealtimeFunc adapts a function to Realtime.
-type RealtimeFunc func(ctx context.Context, req RealtimeRequest, requestID string, may func(profile string) bool) (pool.Handout, error)
-
-// ClientSecret calls f.
-func (f RealtimeFunc) ClientSecret(ctx context.Context, req RealtimeRequest, requestID string, may func(string) bool) (pool.Handout, error) {
-	return f(ctx, req, requestID, may)
+	Profile() string
+	Resolve(req upstream.NavaiRequest) (upstream.Plan, error)
 }
 
 // navaiSecret is the answer Navai's frontend reads: a string value and a
@@ -47,18 +28,47 @@ type navaiSecret struct {
 // /api/realtime-token. Like Navai's handler it ignores fields it doesn't
 // know; a known field that is not a string is refused.
 func (s *Server) realtimeSecret(c *gin.Context) {
-	// The resolution of a Navai request drives the pool itself, so the
-	// limits are applied first, on their own.
-	if !s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
-		return
-	}
-	var req RealtimeRequest
+	var req upstream.NavaiRequest
 	if err := readJSON(c, &req, false); err != nil {
-		s.fail(c, err)
+		s.failLimited(c, err)
 		return
 	}
 	who := c.MustGet(ctxCaller).(caller)
-	h, err := s.cfg.Realtime.ClientSecret(c.Request.Context(), req, requestID(c), func(p string) bool { return s.may(who, p) })
+	rt := s.cfg.Realtime
+	if !s.may(who, rt.Profile()) {
+		s.failLimited(c, errNotAllowed)
+		return
+	}
+	plan, err := rt.Resolve(req)
+	if err != nil {
+		s.failLimited(c, err)
+		return
+	}
+	for _, p := range plan.Needs {
+		if !s.may(who, p) {
+			s.failLimited(c, errNotAllowed)
+			return
+		}
+	}
+	if plan.Refused != nil {
+		s.failLimited(c, plan.Refused)
+		return
+	}
+	var h pool.Handout
+	if plan.Pooled != "" {
+		// A pooled session: the limits and the take in one round trip.
+		checks := c.MustGet(ctxChecks).([]limiter.Check)
+		var ds []limiter.Decision
+		h, ds, err = s.pool.GetLimited(c.Request.Context(), plan.Pooled, requestID(c), checks)
+		if ds != nil && !s.decided(c, checks, ds) {
+			return
+		}
+	} else {
+		if !s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
+			return
+		}
+		h, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, plan.Label)
+	}
 	if err != nil {
 		s.fail(c, err)
 		return

@@ -33,6 +33,9 @@ type Pool interface {
 	// GetLimited hands out one credential behind the caller's limits,
 	// applied in the same round trip (see pool.Pool.GetLimited).
 	GetLimited(ctx context.Context, profile, requestID string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
+	// MintOnce mints one credential with m for one request under the
+	// profile, never pooled (a Navai session no pool has).
+	MintOnce(ctx context.Context, profile string, m pool.Minter, label string) (pool.Handout, error)
 	// Return puts back a handout whose caller has gone before receiving it.
 	Return(h pool.Handout)
 	Ready(ctx context.Context) error

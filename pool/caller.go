@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -26,20 +25,6 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 	c, ok := ctx.Value(callerKey{}).(Caller)
 	return c, ok
 }
-
-// ErrNotAllowed: the caller may not use the profile it asked for.
-var ErrNotAllowed = errors.New("pool: profile not allowed for this caller")
-
-// RequestError is a request that can't be served as asked, for a reason
-// the caller may read (a missing claim, a key policy). Minters return it;
-// breakers don't count it as a provider failure; the API answers Status
-// with Message.
-type RequestError struct {
-	Status  int // an HTTP 4xx
-	Message string
-}
-
-func (e *RequestError) Error() string { return e.Message }
 
 type requestMintKey struct{}
 

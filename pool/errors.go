@@ -20,6 +20,30 @@ var (
 	ErrClosed = errors.New("pool: closed")
 )
 
+// Code classifies an Error: what is wrong with the request.
+type Code string
+
+// The codes of an Error.
+const (
+	// CodeInvalid: the request can't be served as it asks (a missing
+	// key, a profile that keeps no pool, a prewarm above the ceiling).
+	CodeInvalid Code = "invalid"
+	// CodeForbidden: the request asks for what the server's policy
+	// refuses (a key from the request, a session not offered, a caller
+	// without the claim a per-caller profile needs).
+	CodeForbidden Code = "forbidden"
+)
+
+// Error is a request that can't be served as asked, for a reason the
+// caller may read. Minters return it; breakers don't count it as a
+// provider failure. Only the API maps its Code to an answer.
+type Error struct {
+	Code    Code
+	Message string // shown to the caller: never a secret
+}
+
+func (e *Error) Error() string { return e.Message }
+
 // UnavailableError says no credential can be had now and when to try again.
 // It matches ErrUnavailable. Minters return it when they won't call the
 // provider (breaker open, provider asked to back off).

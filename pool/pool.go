@@ -416,14 +416,14 @@ func (p *Pool) mintDirect(ctx context.Context, pr *profile) (Handout, error) {
 // MintOnce mints one credential with m for one request, under the named
 // profile's bound on request mints, and never pools it: for settings or a
 // key that no pooled profile has. It counts the mint under label in the
-// fleet's on-demand counters (OnDemand). minRemaining is the least life
-// the credential must have.
-func (p *Pool) MintOnce(ctx context.Context, profileName string, m Minter, label string, minRemaining time.Duration) (Handout, error) {
+// fleet's on-demand counters (OnDemand). The credential has the
+// profile's least life left.
+func (p *Pool) MintOnce(ctx context.Context, profileName string, m Minter, label string) (Handout, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	h, err := p.mintFor(ctx, pr, m, minRemaining+p.skew)
+	h, err := p.mintFor(ctx, pr, m, pr.minLife)
 	if err != nil {
 		return Handout{}, err
 	}
@@ -467,7 +467,7 @@ func (p *Pool) mintFor(ctx context.Context, pr *profile, m Minter, minLife time.
 	}
 	c, err := m.Mint(withRequestMint(ctx, waitEnd))
 	p.metrics.mint(pr.Name, "request", err)
-	var re *RequestError
+	var re *Error
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.Canceled), errors.As(err, &re):
@@ -537,10 +537,10 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 		return fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
 	if pr.Target < 0 {
-		return &RequestError{Status: 400, Message: "this profile keeps no pool"}
+		return &Error{Code: CodeInvalid, Message: "this profile keeps no pool"}
 	}
 	if ready > pr.sizing.Ceiling {
-		return &RequestError{Status: 400, Message: fmt.Sprintf(
+		return &Error{Code: CodeInvalid, Message: fmt.Sprintf(
 			"ready: at most %d, this profile's ceiling (max_target, TOKENPOOL_POOL_MAX)", pr.sizing.Ceiling)}
 	}
 	for i, tag := range pr.tags {

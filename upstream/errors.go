@@ -60,7 +60,7 @@ func (e *StatusError) Is(target error) bool {
 // timeout or a failed connection. Not a 4xx, not a bad key, not an
 // answer we could not understand.
 func retryable(err error) bool {
-	var re *pool.RequestError
+	var re *pool.Error
 	if errors.As(err, &re) {
 		return false
 	}

@@ -294,7 +294,7 @@ func (g *Guard) tellFleet(ctx context.Context, what string, update func(context.
 // excludedFromLatency: a request refused before the provider was asked
 // is no call.
 func excludedFromLatency(err error) bool {
-	var re *pool.RequestError
+	var re *pool.Error
 	return errors.As(err, &re)
 }
 
@@ -312,7 +312,7 @@ func (e *callerGone) Unwrap() error { return e.err }
 func excluded(err error) bool {
 	var (
 		cg *callerGone
-		re *pool.RequestError
+		re *pool.Error
 		se *StatusError
 	)
 	return errors.As(err, &cg) || errors.As(err, &re) || (errors.As(err, &se) && se.Code == http.StatusTooManyRequests)

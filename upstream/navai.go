@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 
@@ -140,12 +139,12 @@ func (o NavaiOptions) Key(r NavaiRequest) (key string, fromRequest bool, err err
 	}
 	if k := str(r.APIKey); k != "" {
 		if !o.AllowRequestKey {
-			return "", false, &pool.RequestError{Status: http.StatusForbidden,
+			return "", false, &pool.Error{Code: pool.CodeForbidden,
 				Message: "Passing apiKey from request is disabled. Set allowApiKeyFromRequest=true to enable it."}
 		}
 		return k, true, nil
 	}
-	return "", false, &pool.RequestError{Status: http.StatusBadRequest,
+	return "", false, &pool.Error{Code: pool.CodeInvalid,
 		Message: "Missing API key. Configure openaiApiKey or send apiKey in request."}
 }
 
@@ -173,6 +172,6 @@ var MissingKey pool.Minter = missingKey{}
 type missingKey struct{}
 
 func (missingKey) Mint(context.Context) (pool.Credential, error) {
-	return pool.Credential{}, &pool.RequestError{Status: http.StatusBadRequest,
+	return pool.Credential{}, &pool.Error{Code: pool.CodeInvalid,
 		Message: "Missing API key. Configure openaiApiKey or send apiKey in request."}
 }

@@ -1,10 +1,8 @@
 package upstream
 
 import (
-	"context"
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/tokenpool/tokenpool/pool"
 )
@@ -83,8 +81,8 @@ func TestNavaiKeyPolicy(t *testing.T) {
 			}
 			key, fromReq, err := o.Key(NavaiRequest{APIKey: tt.reqKey})
 			if tt.wantErr != "" {
-				var re *pool.RequestError
-				if !errors.As(err, &re) || re.Message != tt.wantErr || re.Status != tt.status {
+				var re *pool.Error
+				if !errors.As(err, &re) || re.Message != tt.wantErr || status(re.Code) != tt.status {
 					t.Fatalf("got %v; want %d %q", err, tt.status, tt.wantErr)
 				}
 				return
@@ -103,8 +101,8 @@ func TestNavaiKeyPolicy(t *testing.T) {
 	t.Run("a request key with request keys disabled is refused", func(t *testing.T) {
 		o := NavaiOptions{AllowRequestKey: false, APIKey: ""}
 		_, _, err := o.Key(NavaiRequest{APIKey: sp("sk-caller")})
-		var re *pool.RequestError
-		if !errors.As(err, &re) || re.Message != disabled || re.Status != 403 {
+		var re *pool.Error
+		if !errors.As(err, &re) || re.Message != disabled || status(re.Code) != 403 {
 			t.Fatalf("got %v", err)
 		}
 		if err := o.Validate(); err == nil || err.Error() != "Missing openaiApiKey in NavaiVoiceBackendOptions." {
@@ -142,20 +140,34 @@ func TestNavaiInstructions(t *testing.T) {
 	}
 }
 
-// fakeRealtimePool records what Realtime asked of it.
-type fakeRealtimePool struct {
-	got    string // "get:<profile>" or "once:<profile>:<label>"
-	minter pool.Minter
+// errNotAllowed stands for the API's refusal of a profile the caller may
+// not use.
+var errNotAllowed = errors.New("not allowed")
+
+// serve does with a plan what the API does: refuse a caller who may not
+// use one of its profiles, else take from its pool ("get:<profile>") or
+// mint on demand ("once:<profile>:<label>").
+func serve(r *Realtime, plan Plan, may func(string) bool) (string, error) {
+	for _, p := range plan.Needs {
+		if !may(p) {
+			return "", errNotAllowed
+		}
+	}
+	if plan.Refused != nil {
+		return "", plan.Refused
+	}
+	if plan.Pooled != "" {
+		return "get:" + plan.Pooled, nil
+	}
+	return "once:" + r.Profile() + ":" + plan.Label, nil
 }
 
-func (f *fakeRealtimePool) Get(_ context.Context, profile, _ string) (pool.Handout, error) {
-	f.got = "get:" + profile
-	return pool.Handout{Profile: profile}, nil
-}
-
-func (f *fakeRealtimePool) MintOnce(_ context.Context, profile string, m pool.Minter, label string, _ time.Duration) (pool.Handout, error) {
-	f.got, f.minter = "once:"+profile+":"+label, m
-	return pool.Handout{Profile: profile}, nil
+// status is the API's answer to a code.
+func status(c pool.Code) int {
+	if c == pool.CodeForbidden {
+		return 403
+	}
+	return 400
 }
 
 func TestRealtimeRoutesEachRequest(t *testing.T) {
@@ -177,29 +189,32 @@ func TestRealtimeRoutesEachRequest(t *testing.T) {
 		{"settings another profile has: that pool", opts, NavaiRequest{Language: sp("Spanish")}, all, "get:spanish", nil},
 		{"settings no profile has: minted on demand", opts, NavaiRequest{Voice: sp("cedar")}, all, "once:realtime:openai_settings", nil},
 		{"a caller's key: on demand, never pooled", NavaiOptions{AllowRequestKey: true}, NavaiRequest{APIKey: sp("sk-caller")}, all, "once:realtime:openai_request_key", nil},
-		{"a caller not allowed the realtime profile", opts, NavaiRequest{}, func(string) bool { return false }, "", pool.ErrNotAllowed},
+		{"a caller not allowed the realtime profile", opts, NavaiRequest{}, func(string) bool { return false }, "", errNotAllowed},
 		{"a pooled session the caller may not use is not minted around the rule", opts, NavaiRequest{Language: sp("Spanish")},
-			func(p string) bool { return p != "spanish" }, "", pool.ErrNotAllowed},
+			func(p string) bool { return p != "spanish" }, "", errNotAllowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fp := &fakeRealtimePool{}
-			r, err := NewRealtime(RealtimeConfig{Profile: "realtime", Options: tt.opts, Pooled: pooled, Pool: fp,
+			r, err := NewRealtime(RealtimeConfig{Profile: "realtime", Options: tt.opts, Pooled: pooled,
 				Guard: NewGuard(GuardConfig{Provider: "openai"})})
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = r.ClientSecret(context.Background(), tt.req, "req-1", tt.may)
-			if !errors.Is(err, tt.err) || fp.got != tt.want {
-				t.Fatalf("got %q, %v; want %q, %v", fp.got, err, tt.want, tt.err)
+			plan, err := r.Resolve(tt.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := serve(r, plan, tt.may)
+			if !errors.Is(err, tt.err) || got != tt.want {
+				t.Fatalf("got %q, %v; want %q, %v", got, err, tt.want, tt.err)
 			}
 			if tt.want == "once:realtime:openai_request_key" {
-				if _, guarded := fp.minter.(*Guarded); guarded {
+				if _, guarded := plan.Minter.(*Guarded); guarded {
 					t.Fatal("a caller's key went through the account's breaker and quota")
 				}
 			}
 			if tt.want == "once:realtime:openai_settings" {
-				if _, guarded := fp.minter.(*Guarded); !guarded {
+				if _, guarded := plan.Minter.(*Guarded); !guarded {
 					t.Fatal("an on-demand mint with the backend key bypassed the breaker")
 				}
 			}

@@ -101,7 +101,7 @@ func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
 	if o.cfg.PerCallerEmail {
 		c, _ := pool.CallerFrom(ctx)
 		if c.Email == "" {
-			return pool.Credential{}, &pool.RequestError{Status: http.StatusForbidden,
+			return pool.Credential{}, &pool.Error{Code: pool.CodeForbidden,
 				Message: "this profile mints for one caller and needs an email claim in the caller's JWT"}
 		}
 		email = c.Email

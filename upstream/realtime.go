@@ -1,21 +1,13 @@
 package upstream
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"slices"
 	"sort"
-	"time"
 
 	"github.com/tokenpool/tokenpool/pool"
 )
-
-// RealtimePool is what Realtime needs of the pool.
-type RealtimePool interface {
-	Get(ctx context.Context, profile, requestID string) (pool.Handout, error)
-	MintOnce(ctx context.Context, profile string, m pool.Minter, label string, minRemaining time.Duration) (pool.Handout, error)
-}
 
 // RealtimeConfig configures Realtime.
 type RealtimeConfig struct {
@@ -27,7 +19,6 @@ type RealtimeConfig struct {
 	// Pooled are the OpenAI profiles that keep a pool, by name: a request
 	// whose session matches one is served from it.
 	Pooled map[string]RealtimeSession
-	Pool   RealtimePool // required
 	// Guard wraps on-demand mints with the backend key (the profile's
 	// breaker and quota). Mints with a caller's own key bypass it: their
 	// failures say nothing about our account.
@@ -35,8 +26,6 @@ type RealtimeConfig struct {
 	// BaseURL of the OpenAI API and Client for on-demand mints.
 	BaseURL string
 	Client  *http.Client
-	// MinRemaining is the least life of an on-demand credential.
-	MinRemaining time.Duration
 	// OnDemand limits what a request may choose when no pooled profile has
 	// its session. default: anything, as Navai allows
 	OnDemand OnDemand
@@ -62,11 +51,12 @@ type Restricted struct {
 	Model, Voice string
 }
 
-// Realtime answers Navai's client secret route: Navai's rules resolve the
-// key and session; a session a pooled profile has is served from that
-// pool, any other is minted on demand and never pooled; a caller's own key
-// is always minted on demand, never pooled, logged or stored. It is safe
-// for concurrent use.
+// Realtime resolves a request to Navai's client secret route by Navai's
+// rules into a Plan: the key and session; a session a pooled profile has
+// is served from that pool, any other is minted on demand (never pooled);
+// a caller's own key is always minted on demand, never pooled, logged or
+// stored. It decides nothing about the caller: the Plan names the profiles
+// the caller must be allowed. It is safe for concurrent use.
 type Realtime struct {
 	cfg        RealtimeConfig
 	names      []string     // Pooled names, sorted
@@ -75,8 +65,8 @@ type Realtime struct {
 
 // NewRealtime returns a Realtime.
 func NewRealtime(cfg RealtimeConfig) (*Realtime, error) {
-	if cfg.Profile == "" || cfg.Pool == nil {
-		return nil, errors.New("upstream: realtime: Profile and Pool are required")
+	if cfg.Profile == "" {
+		return nil, errors.New("upstream: realtime: Profile is required")
 	}
 	if err := cfg.Options.Validate(); err != nil {
 		return nil, err
@@ -112,58 +102,72 @@ const (
 	LabelOpenAIRequestKey = "openai_request_key" // the caller's own key
 )
 
-// ClientSecret hands one OpenAI client secret to the caller of a Navai
-// request. may reports whether the caller may use a profile.
-func (r *Realtime) ClientSecret(ctx context.Context, req NavaiRequest, requestID string, may func(profile string) bool) (pool.Handout, error) {
-	if !may(r.cfg.Profile) {
-		return pool.Handout{}, pool.ErrNotAllowed
-	}
+// Plan is how one Navai request is served.
+type Plan struct {
+	// Needs are the profiles the caller must be allowed: the realtime
+	// profile, and the pooled profile or the restricted ones whose model
+	// or voice the session uses.
+	Needs []string
+	// Pooled is the profile whose pool has the session; "" to mint it on
+	// demand with Minter, counted under Label.
+	Pooled string
+	Minter pool.Minter
+	Label  string
+	// Refused, when set, is why an on-demand mint is not offered; it
+	// applies once the caller is allowed every profile of Needs.
+	Refused error
+}
+
+// Profile is the realtime profile: the Navai routes' own.
+func (r *Realtime) Profile() string { return r.cfg.Profile }
+
+// Resolve plans the answer to a Navai request. Its error is the request's
+// fault (its key); it is answered after checking the caller may use the
+// realtime profile, as Navai's handler checks nothing else first.
+func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
+	plan := Plan{Needs: []string{r.cfg.Profile}}
 	key, fromRequest, err := r.cfg.Options.Key(req)
 	if err != nil {
-		return pool.Handout{}, err
+		return Plan{}, err
 	}
 	session := r.cfg.Options.Session(req)
 	if !fromRequest {
 		for _, name := range r.names {
-			if r.cfg.Pooled[name] != session {
-				continue
+			if r.cfg.Pooled[name] == session {
+				// On demand would hand out the same session around its rule.
+				plan.Needs, plan.Pooled = append(plan.Needs, name), name
+				return plan, nil
 			}
-			if !may(name) {
-				// On demand would hand out the same session around the rule.
-				return pool.Handout{}, pool.ErrNotAllowed
-			}
-			return r.cfg.Pool.Get(ctx, name, requestID)
 		}
 	}
-	if err := r.onDemand(session, may); err != nil {
-		return pool.Handout{}, err
+	for _, x := range r.restricted {
+		if x.Model == session.Model || x.Voice == session.Voice {
+			plan.Needs = append(plan.Needs, x.Profile)
+		}
+	}
+	if plan.Refused = r.onDemand(session); plan.Refused != nil {
+		return plan, nil
 	}
 	o, err := NewOpenAI(OpenAIConfig{APIKey: key, BaseURL: r.cfg.BaseURL, Session: session, Client: r.cfg.Client})
 	if err != nil {
-		return pool.Handout{}, &pool.RequestError{Status: http.StatusBadRequest, Message: err.Error()}
+		plan.Refused = &pool.Error{Code: pool.CodeInvalid, Message: err.Error()}
+		return plan, nil
 	}
-	var m pool.Minter = o
-	label := LabelOpenAIRequestKey
+	plan.Minter, plan.Label = o, LabelOpenAIRequestKey
 	if !fromRequest {
-		label = LabelOpenAISettings
+		plan.Label = LabelOpenAISettings
 		if r.cfg.Guard != nil {
-			m = r.cfg.Guard.Wrap(o)
+			plan.Minter = r.cfg.Guard.Wrap(o)
 		}
 	}
-	return r.cfg.Pool.MintOnce(ctx, r.cfg.Profile, m, label, r.cfg.MinRemaining)
+	return plan, nil
 }
 
-// onDemand checks that a session no pooled profile serves may be minted
-// for this caller: no restricted model or voice the caller isn't allowed,
-// and what the realtime profile's OnDemand allows. A caller's own key is
-// held to the same rules.
-func (r *Realtime) onDemand(s RealtimeSession, may func(profile string) bool) error {
-	for _, x := range r.restricted {
-		if (x.Model == s.Model || x.Voice == s.Voice) && !may(x.Profile) {
-			return pool.ErrNotAllowed
-		}
-	}
-	refuse := func(msg string) error { return &pool.RequestError{Status: http.StatusForbidden, Message: msg} }
+// onDemand checks a session no pooled profile serves against what the
+// realtime profile's OnDemand allows. A caller's own key is held to the
+// same rules.
+func (r *Realtime) onDemand(s RealtimeSession) error {
+	refuse := func(msg string) error { return &pool.Error{Code: pool.CodeForbidden, Message: msg} }
 	switch p := r.cfg.OnDemand; {
 	case p.PooledOnly:
 		return refuse("only the server's pooled sessions are offered: leave model, voice, instructions, language, accent and tone out")

@@ -242,16 +242,14 @@ func (m *Main) Open(ctx context.Context) error {
 	var realtime api.Realtime
 	if rp, ok := ps.Get(ps.Realtime); ok {
 		rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
-			Profile: rp.Name, Options: rp.Navai, Pooled: pooled, Pool: m.pool,
-			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL, MinRemaining: rp.MinRemaining,
+			Profile: rp.Name, Options: rp.Navai, Pooled: pooled,
+			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL,
 			OnDemand: rp.OnDemand, Restricted: restricted, Client: m.providerClient("openai"),
 		})
 		if err != nil {
 			return fmt.Errorf("profile %q: %w", rp.Name, err)
 		}
-		realtime = api.RealtimeFunc(func(ctx context.Context, r api.RealtimeRequest, id string, may func(string) bool) (pool.Handout, error) {
-			return rt.ClientSecret(ctx, upstream.NavaiRequest(r), id, may)
-		})
+		realtime = rt
 	}
 	srv, err := api.New(api.Config{
 		Pool: m.pool, Limiter: limiter.New(m.rdb, ""),
