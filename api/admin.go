@@ -133,7 +133,7 @@ func (s *Server) getProfiles(c *gin.Context) {
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
 			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
 			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned,
-			Breaker: "closed", Demand: map[string]float64{"fast": round2(st.Demand.Fast), "slow": round2(st.Demand.Slow)},
+			Breaker: "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
 		}
 		if s.cfg.Breaker != nil {
 			r.Breaker = s.cfg.Breaker(name)
@@ -146,8 +146,6 @@ func (s *Server) getProfiles(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
 	c.JSON(http.StatusOK, gin.H{"profiles": out})
 }
-
-func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
 type resumeAnswer struct {
 	Provider string   `json:"provider"`

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -132,5 +132,5 @@ func answerOf(c pool.Code) (int, string) {
 }
 
 func setRetryAfter(c *gin.Context, d time.Duration) {
-	c.Header("Retry-After", strconv.Itoa(max(int((d+time.Second-1)/time.Second), 1)))
+	c.Header("Retry-After", limiter.RetryAfter(d))
 }

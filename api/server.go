@@ -48,6 +48,16 @@ type Limiter interface {
 	AllowAll(ctx context.Context, checks []limiter.Check) ([]limiter.Decision, error)
 }
 
+// The defaults of a Config, for what reads configuration too
+// (TOKENPOOL_RATE_PER_USER and the rest default to them).
+var (
+	DefaultPerUser = limiter.Limit{Rate: 30, Burst: 30, Period: time.Minute}   // 30/m
+	DefaultPerIP   = limiter.Limit{Rate: 300, Burst: 300, Period: time.Minute} // 300/m
+)
+
+// DefaultRequestTimeout is Config.RequestTimeout's default.
+const DefaultRequestTimeout = 3 * time.Second
+
 // Config configures a Server. Zero values mean the documented default.
 type Config struct {
 	Pool    Pool    // required
@@ -79,7 +89,7 @@ type Config struct {
 	APIKeys []APIKey
 
 	// PerUser limits credential requests per authenticated subject, PerIP
-	// per client address. default: 30/m and 300/m
+	// per client address. default: DefaultPerUser and DefaultPerIP
 	PerUser, PerIP limiter.Limit
 	// TrustedProxies are the CIDRs or addresses whose X-Forwarded-For is
 	// believed when deriving the client address. default: none
@@ -158,13 +168,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("api: config: default profile %q is not among the profiles", cfg.DefaultProfile)
 	}
 	if cfg.PerUser.Rate == 0 {
-		cfg.PerUser = limiter.Limit{Rate: 30, Burst: 30, Period: time.Minute}
+		cfg.PerUser = DefaultPerUser
 	}
 	if cfg.PerIP.Rate == 0 {
-		cfg.PerIP = limiter.Limit{Rate: 300, Burst: 300, Period: time.Minute}
+		cfg.PerIP = DefaultPerIP
 	}
 	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = 3 * time.Second
+		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -115,8 +115,14 @@ func (d Decision) SetHeaders(h http.Header, policy string) {
 	h.Add("RateLimit-Policy", fmt.Sprintf("%s;q=%d;w=%d", name, d.Limit.Rate, seconds(d.Limit.Period)))
 	h.Add("RateLimit", fmt.Sprintf("%s;r=%d;t=%d", name, d.Remaining, seconds(d.ResetAfter)))
 	if !d.Allowed {
-		h.Set("Retry-After", strconv.Itoa(max(seconds(d.RetryAfter), 1)))
+		h.Set("Retry-After", RetryAfter(d.RetryAfter))
 	}
+}
+
+// RetryAfter is a Retry-After header's value for a wait of d: whole
+// seconds, rounded up, at least 1.
+func RetryAfter(d time.Duration) string {
+	return strconv.Itoa(max(seconds(d), 1))
 }
 
 // seconds rounds d up to whole seconds.

@@ -49,14 +49,14 @@ type Profile struct {
 	Minter Minter
 	// Target is the floor of the pool: the least usable credentials kept
 	// ready, shared by all replicas. Demand raises the target above it (see
-	// Sizing). default: 20; a negative value keeps no pool, so every handout
-	// is minted for its request.
+	// Sizing). 0 keeps no pool: every handout is minted for its request.
+	// (DefaultTarget is what a configuration that names none gives.)
 	Target int
 	// MaxTarget is the ceiling demand or a prewarm can raise the target to.
-	// default: 5000
+	// default: DefaultMaxTarget
 	MaxTarget int
 	// MinRemaining is the least life a handed-out credential has left.
-	// default: 30s
+	// default: DefaultMinRemaining
 	MinRemaining time.Duration
 	// Shards spreads the pool over this many Redis hash slots, so that on
 	// a Cluster one busy profile uses several masters (see shard.go):
@@ -67,6 +67,16 @@ type Profile struct {
 
 // MaxShards bounds a profile's shards.
 const MaxShards = 64
+
+// The defaults of a Profile and a Config, for what reads configuration
+// too (TOKENPOOL_POOL_TARGET and the rest default to them).
+const (
+	DefaultTarget            = 20   // the floor a configuration gives a profile that names none
+	DefaultMaxTarget         = 5000 // Profile.MaxTarget
+	DefaultMinRemaining      = 30 * time.Second
+	DefaultRefillConcurrency = 32
+	DefaultMintTimeout       = 10 * time.Second
+)
 
 // Config configures a Pool. Zero values mean the documented default.
 type Config struct {
@@ -82,13 +92,15 @@ type Config struct {
 	// stale at once. default: 0.1; negative: none
 	ExpiryJitter float64
 	// RefillConcurrency bounds the mints in flight per profile on this
-	// replica; the fleet-wide reservations bound them all. default: 32
+	// replica; the fleet-wide reservations bound them all.
+	// default: DefaultRefillConcurrency
 	RefillConcurrency int
 	// RefillInterval is how often the refiller looks at every profile when
 	// nothing wakes it sooner. default: 1s
 	RefillInterval time.Duration
 	// MintTimeout is the deadline of one refill mint, retries included.
-	// Reservations are leased for MintTimeout + 5s. default: 10s
+	// Reservations are leased for MintTimeout + 5s.
+	// default: DefaultMintTimeout
 	MintTimeout time.Duration
 	// DirectMints bounds the concurrent mints for requests (misses and
 	// on-demand mints) per profile on this replica. default: 16; negative:
@@ -152,6 +164,10 @@ type profile struct {
 
 var profileName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
+// ValidProfileName reports whether name may name a profile: 1–64 of
+// A–Z a–z 0–9 . _ - (it is part of the profile's Redis keys).
+func ValidProfileName(name string) bool { return profileName.MatchString(name) }
+
 // NewReplicaID names one process of the fleet: its host name (the
 // container's, under Docker or Kubernetes) and a random suffix, so replicas
 // that share a host name and a pid (pid 1 in containers) still differ.
@@ -184,13 +200,13 @@ func New(cfg Config) (*Pool, error) {
 		return nil, errors.New("pool: config: ExpiryJitter must be below 1")
 	}
 	if cfg.RefillConcurrency <= 0 {
-		cfg.RefillConcurrency = 32
+		cfg.RefillConcurrency = DefaultRefillConcurrency
 	}
 	if cfg.RefillInterval <= 0 {
 		cfg.RefillInterval = time.Second
 	}
 	if cfg.MintTimeout <= 0 {
-		cfg.MintTimeout = 10 * time.Second
+		cfg.MintTimeout = DefaultMintTimeout
 	}
 	if cfg.DirectMints == 0 {
 		cfg.DirectMints = 16
@@ -236,11 +252,11 @@ func New(cfg Config) (*Pool, error) {
 		if pr.Minter == nil {
 			return nil, fmt.Errorf("pool: config: profile %q: Minter is required", pr.Name)
 		}
-		if pr.Target == 0 {
-			pr.Target = 20
+		if pr.Target < 0 {
+			return nil, fmt.Errorf("pool: config: profile %q: target %d: want 0 (no pool) or more", pr.Name, pr.Target)
 		}
 		if pr.MinRemaining <= 0 {
-			pr.MinRemaining = 30 * time.Second
+			pr.MinRemaining = DefaultMinRemaining
 		}
 		if pr.Shards <= 0 {
 			pr.Shards = 1
@@ -249,7 +265,7 @@ func New(cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("pool: config: profile %q: at most %d shards", pr.Name, MaxShards)
 		}
 		prof := &profile{Profile: pr, tags: shardTags(pr.Name, pr.Shards), minLife: pr.MinRemaining + cfg.MaxClockSkew,
-			sizing: Sizing{Floor: max(pr.Target, 0), Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
+			sizing: Sizing{Floor: pr.Target, Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
 		if cfg.DirectMints > 0 {
 			prof.direct = make(chan struct{}, cfg.DirectMints)
 		}
@@ -379,7 +395,7 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 // On-demand handouts (settings no pool has) can't be pooled.
 func (p *Pool) Return(h Handout) {
 	pr, ok := p.profiles[h.Profile]
-	if !ok || pr.Target < 0 {
+	if !ok || pr.Target == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
@@ -536,7 +552,7 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 	if !ok {
 		return fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	if pr.Target < 0 {
+	if pr.Target == 0 {
 		return &Error{Code: CodeInvalid, Message: "this profile keeps no pool"}
 	}
 	if ready > pr.sizing.Ceiling {

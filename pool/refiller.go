@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"github.com/tokenpool/tokenpool/internal/backoff"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -174,8 +175,8 @@ func (r *refiller) loop(ctx context.Context) {
 // refillProfile leases as many reservations as the profile lacks (up to
 // the free mint slots on this replica) and starts a mint for each.
 func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
-	if pr.Target < 0 {
-		return
+	if pr.Target == 0 {
+		return // no pool
 	}
 	if !r.recoverPending(pr) || !r.unpark(pr) {
 		return // Redis still fails; don't lease more
@@ -294,11 +295,9 @@ func (r *refiller) observe(pr *profile, res reservation) {
 	r.mu.Unlock()
 	if logIt {
 		r.p.log.Info("pool: target changed", "profile", pr.Name, "from", from, "to", res.target,
-			"demand_fast", round2(res.demand.Fast), "demand_slow", round2(res.demand.Slow), "usable", res.usable, "in_flight", res.inFlight)
+			"demand_fast", res.demand.Rounded().Fast, "demand_slow", res.demand.Rounded().Slow, "usable", res.usable, "in_flight", res.inFlight)
 	}
 }
-
-func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
 // mint mints one credential for reservation resID of shard tag and pools
 // it there; its span is a child of the round's, round.
@@ -448,7 +447,7 @@ func (r *refiller) failed(profile, op string, err error) {
 	st := r.state[profile]
 	st.failures++
 	st.healthy = false
-	wait := backoff(st.failures)
+	wait := backoffAfter(st.failures)
 	var u *UnavailableError
 	if errors.As(err, &u) && u.RetryAfter > wait {
 		wait = min(u.RetryAfter, maxBackoff)
@@ -472,13 +471,11 @@ func (r *refiller) failed(profile, op string, err error) {
 // maxBackoff caps how long a failing profile waits before it tries again.
 const maxBackoff = 5 * time.Second
 
-// backoff is 200ms doubled per consecutive failure, capped at 5s, with
+// backoffAfter is 200ms doubled per consecutive failure, capped at 5s, with
 // the upper half jittered. The cap is low because a provider that fails is
 // paced by its breaker and Retry-After (errors carrying a longer wait win);
 // what is left is mostly Redis, and the pool should refill soon after it
 // returns.
-func backoff(failures int) time.Duration {
-	d := 200 * time.Millisecond << min(failures-1, 8)
-	d = min(d, maxBackoff)
-	return d/2 + rand.N(d/2+1)
+func backoffAfter(failures int) time.Duration {
+	return backoff.Jittered(200*time.Millisecond, maxBackoff, failures)
 }

@@ -13,6 +13,12 @@ type Demand struct {
 	Fast, Slow float64
 }
 
+// Rounded is d to two decimals, for reports and logs.
+func (d Demand) Rounded() Demand {
+	r := func(f float64) float64 { return math.Round(f*100) / 100 }
+	return Demand{Fast: r(d.Fast), Slow: r(d.Slow)}
+}
+
 // Time constants of the demand rates (the take script uses the same).
 const (
 	demandTauFast = 5 * time.Second
@@ -41,7 +47,7 @@ type Sizing struct {
 
 func (s Sizing) withDefaults() Sizing {
 	if s.Ceiling <= 0 {
-		s.Ceiling = 5000
+		s.Ceiling = DefaultMaxTarget
 	}
 	if s.Headroom <= 0 {
 		s.Headroom = 2 * time.Second

@@ -39,6 +39,9 @@ func (s *Store) now() int64 {
 	return s.clock().UnixMilli()
 }
 
+// DefaultWaitTimeout is StoreConfig.WaitTimeout's default.
+const DefaultWaitTimeout = 50 * time.Millisecond
+
 // StoreConfig configures a Store. Zero values mean the documented default.
 type StoreConfig struct {
 	// KeyPrefix starts every key, so several deployments can share a Redis.
@@ -56,7 +59,7 @@ type StoreConfig struct {
 	// entry back. Takes no replica acknowledged in time are still handed
 	// out, and counted. default: 0 (don't wait)
 	WaitReplicas int
-	// WaitTimeout bounds that wait. default: 50ms
+	// WaitTimeout bounds that wait. default: DefaultWaitTimeout
 	WaitTimeout time.Duration
 	// LedgerMax bounds the handout ledger of each profile (ids handed out
 	// and not yet retired, which guard against a replayed put). Past it the
@@ -74,7 +77,7 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 		cfg.ClaimTTL = 10 * time.Second
 	}
 	if cfg.WaitTimeout <= 0 {
-		cfg.WaitTimeout = 50 * time.Millisecond
+		cfg.WaitTimeout = DefaultWaitTimeout
 	}
 	if cfg.LedgerMax <= 0 {
 		cfg.LedgerMax = 1_000_000

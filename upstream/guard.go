@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenpool/tokenpool/internal/backoff"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/tokenpool/tokenpool/pool"
 )
+
+// DefaultOpenFor is GuardConfig.OpenFor's default.
+const DefaultOpenFor = 10 * time.Second
 
 // GuardConfig configures a Guard. Zero values mean the documented default.
 type GuardConfig struct {
@@ -35,7 +39,7 @@ type GuardConfig struct {
 	// FailuresToOpen consecutive failures open the breaker. default: 5
 	FailuresToOpen uint32
 	// OpenFor is how long the breaker stays open before one probe is let
-	// through. default: 10s
+	// through. default: DefaultOpenFor
 	OpenFor time.Duration
 	// MaxPause caps the pause a provider's Retry-After asks for, so a
 	// provider's mistake (or an attacker's answer) can't stop minting for
@@ -99,7 +103,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 		cfg.FailuresToOpen = 5
 	}
 	if cfg.OpenFor <= 0 {
-		cfg.OpenFor = 10 * time.Second
+		cfg.OpenFor = DefaultOpenFor
 	}
 	if cfg.MaxPause <= 0 {
 		cfg.MaxPause = 5 * time.Minute
@@ -321,8 +325,7 @@ func excluded(err error) bool {
 // backoff is exponential from BackoffBase, capped, with full jitter in
 // its upper half.
 func (g *Guard) backoff(attempt int) time.Duration {
-	d := min(g.cfg.BackoffBase<<min(attempt-1, 16), g.cfg.BackoffMax)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Jittered(g.cfg.BackoffBase, g.cfg.BackoffMax, attempt)
 }
 
 func (g *Guard) succeeded() {

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -111,20 +112,20 @@ type NavaiRequest struct {
 // instructions are the base instructions followed, one line each, by the
 // language, accent and tone directives that are set.
 func (o NavaiOptions) Session(r NavaiRequest) RealtimeSession {
-	base := first(str(r.Instructions), o.Instructions, NavaiDefaultInstructions)
+	base := cmp.Or(str(r.Instructions), o.Instructions, NavaiDefaultInstructions)
 	lines := []string{strings.TrimSpace(base)}
-	if v := first(str(r.Language), o.Language); v != "" {
+	if v := cmp.Or(str(r.Language), o.Language); v != "" {
 		lines = append(lines, "Always reply in "+v+".")
 	}
-	if v := first(str(r.VoiceAccent), o.VoiceAccent); v != "" {
+	if v := cmp.Or(str(r.VoiceAccent), o.VoiceAccent); v != "" {
 		lines = append(lines, "Use a "+v+" accent while speaking.")
 	}
-	if v := first(str(r.VoiceTone), o.VoiceTone); v != "" {
+	if v := cmp.Or(str(r.VoiceTone), o.VoiceTone); v != "" {
 		lines = append(lines, "Use a "+v+" tone while speaking.")
 	}
 	return RealtimeSession{
-		Model:        first(str(r.Model), o.Model, NavaiDefaultModel),
-		Voice:        first(str(r.Voice), o.Voice, NavaiDefaultVoice),
+		Model:        cmp.Or(str(r.Model), o.Model, NavaiDefaultModel),
+		Voice:        cmp.Or(str(r.Voice), o.Voice, NavaiDefaultVoice),
 		Instructions: strings.Join(lines, "\n"),
 		TTLSeconds:   o.ttl(),
 	}
@@ -153,15 +154,6 @@ func str(p *string) string {
 		return ""
 	}
 	return strings.TrimSpace(*p)
-}
-
-func first(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // MissingKey is the minter of an OpenAI profile without a backend key.

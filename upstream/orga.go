@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,14 +68,21 @@ func NewOrga(cfg OrgaConfig) (*Orga, error) {
 
 // baseURL fills in a provider's default base URL and checks it.
 func baseURL(provider, u, def string) (string, error) {
-	if u == "" {
-		u = def
-	}
-	u = strings.TrimRight(u, "/")
-	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-		return "", fmt.Errorf("upstream: %s: base URL %q: want http:// or https://", provider, u)
+	u = strings.TrimRight(cmp.Or(u, def), "/")
+	if err := CheckBaseURL(u); err != nil {
+		return "", fmt.Errorf("upstream: %s: %w", provider, err)
 	}
 	return u, nil
+}
+
+// CheckBaseURL checks a provider's base URL: http:// or https:// with a
+// host.
+func CheckBaseURL(u string) error {
+	p, err := url.Parse(u)
+	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+		return fmt.Errorf("base URL %q: want an http:// or https:// URL with a host", u)
+	}
+	return nil
 }
 
 // NewHTTPClient returns a client for provider calls: pooled keep-alive

@@ -103,10 +103,10 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		RedisSentinelPass:   e.str("REDIS_SENTINEL_PASSWORD", ""),
 		RedisTLS:            e.boolean("REDIS_TLS"),
 		RedisWaitReplicas:   e.intIn("TOKENPOOL_REDIS_WAIT_REPLICAS", 0, 0, 16),
-		RedisWaitTimeout:    e.duration("TOKENPOOL_REDIS_WAIT_TIMEOUT", 50*time.Millisecond),
+		RedisWaitTimeout:    e.duration("TOKENPOOL_REDIS_WAIT_TIMEOUT", pool.DefaultWaitTimeout),
 		SealKeys:            e.sealKeys("TOKENPOOL_SEAL_KEYS"),
 		UpstreamRate:        e.optionalLimit("TOKENPOOL_UPSTREAM_RATE"),
-		MintTimeout:         e.duration("TOKENPOOL_MINT_TIMEOUT", 10*time.Second),
+		MintTimeout:         e.duration("TOKENPOOL_MINT_TIMEOUT", pool.DefaultMintTimeout),
 		OrgaAPIKey:          e.str("ORGA_API_KEY", ""),
 		OrgaBaseURL:         e.baseURL("ORGA_BASE_URL", upstream.DefaultOrgaBaseURL),
 		OpenAIBaseURL:       e.baseURL("OPENAI_BASE_URL", upstream.DefaultOpenAIBaseURL),
@@ -117,15 +117,15 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		JWTCookie:           e.str("TOKENPOOL_JWT_COOKIE", ""),
 		APIKeys:             e.apiKeys("TOKENPOOL_API_KEYS"),
 		AdminKeys:           e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
-		PerUser:             e.limit("TOKENPOOL_RATE_PER_USER", "30/m"),
-		PerIP:               e.limit("TOKENPOOL_RATE_PER_IP", "300/m"),
-		PoolTarget:          e.intIn("TOKENPOOL_POOL_TARGET", 20, 0, 100000),
-		PoolMax:             e.intIn("TOKENPOOL_POOL_MAX", 5000, 1, 100000),
-		MinRemaining:        e.duration("TOKENPOOL_MIN_REMAINING", 30*time.Second),
-		RefillConcurrency:   e.intIn("TOKENPOOL_REFILL_CONCURRENCY", 32, 1, 1024),
-		RequestTimeout:      e.duration("TOKENPOOL_REQUEST_TIMEOUT", 3*time.Second),
+		PerUser:             e.limit("TOKENPOOL_RATE_PER_USER", api.DefaultPerUser),
+		PerIP:               e.limit("TOKENPOOL_RATE_PER_IP", api.DefaultPerIP),
+		PoolTarget:          e.intIn("TOKENPOOL_POOL_TARGET", pool.DefaultTarget, 0, 100000),
+		PoolMax:             e.intIn("TOKENPOOL_POOL_MAX", pool.DefaultMaxTarget, 1, 100000),
+		MinRemaining:        e.duration("TOKENPOOL_MIN_REMAINING", pool.DefaultMinRemaining),
+		RefillConcurrency:   e.intIn("TOKENPOOL_REFILL_CONCURRENCY", pool.DefaultRefillConcurrency, 1, 1024),
+		RequestTimeout:      e.duration("TOKENPOOL_REQUEST_TIMEOUT", api.DefaultRequestTimeout),
 		ShutdownTimeout:     e.duration("TOKENPOOL_SHUTDOWN_TIMEOUT", 20*time.Second),
-		BreakerCooldown:     e.duration("TOKENPOOL_BREAKER_COOLDOWN", 10*time.Second),
+		BreakerCooldown:     e.duration("TOKENPOOL_BREAKER_COOLDOWN", upstream.DefaultOpenFor),
 		TrustedProxies:      e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
 		CORSOrigins:         e.origins("TOKENPOOL_CORS_ORIGINS"),
 		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
@@ -217,8 +217,11 @@ func (e *envReader) duration(name string, def time.Duration) time.Duration {
 	return d
 }
 
-func (e *envReader) limit(name, def string) limiter.Limit {
-	v := e.str(name, def)
+func (e *envReader) limit(name string, def limiter.Limit) limiter.Limit {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
 	l, err := limiter.Parse(v)
 	if err != nil {
 		e.fail(name, fmt.Sprintf("must be a rate such as 10/m or 5/s: %v", err))
@@ -228,10 +231,7 @@ func (e *envReader) limit(name, def string) limiter.Limit {
 
 // optionalLimit reads a limit that is off when unset.
 func (e *envReader) optionalLimit(name string) limiter.Limit {
-	if e.str(name, "") == "" {
-		return limiter.Limit{}
-	}
-	return e.limit(name, "")
+	return e.limit(name, limiter.Limit{})
 }
 
 // tracing reads whether traces are exported, from the standard OTEL_*
@@ -298,8 +298,7 @@ func (e *envReader) redisURL(name string) string {
 
 func (e *envReader) baseURL(name, def string) string {
 	v := e.str(name, def)
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if upstream.CheckBaseURL(v) != nil {
 		e.fail(name, "must be an http:// or https:// URL with a host")
 	}
 	return v

@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
@@ -86,22 +87,10 @@ func (d *demo) announce(m *Main) {
 // waitForFloor polls the profile's shared snapshot until it holds floor
 // usable credentials, or ctx ends.
 func waitForFloor(ctx context.Context, p *pool.Pool, profile string, floor int) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	return poll.Wait(ctx, demoFillWait, func() bool {
 		st, err := p.Stats(ctx, profile)
-		if err == nil && st.Usable >= floor {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			if err != nil {
-				return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-			}
-			return fmt.Errorf("%w with %d of %d usable", ctx.Err(), st.Usable, floor)
-		case <-tick.C:
-		}
-	}
+		return err == nil && st.Usable >= floor
+	})
 }
 
 // printCurl prints one line starting with "curl " that fetches a

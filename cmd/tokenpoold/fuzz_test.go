@@ -2,6 +2,8 @@ package main
 
 import (
 	"testing"
+
+	"github.com/tokenpool/tokenpool/pool"
 )
 
 // FuzzProfileFile feeds the TOKENPOOL_CONFIG parser arbitrary bytes: it
@@ -32,7 +34,7 @@ func FuzzProfileFile(f *testing.F) {
 			t.Fatalf("default profile %q is not among the profiles: %q", ps.Default, b)
 		}
 		for _, p := range ps.List {
-			if !profileNameRE.MatchString(p.Name) || (p.Provider != "orga" && p.Provider != "openai") || p.Target < 0 {
+			if !pool.ValidProfileName(p.Name) || (p.Provider != "orga" && p.Provider != "openai") || p.Target < 0 {
 				t.Fatalf("accepted profile %+v from %q", p, b)
 			}
 		}

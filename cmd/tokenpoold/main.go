@@ -208,12 +208,8 @@ func (m *Main) Open(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("profile %q: %w", p.Name, err)
 		}
-		target := p.Target
-		if target == 0 {
-			target = -1 // no pool: every handout minted for its request
-		}
 		poolProfiles = append(poolProfiles, pool.Profile{
-			Name: p.Name, Minter: minter, Target: target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining, Shards: p.Shards,
+			Name: p.Name, Minter: minter, Target: p.Target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining, Shards: p.Shards,
 		})
 		apiProfiles[p.Name] = api.ProfileInfo{Provider: p.Provider, Access: p.Access}
 		if p.Provider == "openai" && p.Target > 0 {

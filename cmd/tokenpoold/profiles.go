@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -167,9 +168,8 @@ type (
 )
 
 var (
-	issuerNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
-	profileNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-	envNameRE     = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+	issuerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+	envNameRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 )
 
 // knownFields reports the first key of a mapping node that t (a struct,
@@ -369,7 +369,7 @@ func pick(ps Profiles, name, field, provider string) (string, error) {
 }
 
 func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string) string) (Profile, error) {
-	if !profileNameRE.MatchString(name) {
+	if !pool.ValidProfileName(name) {
 		return Profile{}, errors.New("name: want 1-64 of A-Z a-z 0-9 . _ -")
 	}
 	p := Profile{Name: name, Provider: s.Provider, Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining}
@@ -426,12 +426,12 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		if p.OrgaAPIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
 			return p, err
 		}
-		p.KeyEnv = first(o.APIKeyEnv, "ORGA_API_KEY")
+		p.KeyEnv = cmp.Or(o.APIKeyEnv, "ORGA_API_KEY")
 		if p.OrgaAPIKey == "" {
 			return p, fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
 		}
-		p.OrgaBaseURL = first(o.BaseURL, cfg.OrgaBaseURL)
-		if err := checkBaseURL(p.OrgaBaseURL); err != nil {
+		p.OrgaBaseURL = cmp.Or(o.BaseURL, cfg.OrgaBaseURL)
+		if err := upstream.CheckBaseURL(p.OrgaBaseURL); err != nil {
 			return p, fmt.Errorf("orga.base_url: %w", err)
 		}
 		p.PerCallerEmail = o.PerCallerEmail
@@ -453,7 +453,7 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		if err != nil {
 			return p, err
 		}
-		p.KeyEnv = first(o.APIKeyEnv, "OPENAI_API_KEY")
+		p.KeyEnv = cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY")
 		p.Navai = upstream.NavaiOptions{
 			APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
 			Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
@@ -475,33 +475,17 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 			return p, fmt.Errorf("openai.api_key_env: %s is not set and allow_api_key_from_request is false: %w", p.KeyEnv, err)
 		}
 		if apiKey == "" && s.Target != nil && *s.Target > 0 {
-			return p, fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", first(o.APIKeyEnv, "OPENAI_API_KEY"))
+			return p, fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY"))
 		}
 		if apiKey == "" {
 			p.Target = 0
 		}
-		p.OpenAIBaseURL = first(o.BaseURL, cfg.OpenAIBaseURL)
-		if err := checkBaseURL(p.OpenAIBaseURL); err != nil {
+		p.OpenAIBaseURL = cmp.Or(o.BaseURL, cfg.OpenAIBaseURL)
+		if err := upstream.CheckBaseURL(p.OpenAIBaseURL); err != nil {
 			return p, fmt.Errorf("openai.base_url: %w", err)
 		}
 	default:
 		return p, fmt.Errorf("provider: want orga or openai, got %q", s.Provider)
 	}
 	return p, nil
-}
-
-func checkBaseURL(u string) error {
-	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-		return fmt.Errorf("want an http:// or https:// URL, got %q", u)
-	}
-	return nil
-}
-
-func first(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

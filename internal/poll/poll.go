@@ -1,11 +1,10 @@
 // Package poll waits for a condition another process or goroutine brings
-// about: Until in tests, Wait in the harness commands.
+// about: Until in tests, Wait in the harness commands and the demo.
 package poll
 
 import (
 	"context"
 	"fmt"
-	"testing"
 	"time"
 )
 
@@ -26,9 +25,16 @@ func Wait(ctx context.Context, timeout time.Duration, cond func() bool) error {
 	return nil
 }
 
+// TB is what Until needs of a testing.TB (so that this package, which the
+// daemon's demo uses too, does not import testing).
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // Until polls cond every 10 ms until it holds, and fails tb, naming what
 // it waited for, when timeout passes first.
-func Until(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
+func Until(tb TB, what string, timeout time.Duration, cond func() bool) {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
