@@ -41,15 +41,11 @@ func startDemo(cfg *Config) (*demo, error) {
 	// Both providers, simulated: Orga as "default", OpenAI Realtime with
 	// Navai's defaults as "realtime".
 	navai := upstream.NavaiOptions{APIKey: upstreamtest.DefaultOpenAIKey, TTLSeconds: upstream.NavaiDefaultTTLSeconds}
-	cfg.Profiles = Profiles{
-		List: []Profile{
-			{Name: "default", Provider: "orga", Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
-				OrgaAPIKey: upstreamtest.DefaultAPIKey, OrgaBaseURL: sim.URL(), KeyEnv: "ORGA_API_KEY"},
-			{Name: "realtime", Provider: "openai", Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
-				Navai: navai, OpenAIBaseURL: sim.URL(), KeyEnv: "OPENAI_API_KEY"},
-		},
-		Default: "default", Realtime: "realtime",
-	}
+	orga := newProfile("default", "orga", cfg)
+	orga.Orga, orga.KeyEnv = upstream.OrgaConfig{APIKey: upstreamtest.DefaultAPIKey, BaseURL: sim.URL()}, "ORGA_API_KEY"
+	openai := newProfile("realtime", "openai", cfg)
+	openai.Navai, openai.OpenAIBaseURL, openai.KeyEnv = navai, sim.URL(), "OPENAI_API_KEY"
+	cfg.Profiles = Profiles{List: []Profile{orga, openai}, Default: "default", Realtime: "realtime"}
 	if len(cfg.JWTSecret) == 0 {
 		cfg.JWTSecret = make([]byte, minJWTSecret)
 		_, _ = rand.Read(cfg.JWTSecret)

@@ -190,11 +190,12 @@ func TestHandoutsAreDistinctGenuineAndFresh(t *testing.T) {
 				next <- i
 			}
 			close(next)
+			bearers := callerJWTs(t, callers)
 			for c := range callers {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					bearer := callerJWT(t, fmt.Sprintf("user-%d", c))
+					bearer := bearers[c]
 					for range next {
 						r := fetchServed(t, d.url, bearer, func(r reply) {
 							if r.status == http.StatusServiceUnavailable {
@@ -205,7 +206,11 @@ func TestHandoutsAreDistinctGenuineAndFresh(t *testing.T) {
 							t.Errorf("status %d: %s", r.status, r.body)
 							return
 						}
-						cred := r.credential(t)
+						cred, err := r.decode()
+						if err != nil {
+							t.Error(err)
+							return
+						}
 						m, ok := sim.Lookup(cred.EphemeralToken)
 						if !ok {
 							t.Errorf("token not minted by the provider")

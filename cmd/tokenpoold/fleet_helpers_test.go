@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -12,25 +11,14 @@ import (
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
-// fleetEnv is the environment of a replica on redisURL minting from sim.
+// fleetEnv is the environment of a replica on redisURL minting from sim,
+// logging warnings only, with extra on top (see testEnv).
 func fleetEnv(redisURL string, sim *upstreamtest.Server, extra map[string]string) map[string]string {
-	env := map[string]string{
-		"REDIS_URL":               redisURL,
-		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
-		"ORGA_BASE_URL":           sim.URL(),
-		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
-		"TOKENPOOL_RATE_PER_IP":   "1000000/m",
-		"TOKENPOOL_RATE_PER_USER": "1000000/m",
-		"TOKENPOOL_LOG_LEVEL":     "warn",
-	}
+	quiet := map[string]string{"TOKENPOOL_LOG_LEVEL": "warn"}
 	for k, v := range extra {
-		if v == "" {
-			delete(env, k)
-		} else {
-			env[k] = v
-		}
+		quiet[k] = v
 	}
-	return env
+	return testEnv(redisURL, sim, quiet)
 }
 
 func startFleet(tb testing.TB, n int, env map[string]string) []*process {
@@ -75,11 +63,12 @@ func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan
 			}
 		}
 	}()
+	bearers := callerJWTs(tb, callers)
 	for c := range callers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			bearer := callerJWT(tb, fmt.Sprintf("user-%d", c))
+			bearer := bearers[c]
 			url := urls[c%len(urls)]
 			for range next {
 				if total == 0 {

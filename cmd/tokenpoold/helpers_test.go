@@ -62,15 +62,7 @@ func envOf(env map[string]string) func(string) string {
 // opens. It is closed when the test ends.
 func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, env map[string]string, with ...func(*Main)) *daemon {
 	tb.Helper()
-	full := map[string]string{
-		"TOKENPOOL_ADDR":          "127.0.0.1:0",
-		"REDIS_URL":               rs.URL(),
-		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
-		"ORGA_BASE_URL":           sim.URL(),
-		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
-		"TOKENPOOL_RATE_PER_IP":   "1000000/m",
-		"TOKENPOOL_RATE_PER_USER": "1000000/m",
-	}
+	full := testEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_ADDR": "127.0.0.1:0"})
 	for k, v := range env {
 		full[k] = v
 	}
@@ -94,6 +86,28 @@ func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, 
 		}
 	})
 	return &daemon{Main: m, url: "http://" + m.Addr(), logs: logs}
+}
+
+// testEnv is a daemon's environment in a test: Redis at redisURL, the
+// simulated provider sim, the test JWT secret and limits out of the way,
+// with extra on top (an empty value removes a variable).
+func testEnv(redisURL string, sim *upstreamtest.Server, extra map[string]string) map[string]string {
+	env := map[string]string{
+		"REDIS_URL":               redisURL,
+		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
+		"ORGA_BASE_URL":           sim.URL(),
+		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
+		"TOKENPOOL_RATE_PER_IP":   "1000000/m",
+		"TOKENPOOL_RATE_PER_USER": "1000000/m",
+	}
+	for k, v := range extra {
+		if v == "" {
+			delete(env, k)
+		} else {
+			env[k] = v
+		}
+	}
+	return env
 }
 
 func startSim(tb testing.TB, cfg upstreamtest.Config) *upstreamtest.Server {
@@ -201,16 +215,38 @@ func retryAfter(h http.Header) time.Duration {
 	return min(time.Duration(s)*time.Second, time.Second)
 }
 
+// credential decodes a 200's credential, failing tb otherwise; on the
+// test's goroutine only (see decode).
 func (r reply) credential(tb testing.TB) credential {
 	tb.Helper()
-	var c credential
-	if r.status != 200 {
-		tb.Fatalf("status %d: %s", r.status, r.body)
-	}
-	if err := json.Unmarshal(r.body, &c); err != nil {
-		tb.Fatalf("%v: %s", err, r.body)
+	c, err := r.decode()
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return c
+}
+
+// decode decodes a 200's credential; any goroutine may call it.
+func (r reply) decode() (credential, error) {
+	var c credential
+	if r.status != 200 {
+		return c, fmt.Errorf("status %d: %s", r.status, r.body)
+	}
+	if err := json.Unmarshal(r.body, &c); err != nil {
+		return c, fmt.Errorf("%v: %s", err, r.body)
+	}
+	return c, nil
+}
+
+// callerJWTs signs one JWT per caller, user-0 to user-(n-1), on the
+// test's goroutine (callerJWT may fail it), for callers run in goroutines.
+func callerJWTs(tb testing.TB, n int) []string {
+	tb.Helper()
+	out := make([]string, n)
+	for i := range out {
+		out[i] = callerJWT(tb, fmt.Sprintf("user-%d", i))
+	}
+	return out
 }
 
 var (

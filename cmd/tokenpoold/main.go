@@ -139,6 +139,9 @@ type Main struct {
 	pool       *pool.Pool
 	api        *api.Server
 	guards     map[string]*upstream.Guard // by provider
+	shared     *upstream.Shared           // the fleet's provider state in Redis
+	replica    string                     // this replica's id
+	sealed     bool                       // entries are sealed (TOKENPOOL_SEAL_KEYS)
 	httpClient *http.Client               // the providers' calls
 
 	upstreamMetrics *upstream.Metrics
@@ -151,26 +154,12 @@ type Main struct {
 
 // Open starts the daemon and returns once it listens.
 func (m *Main) Open(ctx context.Context) error {
-	cfg := &m.Config
-	if m.Stdout == nil {
-		m.Stdout = io.Discard
+	m.openLogs()
+	if err := m.openTracing(ctx); err != nil {
+		return err
 	}
-	if m.Stderr == nil {
-		m.Stderr = io.Discard
-	}
-	m.logs = newLogBuffer(m.Stderr)
-	m.log = slog.New(slog.NewJSONHandler(m.logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
-
-	m.tracer = m.TracerProvider
-	if m.tracer == nil && cfg.Tracing {
-		tp, err := newTracerProvider(ctx)
-		if err != nil {
-			return err
-		}
-		m.tracer, m.ownTracer = tp, tp
-	}
-	if cfg.Demo {
-		d, err := startDemo(cfg)
+	if m.Config.Demo {
+		d, err := startDemo(&m.Config)
 		if err != nil {
 			return err
 		}
@@ -179,54 +168,86 @@ func (m *Main) Open(ctx context.Context) error {
 	if err := m.openRedis(ctx); err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.upstreamMetrics = upstream.NewMetrics(reg)
+	m.replica = pool.NewReplicaID()
+	m.shared = upstream.NewShared(upstream.SharedConfig{Redis: m.rdb, Quota: m.Config.UpstreamRate, Replica: m.replica})
+	if err := m.openPool(reg); err != nil {
+		return err
+	}
+	if err := m.openAPI(reg); err != nil {
+		return err
+	}
+	if err := m.listen(); err != nil {
+		return err
+	}
+	m.logListening()
+	if m.demo != nil {
+		m.demo.announce(m)
+	}
+	return nil
+}
 
-	var (
-		sealer *pool.Sealer
-		err    error
-	)
+// openLogs starts the JSON log on Stderr.
+func (m *Main) openLogs() {
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
+	if m.Stderr == nil {
+		m.Stderr = io.Discard
+	}
+	m.logs = newLogBuffer(m.Stderr)
+	m.log = slog.New(slog.NewJSONHandler(m.logs, &slog.HandlerOptions{Level: m.Config.LogLevel}))
+}
+
+// openTracing takes TracerProvider, or builds one exporting OTLP when
+// the OTEL_* variables ask for it.
+func (m *Main) openTracing(ctx context.Context) error {
+	m.tracer = m.TracerProvider
+	if m.tracer == nil && m.Config.Tracing {
+		tp, err := newTracerProvider(ctx)
+		if err != nil {
+			return err
+		}
+		m.tracer, m.ownTracer = tp, tp
+	}
+	return nil
+}
+
+// openPool builds every profile's minter and the pool (not yet
+// refilling: listen starts it).
+func (m *Main) openPool(reg *prometheus.Registry) error {
+	cfg := &m.Config
+	var sealer *pool.Sealer
 	if len(cfg.SealKeys) > 0 {
+		var err error
 		if sealer, err = pool.NewSealer(cfg.SealKeys); err != nil {
 			return err
 		}
 	} else if m.embedded == nil {
 		m.log.Warn("TOKENPOOL_SEAL_KEYS is unset: credentials are stored in Redis in plain text; anyone who can read this Redis can use them")
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.upstreamMetrics = upstream.NewMetrics(reg)
-	replica := pool.NewReplicaID()
-	shared := upstream.NewShared(upstream.SharedConfig{Redis: m.rdb, Quota: cfg.UpstreamRate, Replica: replica})
-	ps := cfg.Profiles
-	var (
-		poolProfiles []pool.Profile
-		apiProfiles  = map[string]api.ProfileInfo{}
-		pooled       = map[string]upstream.RealtimeSession{}
-		restricted   []upstream.Restricted
-	)
-	for _, p := range ps.List {
-		minter, err := m.minter(p, shared, ps.List)
+	m.sealed = sealer != nil
+	var profiles []pool.Profile
+	for _, p := range cfg.Profiles.List {
+		minter, err := m.minter(p)
 		if err != nil {
 			return fmt.Errorf("profile %q: %w", p.Name, err)
 		}
-		poolProfiles = append(poolProfiles, pool.Profile{
-			Name: p.Name, Minter: minter, Target: p.Target, MaxTarget: p.MaxTarget, MinRemaining: p.MinRemaining, Shards: p.Shards,
-		})
-		apiProfiles[p.Name] = api.ProfileInfo{Provider: p.Provider, Access: p.Access}
-		if p.Provider == "openai" && p.Target > 0 {
-			pooled[p.Name] = p.Navai.Session(upstream.NavaiRequest{})
-		}
-		if p.Provider == "openai" && p.Access != nil {
-			restricted = append(restricted, upstream.Restricted{Profile: p.Name, Model: p.Navai.Model, Voice: p.Navai.Voice})
-		}
+		pp := p.Profile
+		pp.Minter = minter
+		profiles = append(profiles, pp)
 	}
+	var err error
 	m.pool, err = pool.New(pool.Config{
 		Store: pool.NewStore(m.rdb, pool.StoreConfig{
 			Sealer: sealer, WaitReplicas: cfg.RedisWaitReplicas, WaitTimeout: cfg.RedisWaitTimeout,
 		}),
-		Profiles:          poolProfiles,
+		Profiles:          profiles,
 		RefillConcurrency: cfg.RefillConcurrency,
 		MintTimeout:       cfg.MintTimeout,
-		ReplicaID:         replica,
+		ReplicaID:         m.replica,
 		Metrics:           pool.NewMetrics(reg),
 		TracerProvider:    m.tracer,
 		Logger:            m.log,
@@ -235,27 +256,63 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	reg.MustRegister(m.pool.Collector())
-	var realtime api.Realtime
-	if rp, ok := ps.Get(ps.Realtime); ok {
-		rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
-			Profile: rp.Name, Options: rp.Navai, Pooled: pooled,
-			Guard: m.guard("openai", shared, ps.List), BaseURL: rp.OpenAIBaseURL,
-			OnDemand: rp.OnDemand, Restricted: restricted, Client: m.providerClient("openai"),
-		})
-		if err != nil {
-			return fmt.Errorf("profile %q: %w", rp.Name, err)
-		}
-		realtime = rt
+	return nil
+}
+
+// realtime resolves the Navai routes' requests: the realtime profile's
+// options, the pooled OpenAI sessions and the restricted ones. nil when
+// there is no realtime profile.
+func (m *Main) realtime() (api.Realtime, error) {
+	ps := m.Config.Profiles
+	rp, ok := ps.Get(ps.Realtime)
+	if !ok {
+		return nil, nil
 	}
-	srv, err := api.New(api.Config{
+	pooled := map[string]upstream.RealtimeSession{}
+	var restricted []upstream.Restricted
+	for _, p := range ps.List {
+		if p.Provider != "openai" {
+			continue
+		}
+		if p.Target > 0 {
+			pooled[p.Name] = p.Navai.Session(upstream.NavaiRequest{})
+		}
+		if p.Access != nil {
+			restricted = append(restricted, upstream.Restricted{Profile: p.Name, Model: p.Navai.Model, Voice: p.Navai.Voice})
+		}
+	}
+	rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
+		Profile: rp.Name, Options: rp.Navai, Pooled: pooled,
+		Guard: m.guard("openai"), BaseURL: rp.OpenAIBaseURL,
+		OnDemand: rp.OnDemand, Restricted: restricted, Client: m.providerClient("openai"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("profile %q: %w", rp.Name, err)
+	}
+	return rt, nil
+}
+
+// openAPI builds the HTTP API over the pool.
+func (m *Main) openAPI(reg *prometheus.Registry) error {
+	cfg := &m.Config
+	ps := cfg.Profiles
+	realtime, err := m.realtime()
+	if err != nil {
+		return err
+	}
+	apiProfiles := map[string]api.ProfileInfo{}
+	for _, p := range ps.List {
+		apiProfiles[p.Name] = p.ProfileInfo
+	}
+	ac := api.Config{
 		Pool: m.pool, Limiter: limiter.New(m.rdb, ""),
-		Profiles: apiProfiles, DefaultProfile: ps.Default, Realtime: realtime,
+		Profiles: apiProfiles, DefaultProfile: ps.Default,
 		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudiences: cfg.JWTAudiences, JWTCookie: cfg.JWTCookie,
 		Issuers: cfg.Issuers,
 		APIKeys: cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,
 		TrustedProxies: cfg.TrustedProxies, CORSOrigins: cfg.CORSOrigins,
 		RequestTimeout: cfg.RequestTimeout, Logger: m.log,
-		Admin: m.pool, AdminKeys: cfg.AdminKeys, Providers: providerAdmin{shared: shared, guards: m.guards},
+		Admin: m.pool, AdminKeys: cfg.AdminKeys, Providers: providerAdmin{shared: m.shared, guards: m.guards},
 		Breaker: func(profile string) string {
 			if p, ok := ps.Get(profile); ok && m.guards[p.Provider] != nil {
 				return m.guards[p.Provider].State()
@@ -263,18 +320,23 @@ func (m *Main) Open(ctx context.Context) error {
 			return "closed"
 		},
 		Metrics: api.NewMetrics(reg), MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		TracerProvider: m.tracer,
-	})
-	if err != nil {
-		return err
+		TracerProvider: m.tracer, Realtime: realtime,
 	}
+	m.api, err = api.New(ac)
+	return err
+}
 
+// listen opens the listener (and pprof when asked), then starts the
+// identity providers' key fetches, the refiller and the HTTP server.
+func (m *Main) listen() error {
+	cfg := &m.Config
+	var err error
 	m.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (TOKENPOOL_ADDR): %w", cfg.Addr, err)
 	}
 	m.http = &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           m.api.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      cfg.RequestTimeout + 5*time.Second,
@@ -287,41 +349,42 @@ func (m *Main) Open(ctx context.Context) error {
 			return err
 		}
 	}
-	m.api = srv
-	srv.Open() // identity providers' keys; /readyz waits for them
+	m.api.Open() // identity providers' keys; /readyz waits for them
 	m.pool.Open()
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.http.Serve(m.ln) }()
+	return nil
+}
 
+// logListening logs the daemon's address and what it serves.
+func (m *Main) logListening() {
+	cfg := &m.Config
+	ps := cfg.Profiles
 	names := make([]string, 0, len(ps.List))
 	for _, p := range ps.List {
 		names = append(names, fmt.Sprintf("%s(%s, target %d)", p.Name, p.Provider, p.Target))
 	}
-	m.log.Info("listening", "addr", m.Addr(), "replica", replica, "redis", m.redisKind(),
+	m.log.Info("listening", "addr", m.Addr(), "replica", m.replica, "redis", m.redisKind(),
 		"profiles", names, "default_profile", ps.Default, "realtime_profile", ps.Realtime,
-		"sealed", sealer != nil, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo, "tracing", m.tracer != nil)
-	if m.demo != nil {
-		m.demo.announce(m)
-	}
-	return nil
+		"sealed", m.sealed, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo, "tracing", m.tracer != nil)
 }
 
 // guard returns the provider's guard: one breaker per provider per
 // replica, shared by all its profiles. The bad-key line names every
 // variable the provider's keys come from.
-func (m *Main) guard(provider string, shared *upstream.Shared, all []Profile) *upstream.Guard {
+func (m *Main) guard(provider string) *upstream.Guard {
 	if g, ok := m.guards[provider]; ok {
 		return g
 	}
 	var envs []string
-	for _, p := range all {
+	for _, p := range m.Config.Profiles.List {
 		if p.Provider == provider && p.KeyEnv != "" && !slices.Contains(envs, p.KeyEnv) {
 			envs = append(envs, p.KeyEnv)
 		}
 	}
 	g := upstream.NewGuard(upstream.GuardConfig{
 		Provider: provider, KeyEnv: strings.Join(envs, " or "), OpenFor: m.Config.BreakerCooldown,
-		Logger: m.log, Shared: shared, Metrics: m.upstreamMetrics,
+		Logger: m.log, Shared: m.shared, Metrics: m.upstreamMetrics,
 	})
 	if m.guards == nil {
 		m.guards = map[string]*upstream.Guard{}
@@ -331,16 +394,16 @@ func (m *Main) guard(provider string, shared *upstream.Shared, all []Profile) *u
 }
 
 // minter builds a profile's minter behind its provider's guard.
-func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.Minter, error) {
+func (m *Main) minter(p Profile) (pool.Minter, error) {
 	switch p.Provider {
 	case "orga":
-		o, err := upstream.NewOrga(upstream.OrgaConfig{
-			APIKey: p.OrgaAPIKey, BaseURL: p.OrgaBaseURL, PerCallerEmail: p.PerCallerEmail, Client: m.providerClient("orga"),
-		})
+		oc := p.Orga
+		oc.Client = m.providerClient("orga")
+		o, err := upstream.NewOrga(oc)
 		if err != nil {
 			return nil, err
 		}
-		return m.guard("orga", shared, all).Wrap(o), nil
+		return m.guard("orga").Wrap(o), nil
 	case "openai":
 		if p.Navai.APIKey == "" {
 			return upstream.MissingKey, nil
@@ -352,7 +415,7 @@ func (m *Main) minter(p Profile, shared *upstream.Shared, all []Profile) (pool.M
 		if err != nil {
 			return nil, err
 		}
-		return m.guard("openai", shared, all).Wrap(o), nil
+		return m.guard("openai").Wrap(o), nil
 	}
 	return nil, fmt.Errorf("unknown provider %q", p.Provider)
 }

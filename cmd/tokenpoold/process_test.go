@@ -14,14 +14,7 @@ import (
 func TestPerUserLimitIsSharedByProcesses(t *testing.T) {
 	rs := redistest.New(t)
 	sim := startSim(t, upstreamtest.Config{})
-	env := map[string]string{
-		"REDIS_URL":               rs.URL(),
-		"ORGA_API_KEY":            upstreamtest.DefaultAPIKey,
-		"ORGA_BASE_URL":           sim.URL(),
-		"TOKENPOOL_JWT_SECRET":    testJWTSecret,
-		"TOKENPOOL_RATE_PER_USER": "5/m",
-		"TOKENPOOL_POOL_TARGET":   "5",
-	}
+	env := testEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_RATE_PER_USER": "5/m", "TOKENPOOL_POOL_TARGET": "5"})
 	a, b := startProcess(t, env), startProcess(t, env)
 	alice, bob := callerJWT(t, "alice"), callerJWT(t, "bob")
 	for i, p := range []*process{a, b, a, b, a} {

@@ -19,26 +19,32 @@ import (
 	"github.com/tokenpool/tokenpool/upstream"
 )
 
-// Profile is one resolved profile: a provider, its settings, pool sizing
-// and who may use it.
+// Profile is one resolved profile. Each part is declared by the package
+// that owns its behaviour: the pool's sizing (pool.Profile: name, target,
+// ceiling, least life, shards; its Minter is built at start), the API's
+// (api.ProfileInfo: the provider and who may use it), and the provider's
+// settings (upstream's Orga config or Navai's options).
 type Profile struct {
-	Name         string
-	Provider     string // "orga" or "openai"
-	Target       int    // the floor; 0: no pool, every handout minted for its request
-	MaxTarget    int    // the ceiling demand may raise the target to
-	Shards       int    // hash slots the pool spreads over; 0: one
-	MinRemaining time.Duration
-	Access       *api.Access // nil: every authenticated caller
-	KeyEnv       string      // the variable holding the provider key, for the bad-key log line
+	pool.Profile
+	api.ProfileInfo
+	KeyEnv string // the variable holding the provider key, for the bad-key log line
 
-	// Orga
-	OrgaAPIKey, OrgaBaseURL string
-	PerCallerEmail          bool
+	// Orga: the key, base URL and per-caller email mode (no Client: the
+	// daemon gives one at start).
+	Orga upstream.OrgaConfig
 	// OpenAI: Navai's options are the session and the key policy; OnDemand
 	// limits what the Navai routes mint on demand (realtime profile only).
 	Navai         upstream.NavaiOptions
 	OpenAIBaseURL string
 	OnDemand      upstream.OnDemand
+}
+
+// newProfile is a profile of provider with the configuration's sizing.
+func newProfile(name, provider string, cfg *Config) Profile {
+	return Profile{
+		Profile:     pool.Profile{Name: name, Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining},
+		ProfileInfo: api.ProfileInfo{Provider: provider},
+	}
 }
 
 // Profiles is every profile and which serve requests that name none.
@@ -67,10 +73,9 @@ func (ps Profiles) Get(name string) (Profile, bool) {
 func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 	var ps Profiles
 	if cfg.OrgaAPIKey != "" {
-		ps.List = append(ps.List, Profile{
-			Name: "default", Provider: "orga", Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
-			OrgaAPIKey: cfg.OrgaAPIKey, OrgaBaseURL: cfg.OrgaBaseURL, KeyEnv: "ORGA_API_KEY",
-		})
+		p := newProfile("default", "orga", cfg)
+		p.Orga, p.KeyEnv = upstream.OrgaConfig{APIKey: cfg.OrgaAPIKey, BaseURL: cfg.OrgaBaseURL}, "ORGA_API_KEY"
+		ps.List = append(ps.List, p)
 		ps.Default = "default"
 	}
 	if !openAIFromEnv(e.get) {
@@ -85,14 +90,12 @@ func profilesFromEnv(cfg *Config, e *envReader) Profiles {
 	if ps.Default == "" {
 		name, ps.Default = "default", "default"
 	}
-	target := cfg.PoolTarget
+	p := newProfile(name, "openai", cfg)
 	if navai.APIKey == "" {
-		target = 0 // nothing to pool with: callers bring their own key
+		p.Target = 0 // nothing to pool with: callers bring their own key
 	}
-	ps.List = append(ps.List, Profile{
-		Name: name, Provider: "openai", Target: target, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining,
-		Navai: navai, OpenAIBaseURL: cfg.OpenAIBaseURL, KeyEnv: "OPENAI_API_KEY",
-	})
+	p.Navai, p.OpenAIBaseURL, p.KeyEnv = navai, cfg.OpenAIBaseURL, "OPENAI_API_KEY"
+	ps.List = append(ps.List, p)
 	ps.Realtime = name
 	sort.Slice(ps.List, func(i, j int) bool { return ps.List[i].Name < ps.List[j].Name })
 	return ps
@@ -372,7 +375,7 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 	if !pool.ValidProfileName(name) {
 		return Profile{}, errors.New("name: want 1-64 of A-Z a-z 0-9 . _ -")
 	}
-	p := Profile{Name: name, Provider: s.Provider, Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining}
+	p := newProfile(name, s.Provider, cfg)
 	if s.MaxTarget != nil {
 		if *s.MaxTarget < 1 || *s.MaxTarget > 100000 {
 			return p, fmt.Errorf("max_target: want 1 to 100000, got %d", *s.MaxTarget)
@@ -423,22 +426,22 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 			o = &orgaSpec{}
 		}
 		var err error
-		if p.OrgaAPIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
+		if p.Orga.APIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
 			return p, err
 		}
 		p.KeyEnv = cmp.Or(o.APIKeyEnv, "ORGA_API_KEY")
-		if p.OrgaAPIKey == "" {
+		if p.Orga.APIKey == "" {
 			return p, fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
 		}
-		p.OrgaBaseURL = cmp.Or(o.BaseURL, cfg.OrgaBaseURL)
-		if err := upstream.CheckBaseURL(p.OrgaBaseURL); err != nil {
+		p.Orga.BaseURL = cmp.Or(o.BaseURL, cfg.OrgaBaseURL)
+		if err := upstream.CheckBaseURL(p.Orga.BaseURL); err != nil {
 			return p, fmt.Errorf("orga.base_url: %w", err)
 		}
-		p.PerCallerEmail = o.PerCallerEmail
-		if p.PerCallerEmail && s.Target != nil && *s.Target > 0 {
+		p.Orga.PerCallerEmail = o.PerCallerEmail
+		if p.Orga.PerCallerEmail && s.Target != nil && *s.Target > 0 {
 			return p, errors.New("target: a per_caller_email profile mints for each caller and keeps no pool; leave target out")
 		}
-		if p.PerCallerEmail {
+		if p.Orga.PerCallerEmail {
 			p.Target = 0
 		}
 	case "openai":
