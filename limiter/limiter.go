@@ -62,10 +62,15 @@ type Limiter struct {
 	prefix string
 }
 
-// New returns a Limiter whose keys start with prefix (default "tp").
+// DefaultKeyPrefix starts every Redis key of tokenpool unless told
+// otherwise: the limits', the pool's and the fleet's provider state.
+const DefaultKeyPrefix = "tp"
+
+// New returns a Limiter whose keys start with prefix (default
+// DefaultKeyPrefix).
 func New(rdb redis.UniversalClient, prefix string) *Limiter {
 	if prefix == "" {
-		prefix = "tp"
+		prefix = DefaultKeyPrefix
 	}
 	return &Limiter{rl: redis_rate.NewLimiter(rdb), rdb: rdb, prefix: prefix + ":rl:"}
 }

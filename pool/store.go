@@ -73,7 +73,7 @@ type StoreConfig struct {
 // NewStore returns a Store on rdb, a *redis.Client or *redis.ClusterClient.
 func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 	if cfg.KeyPrefix == "" {
-		cfg.KeyPrefix = "tp"
+		cfg.KeyPrefix = limiter.DefaultKeyPrefix
 	}
 	if cfg.ClaimTTL <= 0 {
 		cfg.ClaimTTL = 10 * time.Second
@@ -98,9 +98,31 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 // keys names one profile's keys; all share the hash tag {profile}.
 type keys struct{ base string }
 
-func (s *Store) keys(profile string) keys {
-	return keys{base: s.prefix + ":{" + profile + "}:"}
+func keysOf(prefix, profile string) keys { return keys{base: prefix + ":{" + profile + "}:"} }
+
+func (s *Store) keys(profile string) keys { return keysOf(s.prefix, profile) }
+
+// KeyNames are the names of a profile's Redis keys (one shard's, for a
+// sharded profile: its tag), for tools and tests that read Redis itself.
+type KeyNames struct{ k keys }
+
+// Keys names profile's keys under prefix (StoreConfig.KeyPrefix; "" for
+// the default).
+func Keys(prefix, profile string) KeyNames {
+	if prefix == "" {
+		prefix = limiter.DefaultKeyPrefix
+	}
+	return KeyNames{keysOf(prefix, profile)}
 }
+
+// The keys of KeyNames, and Pattern, a KEYS/SCAN pattern of them all.
+func (n KeyNames) Ready() string   { return n.k.ready() }
+func (n KeyNames) Entries() string { return n.k.entries() }
+func (n KeyNames) Minting() string { return n.k.minting() }
+func (n KeyNames) Stats() string   { return n.k.stats() }
+func (n KeyNames) Handed() string  { return n.k.handed() }
+func (n KeyNames) Prewarm() string { return n.k.prewarm() }
+func (n KeyNames) Pattern() string { return n.k.base + "*" }
 
 func (k keys) ready() string          { return k.base + "ready" }
 func (k keys) entries() string        { return k.base + "e" }

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -34,7 +35,7 @@ type Shared struct {
 type SharedConfig struct {
 	// Redis is the store every replica shares. Required.
 	Redis redis.UniversalClient
-	// KeyPrefix starts every key. default: "tp"
+	// KeyPrefix starts every key. default: limiter.DefaultKeyPrefix
 	KeyPrefix string
 	// Quota is the fleet's mint rate per provider; its burst is ignored and
 	// mints are spaced evenly. default: unlimited
@@ -46,7 +47,7 @@ type SharedConfig struct {
 // NewShared returns a Shared on cfg.Redis.
 func NewShared(cfg SharedConfig) *Shared {
 	if cfg.KeyPrefix == "" {
-		cfg.KeyPrefix = "tp"
+		cfg.KeyPrefix = limiter.DefaultKeyPrefix
 	}
 	if cfg.Quota.Rate > 0 {
 		cfg.Quota.Burst = 1
@@ -57,9 +58,17 @@ func NewShared(cfg SharedConfig) *Shared {
 	}
 }
 
-func (s *Shared) key(provider, what string) string {
-	return s.prefix + ":{upstream:" + provider + "}:" + what
+func (s *Shared) key(provider, what string) string { return sharedKey(s.prefix, provider, what) }
+
+func sharedKey(prefix, provider, what string) string {
+	return cmp.Or(prefix, limiter.DefaultKeyPrefix) + ":{upstream:" + provider + "}:" + what
 }
+
+// PauseKey and OpenKey name the fleet's pause and open-breaker flags of
+// provider under prefix (SharedConfig.KeyPrefix; "" for the default), for tools and tests
+// that read Redis itself.
+func PauseKey(prefix, provider string) string { return sharedKey(prefix, provider, "pause") }
+func OpenKey(prefix, provider string) string  { return sharedKey(prefix, provider, "open") }
 
 // hold is why minting must wait, and how long.
 type hold struct {

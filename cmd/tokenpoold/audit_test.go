@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/upstream"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -258,7 +259,7 @@ func TestAuditProviderRetryAfterIsCapped(t *testing.T) {
 	}
 	var pause time.Duration
 	poll.Until(t, "the 429 to pause the fleet", 5*time.Second, func() bool {
-		pause = rdb.PTTL(ctx, "tp:{upstream:orga}:pause").Val()
+		pause = rdb.PTTL(ctx, upstream.PauseKey("", "orga")).Val()
 		return pause > 0
 	})
 	if pause > 5*time.Minute {
@@ -279,7 +280,7 @@ func TestAuditProviderRetryAfterIsCapped(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("resume: %d", resp.StatusCode)
 	}
-	if n := rdb.Exists(ctx, "tp:{upstream:orga}:pause", "tp:{upstream:orga}:open").Val(); n != 0 {
+	if n := rdb.Exists(ctx, upstream.PauseKey("", "orga"), upstream.OpenKey("", "orga")).Val(); n != 0 {
 		t.Fatalf("%d fleet flags left after resume", n)
 	}
 	// The refiller looks again within its 5s backoff cap.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -324,10 +325,10 @@ func TestGracefulShutdownPoolsMintsInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	rdb := rs.Client()
-	if n := rdb.ZCard(ctx, "tp:{default}:minting").Val(); n != 0 {
+	if n := rdb.ZCard(ctx, pool.Keys("", "default").Minting()).Val(); n != 0 {
 		t.Fatalf("%d reservations left after shutdown", n)
 	}
-	if pooled, minted := rdb.ZCard(ctx, "tp:{default}:ready").Val(), sim.Counts().Minted; pooled != int64(minted) {
+	if pooled, minted := rdb.ZCard(ctx, pool.Keys("", "default").Ready()).Val(), sim.Counts().Minted; pooled != int64(minted) {
 		t.Fatalf("%d pooled of %d minted: a minted credential was lost at shutdown", pooled, minted)
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -53,7 +55,7 @@ func fleetHandouts(t *testing.T, redisEnv map[string]string) {
 	if rc := redisEnv["REDIS_URL"]; rc != "" {
 		if opt, err := redis.ParseURL(rc); err == nil {
 			c := redis.NewClient(opt)
-			t.Logf("fleet stats: %v; ready %d", c.HGetAll(context.Background(), "tp:{default}:stats").Val(), c.ZCard(context.Background(), "tp:{default}:ready").Val())
+			t.Logf("fleet stats: %v; ready %d", c.HGetAll(context.Background(), pool.Keys("", "default").Stats()).Val(), c.ZCard(context.Background(), pool.Keys("", "default").Ready()).Val())
 			c.Close()
 		}
 	}
@@ -139,7 +141,7 @@ func TestKilledReplica(t *testing.T) {
 	prefix := replicaPrefix(t, victim)
 	held := func(p *process) int {
 		n := 0
-		for _, m := range rdb.ZRange(ctx, "tp:{default}:minting", 0, -1).Val() {
+		for _, m := range rdb.ZRange(ctx, pool.Keys("", "default").Minting(), 0, -1).Val() {
 			if strings.HasPrefix(m, prefix) {
 				n++
 			}
@@ -161,7 +163,7 @@ func TestKilledReplica(t *testing.T) {
 	_ = victim.cmd.Wait()
 	poll.Until(t, "the victim's reservations to lapse", 15*time.Second, func() bool { return held(victim) == 0 })
 	lapsedAfter := time.Since(killed)
-	lapsed, _ := rdb.HGet(ctx, "tp:{default}:stats", "lapsed").Int()
+	lapsed, _ := rdb.HGet(ctx, pool.Keys("", "default").Stats(), "lapsed").Int()
 	t.Logf("killed a replica holding %d reservations; they lapsed after %v (lease 8s); lapsed counter %d", n, lapsedAfter.Round(100*time.Millisecond), lapsed)
 	if lapsedAfter > 8*time.Second+2*time.Second {
 		t.Fatalf("reservations lapsed after %v, lease is 8s", lapsedAfter)
@@ -174,7 +176,7 @@ func TestKilledReplica(t *testing.T) {
 	<-done
 	poll.Until(t, "the survivors to bring the pool to target", 20*time.Second, func() bool {
 		now := time.Now().Add(32 * time.Second).UnixMilli() // min remaining 30s + skew 2s
-		return rdb.ZCount(ctx, "tp:{default}:ready", fmt.Sprintf("(%d", now), "+inf").Val() >= target
+		return rdb.ZCount(ctx, pool.Keys("", "default").Ready(), fmt.Sprintf("(%d", now), "+inf").Val() >= target
 	})
 	outs := l.snapshot()
 	got := checkTokens(t, sim, outs)
@@ -196,7 +198,7 @@ func TestRetryAfterPausesTheFleet(t *testing.T) {
 	env := fleetEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_POOL_TARGET": fmt.Sprint(target)})
 	fleet := startFleet(t, 3, env)
 	poll.Until(t, "a full pool and no mint in flight", 10*time.Second, func() bool {
-		return rdb.ZCard(ctx, "tp:{default}:ready").Val() == target && rdb.ZCard(ctx, "tp:{default}:minting").Val() == 0
+		return rdb.ZCard(ctx, pool.Keys("", "default").Ready()).Val() == target && rdb.ZCard(ctx, pool.Keys("", "default").Minting()).Val() == 0
 	})
 
 	armed := time.Now()
@@ -309,11 +311,11 @@ func TestSealedFleetRotatesKeys(t *testing.T) {
 	if r := fetch(t, a.url, callerJWT(t, "alice")); r.status != 200 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { return rdb.ZCard(ctx, "tp:{default}:ready").Val() == target })
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { return rdb.ZCard(ctx, pool.Keys("", "default").Ready()).Val() == target })
 	a.stop(t)
 
 	var raw strings.Builder
-	for _, k := range rdb.Keys(ctx, "tp:*").Val() {
+	for _, k := range rdb.Keys(ctx, limiter.DefaultKeyPrefix+":*").Val() {
 		switch rdb.Type(ctx, k).Val() {
 		case "hash":
 			for f, v := range rdb.HGetAll(ctx, k).Val() {
@@ -344,7 +346,7 @@ func TestSealedFleetRotatesKeys(t *testing.T) {
 			t.Fatalf("handout %d is not from the pool sealed with the old key", i+1)
 		}
 	}
-	if d, _ := rdb.HGet(ctx, "tp:{default}:stats", "discarded").Int(); d != 0 {
+	if d, _ := rdb.HGet(ctx, pool.Keys("", "default").Stats(), "discarded").Int(); d != 0 {
 		t.Fatalf("%d entries discarded after the rotation", d)
 	}
 }

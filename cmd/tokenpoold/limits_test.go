@@ -21,6 +21,7 @@ import (
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -155,16 +156,16 @@ func snapshot(tb testing.TB, rdb redis.UniversalClient, profile string) map[stri
 	tb.Helper()
 	ctx := context.Background()
 	out := map[string]string{}
-	base := "tp:{" + profile + "}:"
-	for _, name := range []string{"ready", "handed", "minting"} {
-		v, err := rdb.ZRangeWithScores(ctx, base+name, 0, -1).Result()
+	k := pool.Keys("", profile)
+	for name, key := range map[string]string{"ready": k.Ready(), "handed": k.Handed(), "minting": k.Minting()} {
+		v, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
 		if err != nil {
 			tb.Fatal(err)
 		}
 		out[name] = fmt.Sprint(v)
 	}
-	for _, name := range []string{"e", "stats", "prewarm"} {
-		v, err := rdb.HGetAll(ctx, base+name).Result()
+	for name, key := range map[string]string{"e": k.Entries(), "stats": k.Stats(), "prewarm": k.Prewarm()} {
+		v, err := rdb.HGetAll(ctx, key).Result()
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -472,7 +473,7 @@ func TestAShardedProfileServesThroughTheDaemon(t *testing.T) {
 	})
 	rdb := rs.Client()
 	shards := 0
-	keys, _ := rdb.Keys(ctx, "tp:{default#*}:ready").Result()
+	keys, _ := rdb.Keys(ctx, pool.Keys("", "default#*").Ready()).Result()
 	for _, k := range keys {
 		if n, _ := rdb.ZCard(ctx, k).Result(); n == 3 {
 			shards++

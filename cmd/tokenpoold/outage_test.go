@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -92,8 +93,8 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	// (see README "Scaling out"); there are at most as many as callers.
 	rs2 := rs.Client()
 	ctx := context.Background()
-	pooled := rs2.ZCard(ctx, "tp:{default}:ready").Val()
-	wasted, _ := rs2.HGet(ctx, "tp:{default}:stats", "wasted").Int64()
+	pooled := rs2.ZCard(ctx, pool.Keys("", "default").Ready()).Val()
+	wasted, _ := rs2.HGet(ctx, pool.Keys("", "default").Stats(), "wasted").Int64()
 	minted := int64(sim.Counts().Minted)
 	unaccounted := minted - int64(got) - pooled - wasted
 	t.Logf("provider minted %d: %d handed out, %d pooled, %d wasted, %d unaccounted", minted, got, pooled, wasted, unaccounted)

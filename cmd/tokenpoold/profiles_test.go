@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -252,7 +253,7 @@ profiles:
 	if strings.Contains(d.logsNow(), callerKey) {
 		t.Fatal("a caller's key reached the logs")
 	}
-	if n, _ := rs.Client().Keys(context.Background(), "tp:{byok}:*").Result(); len(n) > 0 {
+	if n, _ := rs.Client().Keys(context.Background(), pool.Keys("", "byok").Pattern()).Result(); len(n) > 0 {
 		t.Fatalf("a caller-key mint touched the byok pool: %v", n)
 	}
 }
@@ -329,7 +330,7 @@ profiles:
 	if code, body := call(t, "POST", d.url+"/v1/session-config", "", "Authorization", "Bearer "+callerJWT(t, "noemail")); code != 403 {
 		t.Fatalf("a caller without an email claim: %d %v", code, body)
 	}
-	if n := rs.Client().ZCard(context.Background(), "tp:{default}:ready").Val(); n != 0 {
+	if n := rs.Client().ZCard(context.Background(), pool.Keys("", "default").Ready()).Val(); n != 0 {
 		t.Fatalf("%d per-caller credentials pooled", n)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -23,7 +24,7 @@ import (
 // statsOf reads a profile's raw counters.
 func statsOf(tb testing.TB, rs *redistest.Server, profile string) map[string]int64 {
 	tb.Helper()
-	m := rs.Client().HGetAll(context.Background(), "tp:{"+profile+"}:stats").Val()
+	m := rs.Client().HGetAll(context.Background(), pool.Keys("", profile).Stats()).Val()
 	out := map[string]int64{}
 	for k, v := range m {
 		out[k], _ = strconv.ParseInt(v, 10, 64)
@@ -40,8 +41,8 @@ func TestPromiseACallerWhoLeavesCostsNoCredential(t *testing.T) {
 	d := startDaemon(t, rs, sim, map[string]string{"REDIS_URL": "redis://" + proxy.Addr, "TOKENPOOL_POOL_TARGET": "3"})
 	rdb := rs.Client()
 	poll.Until(t, "the pool to fill", 10*time.Second, func() bool {
-		return rdb.ZCard(context.Background(), "tp:{default}:ready").Val() == 3 &&
-			rdb.ZCard(context.Background(), "tp:{default}:minting").Val() == 0
+		return rdb.ZCard(context.Background(), pool.Keys("", "default").Ready()).Val() == 3 &&
+			rdb.ZCard(context.Background(), pool.Keys("", "default").Minting()).Val() == 0
 	})
 
 	// Only replies that hand out an entry are slow ({1|2, id, body, …}: a
@@ -64,7 +65,7 @@ func TestPromiseACallerWhoLeavesCostsNoCredential(t *testing.T) {
 	if st["handed_out"] != 0 || st["lost"] != 0 {
 		t.Fatalf("after a caller left mid-take: %v; want nothing handed out, nothing lost", st)
 	}
-	if n := rdb.ZCard(context.Background(), "tp:{default}:ready").Val(); n < 3 {
+	if n := rdb.ZCard(context.Background(), pool.Keys("", "default").Ready()).Val(); n < 3 {
 		t.Fatalf("%d pooled after the take was undone, want 3", n)
 	}
 }
@@ -98,7 +99,7 @@ func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
 	// In flight: leased in Redis. (The simulator counts a call only once
 	// it answers, so its counts can't tell.)
 	poll.Until(t, "refill mints in flight after the probe", 10*time.Second, func() bool {
-		return sim.Counts().Minted >= 1 && rs.Client().ZCard(context.Background(), "tp:{default}:minting").Val() > 0
+		return sim.Counts().Minted >= 1 && rs.Client().ZCard(context.Background(), pool.Keys("", "default").Minting()).Val() > 0
 	})
 	// A client that sent half a request: the drain waits for it (a
 	// connection is waited for once it has sent a byte, or for its first
@@ -120,10 +121,10 @@ func TestPromiseShutdownDrainsMintsWhileRequestsDrain(t *testing.T) {
 		t.Fatalf("%d mints were cancelled at shutdown: %v", st["released"], st)
 	}
 	rdb := rs.Client()
-	if n := rdb.ZCard(context.Background(), "tp:{default}:minting").Val(); n != 0 {
+	if n := rdb.ZCard(context.Background(), pool.Keys("", "default").Minting()).Val(); n != 0 {
 		t.Fatalf("%d reservations left after shutdown", n)
 	}
-	if pooled, minted := rdb.ZCard(context.Background(), "tp:{default}:ready").Val(), sim.Counts().Minted; pooled != int64(minted) {
+	if pooled, minted := rdb.ZCard(context.Background(), pool.Keys("", "default").Ready()).Val(), sim.Counts().Minted; pooled != int64(minted) {
 		t.Fatalf("%d pooled of %d minted", pooled, minted)
 	}
 }
@@ -176,7 +177,7 @@ func TestPromiseLostIsReported(t *testing.T) {
 	rs := redistest.New(t)
 	sim := startSim(t, upstreamtest.Config{})
 	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_ADMIN_KEYS": "ops:" + sha256hex("admin-key")})
-	rs.Client().HIncrBy(context.Background(), "tp:{default}:stats", "lost", 3)
+	rs.Client().HIncrBy(context.Background(), pool.Keys("", "default").Stats(), "lost", 3)
 	req, _ := http.NewRequest(http.MethodGet, d.url+"/v1/admin/profiles", nil)
 	req.Header.Set("X-API-Key", "admin-key")
 	resp, err := http.DefaultClient.Do(req)

@@ -26,9 +26,10 @@ type Proxy struct {
 	delay    atomic.Int64                      // nanoseconds each reply is held back
 	match    atomic.Pointer[func([]byte) bool] // which replies; nil: all
 
-	mu    sync.Mutex
-	conns []net.Conn // guarded by mu
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn // guarded by mu
+	closed bool       // guarded by mu: Close has run; no connection is kept
+	wg     sync.WaitGroup
 }
 
 // NewProxy starts a proxy to target, closed when the test ends.
@@ -86,9 +87,17 @@ func (p *Proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
+		if p.closed {
+			// Accepted as Close ran: it would never close these, and
+			// their copies would hold its Wait for ever.
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			return
+		}
 		p.conns = append(p.conns, c, s)
+		p.wg.Add(2) // under mu, so Close's Wait counts them
 		p.mu.Unlock()
-		p.wg.Add(2)
 		go func() { defer p.wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
 		go func() { defer p.wg.Done(); p.replies(c, s) }()
 	}
@@ -125,6 +134,7 @@ func (p *Proxy) replies(client, server net.Conn) {
 func (p *Proxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
+	p.closed = true
 	for _, c := range p.conns {
 		c.Close()
 	}
