@@ -376,36 +376,11 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		return Profile{}, errors.New("name: want 1-64 of A-Z a-z 0-9 . _ -")
 	}
 	p := newProfile(name, s.Provider, cfg)
-	if s.MaxTarget != nil {
-		if *s.MaxTarget < 1 || *s.MaxTarget > 100000 {
-			return p, fmt.Errorf("max_target: want 1 to 100000, got %d", *s.MaxTarget)
-		}
-		p.MaxTarget = *s.MaxTarget
+	if err := resolveSizing(&p, s); err != nil {
+		return p, err
 	}
-	if s.Shards != nil {
-		if *s.Shards < 1 || *s.Shards > pool.MaxShards {
-			return p, fmt.Errorf("shards: want 1 to %d, got %d", pool.MaxShards, *s.Shards)
-		}
-		p.Shards = *s.Shards
-	}
-	if s.Target != nil {
-		if *s.Target < 0 || *s.Target > 100000 {
-			return p, fmt.Errorf("target: want 0 to 100000, got %d", *s.Target)
-		}
-		p.Target = *s.Target
-	}
-	if s.MinRemaining != "" {
-		d, err := time.ParseDuration(s.MinRemaining)
-		if err != nil || d <= 0 {
-			return p, fmt.Errorf("min_remaining: want a positive duration such as 30s, got %q", s.MinRemaining)
-		}
-		p.MinRemaining = d
-	}
-	if s.Allow != nil {
-		if len(s.Allow.APIKeys) == 0 && len(s.Allow.Claims) == 0 {
-			return p, errors.New("allow: list api_keys or claims (or leave allow out to allow every caller)")
-		}
-		p.Access = &api.Access{APIKeys: s.Allow.APIKeys, Claims: s.Allow.Claims}
+	if err := resolveAccess(&p, s); err != nil {
+		return p, err
 	}
 	key := func(field, envName, def string) (string, error) {
 		if envName == "" {
@@ -418,77 +393,134 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 	}
 	switch s.Provider {
 	case "orga":
-		if s.OpenAI != nil {
-			return p, errors.New("openai: not allowed in an orga profile")
-		}
-		o := s.Orga
-		if o == nil {
-			o = &orgaSpec{}
-		}
-		var err error
-		if p.Orga.APIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
-			return p, err
-		}
-		p.KeyEnv = cmp.Or(o.APIKeyEnv, "ORGA_API_KEY")
-		if p.Orga.APIKey == "" {
-			return p, fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
-		}
-		p.Orga.BaseURL = cmp.Or(o.BaseURL, cfg.OrgaBaseURL)
-		if err := upstream.CheckBaseURL(p.Orga.BaseURL); err != nil {
-			return p, fmt.Errorf("orga.base_url: %w", err)
-		}
-		p.Orga.PerCallerEmail = o.PerCallerEmail
-		if p.Orga.PerCallerEmail && s.Target != nil && *s.Target > 0 {
-			return p, errors.New("target: a per_caller_email profile mints for each caller and keeps no pool; leave target out")
-		}
-		if p.Orga.PerCallerEmail {
-			p.Target = 0
-		}
+		return p, resolveOrga(&p, s, cfg, key)
 	case "openai":
-		if s.Orga != nil {
-			return p, errors.New("orga: not allowed in an openai profile")
-		}
-		o := s.OpenAI
-		if o == nil {
-			o = &openaiSpec{}
-		}
-		apiKey, err := key("openai.api_key_env", o.APIKeyEnv, "OPENAI_API_KEY")
-		if err != nil {
-			return p, err
-		}
-		p.KeyEnv = cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY")
-		p.Navai = upstream.NavaiOptions{
-			APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
-			Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
-			TTLSeconds: upstream.NavaiDefaultTTLSeconds, AllowRequestKey: o.AllowAPIKeyFromRequest,
-		}
-		if od := o.OnDemand; od != nil {
-			if od.PooledOnly && (len(od.Models) > 0 || len(od.Voices) > 0) {
-				return p, errors.New("openai.on_demand: pooled_only leaves nothing for models or voices to allow; set one or the other")
-			}
-			p.OnDemand = upstream.OnDemand{PooledOnly: od.PooledOnly, Models: od.Models, Voices: od.Voices}
-		}
-		if o.ClientSecretTTLSeconds != nil {
-			p.Navai.TTLSeconds = *o.ClientSecretTTLSeconds
-		}
-		if err := upstream.CheckTTL(p.Navai.TTLSeconds); err != nil {
-			return p, fmt.Errorf("openai.client_secret_ttl_seconds: %w", err)
-		}
-		if err := p.Navai.Validate(); err != nil {
-			return p, fmt.Errorf("openai.api_key_env: %s is not set and allow_api_key_from_request is false: %w", p.KeyEnv, err)
-		}
-		if apiKey == "" && s.Target != nil && *s.Target > 0 {
-			return p, fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY"))
-		}
-		if apiKey == "" {
-			p.Target = 0
-		}
-		p.OpenAIBaseURL = cmp.Or(o.BaseURL, cfg.OpenAIBaseURL)
-		if err := upstream.CheckBaseURL(p.OpenAIBaseURL); err != nil {
-			return p, fmt.Errorf("openai.base_url: %w", err)
-		}
-	default:
-		return p, fmt.Errorf("provider: want orga or openai, got %q", s.Provider)
+		return p, resolveOpenAI(&p, s, cfg, key)
 	}
-	return p, nil
+	return p, fmt.Errorf("provider: want orga or openai, got %q", s.Provider)
+}
+
+// keyReader reads a provider key from the variable a field names (or its
+// default).
+type keyReader func(field, envName, def string) (string, error)
+
+// resolveSizing reads the pool's sizing: target, ceiling, shards, least
+// life.
+func resolveSizing(p *Profile, s profileSpec) error {
+	if s.MaxTarget != nil {
+		if *s.MaxTarget < 1 || *s.MaxTarget > 100000 {
+			return fmt.Errorf("max_target: want 1 to 100000, got %d", *s.MaxTarget)
+		}
+		p.MaxTarget = *s.MaxTarget
+	}
+	if s.Shards != nil {
+		if *s.Shards < 1 || *s.Shards > pool.MaxShards {
+			return fmt.Errorf("shards: want 1 to %d, got %d", pool.MaxShards, *s.Shards)
+		}
+		p.Shards = *s.Shards
+	}
+	if s.Target != nil {
+		if *s.Target < 0 || *s.Target > 100000 {
+			return fmt.Errorf("target: want 0 to 100000, got %d", *s.Target)
+		}
+		p.Target = *s.Target
+	}
+	if s.MinRemaining != "" {
+		d, err := time.ParseDuration(s.MinRemaining)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("min_remaining: want a positive duration such as 30s, got %q", s.MinRemaining)
+		}
+		p.MinRemaining = d
+	}
+	return nil
+}
+
+// resolveAccess reads who may use the profile.
+func resolveAccess(p *Profile, s profileSpec) error {
+	if s.Allow != nil {
+		if len(s.Allow.APIKeys) == 0 && len(s.Allow.Claims) == 0 {
+			return errors.New("allow: list api_keys or claims (or leave allow out to allow every caller)")
+		}
+		p.Access = &api.Access{APIKeys: s.Allow.APIKeys, Claims: s.Allow.Claims}
+	}
+	return nil
+}
+
+// resolveOrga reads an Orga profile's key, base URL and per-caller mode.
+func resolveOrga(p *Profile, s profileSpec, cfg *Config, key keyReader) error {
+	if s.OpenAI != nil {
+		return errors.New("openai: not allowed in an orga profile")
+	}
+	o := s.Orga
+	if o == nil {
+		o = &orgaSpec{}
+	}
+	var err error
+	if p.Orga.APIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
+		return err
+	}
+	p.KeyEnv = cmp.Or(o.APIKeyEnv, "ORGA_API_KEY")
+	if p.Orga.APIKey == "" {
+		return fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
+	}
+	p.Orga.BaseURL = cmp.Or(o.BaseURL, cfg.OrgaBaseURL)
+	if err := upstream.CheckBaseURL(p.Orga.BaseURL); err != nil {
+		return fmt.Errorf("orga.base_url: %w", err)
+	}
+	p.Orga.PerCallerEmail = o.PerCallerEmail
+	if p.Orga.PerCallerEmail && s.Target != nil && *s.Target > 0 {
+		return errors.New("target: a per_caller_email profile mints for each caller and keeps no pool; leave target out")
+	}
+	if p.Orga.PerCallerEmail {
+		p.Target = 0
+	}
+	return nil
+}
+
+// resolveOpenAI reads an OpenAI profile's key, Navai options and on-demand
+// policy.
+func resolveOpenAI(p *Profile, s profileSpec, cfg *Config, key keyReader) error {
+	if s.Orga != nil {
+		return errors.New("orga: not allowed in an openai profile")
+	}
+	o := s.OpenAI
+	if o == nil {
+		o = &openaiSpec{}
+	}
+	apiKey, err := key("openai.api_key_env", o.APIKeyEnv, "OPENAI_API_KEY")
+	if err != nil {
+		return err
+	}
+	p.KeyEnv = cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY")
+	p.Navai = upstream.NavaiOptions{
+		APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
+		Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
+		TTLSeconds: upstream.NavaiDefaultTTLSeconds, AllowRequestKey: o.AllowAPIKeyFromRequest,
+	}
+	if od := o.OnDemand; od != nil {
+		if od.PooledOnly && (len(od.Models) > 0 || len(od.Voices) > 0) {
+			return errors.New("openai.on_demand: pooled_only leaves nothing for models or voices to allow; set one or the other")
+		}
+		p.OnDemand = upstream.OnDemand{PooledOnly: od.PooledOnly, Models: od.Models, Voices: od.Voices}
+	}
+	if o.ClientSecretTTLSeconds != nil {
+		p.Navai.TTLSeconds = *o.ClientSecretTTLSeconds
+	}
+	if err := upstream.CheckTTL(p.Navai.TTLSeconds); err != nil {
+		return fmt.Errorf("openai.client_secret_ttl_seconds: %w", err)
+	}
+	if err := p.Navai.Validate(); err != nil {
+		return fmt.Errorf("openai.api_key_env: %s is not set and allow_api_key_from_request is false: %w", p.KeyEnv, err)
+	}
+	if apiKey == "" && s.Target != nil && *s.Target > 0 {
+		return fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY"))
+	}
+	if apiKey == "" {
+		p.Target = 0
+	}
+	p.OpenAIBaseURL = cmp.Or(o.BaseURL, cfg.OpenAIBaseURL)
+	if err := upstream.CheckBaseURL(p.OpenAIBaseURL); err != nil {
+		return fmt.Errorf("openai.base_url: %w", err)
+	}
+	return nil
 }
