@@ -74,9 +74,8 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 			"that profile is an OpenAI Realtime profile: fetch it from POST /navai/realtime/client-secret"))
 		return
 	}
-	checks := c.MustGet(ctxChecks).([]limiter.Check)
-	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), checks)
-	if ds != nil && !s.decided(c, checks, ds) {
+	h, refused, err := s.take(c, profile)
+	if refused {
 		return
 	}
 	if err != nil {
@@ -99,6 +98,18 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 		Profile:        h.Profile,
 		ID:             h.ID,
 	})
+}
+
+// take hands out one credential of profile behind the caller's limits,
+// both in one round trip. refused reports that a limit refused, and the
+// answer is written.
+func (s *Server) take(c *gin.Context, profile string) (h pool.Handout, refused bool, err error) {
+	checks := c.MustGet(ctxChecks).([]limiter.Check)
+	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), checks)
+	if ds != nil && !s.decided(c, checks, ds) {
+		return pool.Handout{}, true, nil
+	}
+	return h, false, err
 }
 
 // failLimited answers err to a request that takes nothing, once the

@@ -34,7 +34,9 @@ func withRequestID(c *gin.Context) {
 	id := uuid.NewString()
 	c.Set(ctxRequestID, id)
 	c.Header("X-Request-Id", id)
-	trace.SpanFromContext(c.Request.Context()).SetAttributes(attribute.String("tokenpool.request_id", id))
+	if span := trace.SpanFromContext(c.Request.Context()); span.IsRecording() { // tracing on
+		span.SetAttributes(attribute.String("tokenpool.request_id", id))
+	}
 	c.Next()
 }
 

@@ -56,11 +56,8 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 	}
 	var h pool.Handout
 	if plan.Pooled != "" {
-		// A pooled session: the limits and the take in one round trip.
-		checks := c.MustGet(ctxChecks).([]limiter.Check)
-		var ds []limiter.Decision
-		h, ds, err = s.pool.GetLimited(c.Request.Context(), plan.Pooled, requestID(c), checks)
-		if ds != nil && !s.decided(c, checks, ds) {
+		var refused bool
+		if h, refused, err = s.take(c, plan.Pooled); refused {
 			return
 		}
 	} else {

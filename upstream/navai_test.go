@@ -145,10 +145,10 @@ func TestNavaiInstructions(t *testing.T) {
 var errNotAllowed = errors.New("not allowed")
 
 // serve does with a plan what the API does: refuse a caller who may not
-// use one of its profiles, else take from its pool ("get:<profile>") or
-// mint on demand ("once:<profile>:<label>").
+// use the realtime profile or one of the plan's, else take from its pool
+// ("get:<profile>") or mint on demand ("once:<profile>:<label>").
 func serve(r *Realtime, plan Plan, may func(string) bool) (string, error) {
-	for _, p := range plan.Needs {
+	for _, p := range append([]string{r.Profile()}, plan.Needs...) {
 		if !may(p) {
 			return "", errNotAllowed
 		}

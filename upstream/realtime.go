@@ -104,9 +104,10 @@ const (
 
 // Plan is how one Navai request is served.
 type Plan struct {
-	// Needs are the profiles the caller must be allowed: the realtime
-	// profile, and the pooled profile or the restricted ones whose model
-	// or voice the session uses.
+	// Needs are the profiles the caller must be allowed besides the
+	// realtime profile (Profile, checked before Resolve): the pooled
+	// profile, or the restricted ones whose model or voice the session
+	// uses.
 	Needs []string
 	// Pooled is the profile whose pool has the session; "" to mint it on
 	// demand with Minter, counted under Label.
@@ -125,7 +126,7 @@ func (r *Realtime) Profile() string { return r.cfg.Profile }
 // fault (its key); it is answered after checking the caller may use the
 // realtime profile, as Navai's handler checks nothing else first.
 func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
-	plan := Plan{Needs: []string{r.cfg.Profile}}
+	var plan Plan
 	key, fromRequest, err := r.cfg.Options.Key(req)
 	if err != nil {
 		return Plan{}, err

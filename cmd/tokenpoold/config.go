@@ -249,7 +249,7 @@ func (e *envReader) tracing() bool {
 			e.fail(name, fmt.Sprintf("must be http/protobuf (tokenpoold exports OTLP over HTTP), got %q", v))
 		}
 	}
-	if exporter == "none" || e.str("OTEL_SDK_DISABLED", "") == "true" {
+	if exporter == "none" || strings.EqualFold(e.str("OTEL_SDK_DISABLED", ""), "true") {
 		return false
 	}
 	return exporter == "otlp" || e.str("OTEL_EXPORTER_OTLP_ENDPOINT", "") != "" || e.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") != ""

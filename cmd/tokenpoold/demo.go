@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tokenpool/tokenpool/internal/poll"
-	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -57,7 +55,7 @@ func startDemo(cfg *Config) (*demo, error) {
 // its floor, so that the first credential a new user fetches comes from
 // the pool. It waits in the background: Open returns at once.
 func (d *demo) announce(m *Main) {
-	ctx, stop := context.WithTimeout(context.Background(), demoFillWait)
+	ctx, stop := context.WithCancel(context.Background())
 	d.stop, d.done = stop, make(chan struct{})
 	go func() {
 		defer close(d.done)
@@ -68,8 +66,12 @@ func (d *demo) announce(m *Main) {
 			floor = p.Target
 		}
 		m.log.Info("demo: filling the pool before printing the curl line", "profile", name, "floor", floor)
-		if err := waitForFloor(ctx, m.pool, name, floor); err != nil {
-			if errors.Is(ctx.Err(), context.Canceled) {
+		err := poll.Wait(ctx, demoFillWait, func() bool {
+			st, err := m.pool.Stats(ctx, name)
+			return err == nil && st.Usable >= floor
+		})
+		if err != nil {
+			if ctx.Err() != nil {
 				return // shutting down
 			}
 			m.log.Warn("demo: the pool did not reach its floor; printing the curl line anyway", "err", err)
@@ -78,15 +80,6 @@ func (d *demo) announce(m *Main) {
 			m.log.Error("demo", "err", err)
 		}
 	}()
-}
-
-// waitForFloor polls the profile's shared snapshot until it holds floor
-// usable credentials, or ctx ends.
-func waitForFloor(ctx context.Context, p *pool.Pool, profile string, floor int) error {
-	return poll.Wait(ctx, demoFillWait, func() bool {
-		st, err := p.Stats(ctx, profile)
-		return err == nil && st.Usable >= floor
-	})
 }
 
 // printCurl prints one line starting with "curl " that fetches a

@@ -382,14 +382,12 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 	if err := resolveAccess(&p, s); err != nil {
 		return p, err
 	}
-	key := func(field, envName, def string) (string, error) {
-		if envName == "" {
-			envName = def
-		}
+	key := func(field, envName, def string) (string, string, error) {
+		envName = cmp.Or(envName, def)
 		if !envNameRE.MatchString(envName) {
-			return "", fmt.Errorf("%s: %q is not an environment variable name", field, envName)
+			return "", "", fmt.Errorf("%s: %q is not an environment variable name", field, envName)
 		}
-		return strings.TrimSpace(getenv(envName)), nil
+		return envName, strings.TrimSpace(getenv(envName)), nil
 	}
 	switch s.Provider {
 	case "orga":
@@ -401,8 +399,8 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 }
 
 // keyReader reads a provider key from the variable a field names (or its
-// default).
-type keyReader func(field, envName, def string) (string, error)
+// default), and returns that variable's name with it.
+type keyReader func(field, envName, def string) (name, value string, err error)
 
 // resolveSizing reads the pool's sizing: target, ceiling, shards, least
 // life.
@@ -456,10 +454,9 @@ func resolveOrga(p *Profile, s profileSpec, cfg *Config, key keyReader) error {
 		o = &orgaSpec{}
 	}
 	var err error
-	if p.Orga.APIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
+	if p.KeyEnv, p.Orga.APIKey, err = key("orga.api_key_env", o.APIKeyEnv, "ORGA_API_KEY"); err != nil {
 		return err
 	}
-	p.KeyEnv = cmp.Or(o.APIKeyEnv, "ORGA_API_KEY")
 	if p.Orga.APIKey == "" {
 		return fmt.Errorf("orga.api_key_env: %s is not set", p.KeyEnv)
 	}
@@ -487,11 +484,11 @@ func resolveOpenAI(p *Profile, s profileSpec, cfg *Config, key keyReader) error 
 	if o == nil {
 		o = &openaiSpec{}
 	}
-	apiKey, err := key("openai.api_key_env", o.APIKeyEnv, "OPENAI_API_KEY")
+	keyEnv, apiKey, err := key("openai.api_key_env", o.APIKeyEnv, "OPENAI_API_KEY")
 	if err != nil {
 		return err
 	}
-	p.KeyEnv = cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY")
+	p.KeyEnv = keyEnv
 	p.Navai = upstream.NavaiOptions{
 		APIKey: apiKey, Model: o.Model, Voice: o.Voice, Instructions: o.Instructions,
 		Language: o.Language, VoiceAccent: o.VoiceAccent, VoiceTone: o.VoiceTone,
@@ -513,7 +510,7 @@ func resolveOpenAI(p *Profile, s profileSpec, cfg *Config, key keyReader) error 
 		return fmt.Errorf("openai.api_key_env: %s is not set and allow_api_key_from_request is false: %w", p.KeyEnv, err)
 	}
 	if apiKey == "" && s.Target != nil && *s.Target > 0 {
-		return fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", cmp.Or(o.APIKeyEnv, "OPENAI_API_KEY"))
+		return fmt.Errorf("target: %s is not set, so there is no key to keep a pool with", p.KeyEnv)
 	}
 	if apiKey == "" {
 		p.Target = 0
