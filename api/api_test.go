@@ -134,7 +134,7 @@ func newTestServer(tb testing.TB, mut func(*Config)) *testServer {
 	fp := &fakePool{limits: limiter.New(rs.Client(), rs.Prefix)}
 	logs := &syncBuffer{}
 	cfg := Config{
-		Profiles:  map[string]ProfileInfo{"default": {Provider: "orga"}, "other": {Provider: "orga"}},
+		Profiles:  map[string]ProfileInfo{"default": {Provider: "orga", ICE: true}, "other": {Provider: "orga", ICE: true}},
 		Pool:      fp,
 		Limiter:   limiter.New(rs.Client(), rs.Prefix),
 		JWTSecret: testSecret,

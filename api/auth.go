@@ -273,8 +273,11 @@ type Access struct {
 
 // ProfileInfo is what the API knows of a profile.
 type ProfileInfo struct {
-	Provider string  // "orga" or "openai"
-	Access   *Access // nil: every authenticated caller
+	Provider string // "orga" or "openai": a label in the admin report
+	// ICE says its credentials carry ICE servers, as the Orga SDK's GET
+	// route requires; the route refuses profiles without.
+	ICE    bool
+	Access *Access // nil: every authenticated caller
 }
 
 // allows reports whether the caller may use a profile under a.

@@ -52,12 +52,12 @@ func (s *Server) postSessionConfig(c *gin.Context) {
 
 // getSessionConfig answers GET /api/orga-client-secrets: the same body,
 // for the Orga client SDK's plain GET. ?profile= picks a profile, which
-// must be an Orga one: the SDK requires ICE servers.
+// must carry ICE servers: the SDK requires them.
 func (s *Server) getSessionConfig(c *gin.Context) {
 	s.handOut(c, c.Query("profile"), true)
 }
 
-func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
+func (s *Server) handOut(c *gin.Context, profile string, iceOnly bool) {
 	if profile == "" {
 		profile = s.cfg.DefaultProfile
 	}
@@ -69,7 +69,7 @@ func (s *Server) handOut(c *gin.Context, profile string, orgaOnly bool) {
 	case !info.Access.allows(c.MustGet(ctxCaller).(caller)):
 		s.failLimited(c, errNotAllowed)
 		return
-	case orgaOnly && info.Provider != "orga":
+	case iceOnly && !info.ICE:
 		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
 			"that profile is an OpenAI Realtime profile: fetch it from POST /navai/realtime/client-secret"))
 		return

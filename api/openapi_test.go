@@ -66,9 +66,9 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	s, err := New(Config{
 		Pool: fp, Limiter: limiter.New(rs.Client(), rs.Prefix), Realtime: realtime,
 		Profiles: map[string]ProfileInfo{
-			"default":   {Provider: "orga"},
+			"default":   {Provider: "orga", ICE: true},
 			"assistant": {Provider: "openai"},
-			"staff":     {Provider: "orga", Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
+			"staff":     {Provider: "orga", ICE: true, Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
 		},
 		JWTSecret: testSecret, PerUser: perUser,
 		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,

@@ -162,7 +162,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.DefaultProfile = "default"
 	}
 	if len(cfg.Profiles) == 0 {
-		cfg.Profiles = map[string]ProfileInfo{cfg.DefaultProfile: {Provider: "orga"}}
+		cfg.Profiles = map[string]ProfileInfo{cfg.DefaultProfile: {Provider: "orga", ICE: true}}
 	}
 	if _, ok := cfg.Profiles[cfg.DefaultProfile]; !ok {
 		return nil, fmt.Errorf("api: config: default profile %q is not among the profiles", cfg.DefaultProfile)

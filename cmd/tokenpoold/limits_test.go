@@ -310,7 +310,7 @@ func TestLimitsAndHeadersAnswerAsBeforeFusion(t *testing.T) {
 	// answers later refusals from memory (tested on its own below).
 	srv, err := api.New(api.Config{
 		Pool: d.pool, Limiter: limiter.New(d.rdb, ""), JWTSecret: []byte(testJWTSecret),
-		Profiles: map[string]api.ProfileInfo{"default": {Provider: "orga"}, "other": {Provider: "orga"}},
+		Profiles: map[string]api.ProfileInfo{"default": {Provider: "orga", ICE: true}, "other": {Provider: "orga", ICE: true}},
 		PerIP:    perIP, PerUser: perUser, TrustedProxies: []string{"127.0.0.1"}, DenyCache: -1,
 		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	})

@@ -40,10 +40,11 @@ type Profile struct {
 }
 
 // newProfile is a profile of provider with the configuration's sizing.
+// Orga's credentials come with their ICE servers; OpenAI's don't.
 func newProfile(name, provider string, cfg *Config) Profile {
 	return Profile{
 		Profile:     pool.Profile{Name: name, Target: cfg.PoolTarget, MaxTarget: cfg.PoolMax, MinRemaining: cfg.MinRemaining},
-		ProfileInfo: api.ProfileInfo{Provider: provider},
+		ProfileInfo: api.ProfileInfo{Provider: provider, ICE: provider == "orga"},
 	}
 }
 
