@@ -227,7 +227,7 @@ func New(cfg Config) (*Pool, error) {
 		cfg.ReplicaID = NewReplicaID()
 	}
 
-	cfg.Store.metrics = cfg.Metrics
+	cfg.Store.metrics, cfg.Store.host = cfg.Metrics, cfg.Now
 	p := &Pool{
 		store:     cfg.Store,
 		profiles:  make(map[string]*profile, len(cfg.Profiles)),
@@ -404,7 +404,7 @@ func (p *Pool) Return(h Handout) {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
 		if err := p.store.recoverClaim(ctx, h.tag, h.claim, pr.minLife); err != nil {
-			p.refill.unrecovered(&UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: time.Now(), Err: err})
+			p.refill.unrecovered(&UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: p.now(), Err: err})
 		}
 	case SourceDirect:
 		p.metrics.returned(pr.Name)

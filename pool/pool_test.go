@@ -60,6 +60,13 @@ func newTestStore(tb testing.TB) *Store {
 	return NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
 }
 
+// waitRounds waits until the refiller has run n more rounds.
+func waitRounds(t *testing.T, p *Pool, n int64) {
+	t.Helper()
+	end := p.refill.rounds.Load() + n
+	poll.Until(t, fmt.Sprintf("%d refill rounds", n), 10*time.Second, func() bool { return p.refill.rounds.Load() >= end })
+}
+
 func newTestPool(tb testing.TB, st *Store, m Minter, mut func(*Config)) *Pool {
 	tb.Helper()
 	cfg := Config{
@@ -291,7 +298,7 @@ func TestPool(t *testing.T) {
 		p := newTestPool(t, st, m, nil)
 		p.Open()
 		poll.Until(t, "5 ready", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
-		time.Sleep(200 * time.Millisecond) // several refill rounds that must not mint more
+		waitRounds(t, p, 4) // refill rounds that must not mint more
 		if s := mustStats(t, st, "default"); s.Ready != 5 || s.Minted != 5 || m.n.Load() != 5 {
 			t.Fatalf("stats = %+v, mints = %d; want exactly 5", s, m.n.Load())
 		}
@@ -383,20 +390,26 @@ func TestPool(t *testing.T) {
 		st := newTestStore(t)
 		m := &fakeMinter{ttl: time.Hour}
 		m.setErr(errors.New("provider down"))
-		p := newTestPool(t, st, m, func(c *Config) { c.RefillConcurrency = 2 })
+		clock := newTestClock() // stands still unless moved: the backoff never ends by itself
+		p := newTestPool(t, st, m, func(c *Config) { c.RefillConcurrency = 2; c.Now = clock.Now })
 		p.Open()
-		poll.Until(t, "failures", 5*time.Second, func() bool { return mustStats(t, st, "default").MintFailed >= 2 })
-		if s := mustStats(t, st, "default"); s.InFlight > 2 {
-			t.Fatalf("in flight = %d, want ≤ 2", s.InFlight)
+		poll.Until(t, "a failure", 5*time.Second, func() bool { return mustStats(t, st, "default").MintFailed >= 1 })
+		waitRounds(t, p, 1) // a mint that started with the first is done
+		failed := m.n.Load()
+		if s := mustStats(t, st, "default"); s.InFlight != 0 {
+			t.Fatalf("in flight = %d while backing off; want the reservations released", s.InFlight)
 		}
-		// With backoff from 200ms doubling, a second of failures is a handful
-		// of attempts, not one per 50ms tick per slot.
-		time.Sleep(time.Second)
-		if n := m.n.Load(); n > 12 {
-			t.Fatalf("%d mint attempts in about a second of failures: no backoff", n)
+		// Backing off, rounds lease nothing: not one mint per round per slot.
+		waitRounds(t, p, 10)
+		if n := m.n.Load(); n != failed {
+			t.Fatalf("%d mint attempts in 10 refill rounds of backoff after %d failures", n-failed, failed)
 		}
+		// Once the backoff's time has passed, the next round tries again.
+		clock.Advance(maxBackoff)
+		poll.Until(t, "a retry", 5*time.Second, func() bool { return m.n.Load() > failed })
 		m.setErr(nil)
-		poll.Until(t, "recovery", 40*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		clock.Advance(maxBackoff)
+		poll.Until(t, "recovery", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
 	})
 
 	t.Run("close lets mints in flight finish into the pool", func(t *testing.T) {

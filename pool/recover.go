@@ -41,7 +41,7 @@ func (s *Store) abandon(profile, claim string, minRemaining time.Duration, cause
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
 	if err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
-		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: cause}
+		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: s.hostNow(), Err: cause}
 	}
 	return cause
 }
@@ -129,7 +129,7 @@ func (r *refiller) recoverPending(pr *profile) bool {
 	horizon := r.p.store.claimTTL - time.Second // a margin for the clocks of Redis and this host
 	var recovered int
 	for i, e := range list {
-		if time.Since(e.At) >= horizon {
+		if r.p.now().Sub(e.At) >= horizon {
 			lost++
 			r.p.metrics.loss(pr.Name, 1)
 			continue

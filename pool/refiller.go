@@ -25,8 +25,9 @@ type refiller struct {
 	mintTimeout time.Duration
 	lease       time.Duration
 
-	wakeC chan struct{}
-	seq   atomic.Uint64 // reservation id counter
+	wakeC  chan struct{}
+	seq    atomic.Uint64 // reservation id counter
+	rounds atomic.Int64  // loop rounds done: tests wait for rounds, not for time
 
 	loopCancel context.CancelFunc // stops the loop: no new reservations
 	mintCancel context.CancelFunc // cancels mints in flight
@@ -167,6 +168,7 @@ func (r *refiller) loop(ctx context.Context) {
 		for _, name := range r.p.names {
 			r.refillProfile(ctx, r.p.profiles[name])
 		}
+		r.rounds.Add(1)
 		// ±10% so replicas started together don't tick together.
 		t.Reset(r.interval*9/10 + rand.N(r.interval/5+1))
 	}

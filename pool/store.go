@@ -33,7 +33,16 @@ type Store struct {
 	limits   *limiter.Limiter
 
 	metrics *Metrics         // set by the Pool using the store
+	host    func() time.Time // this host's clock, set by the Pool (Config.Now); nil: time.Now
 	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
+}
+
+// hostNow is the time on this host: the Pool's clock.
+func (s *Store) hostNow() time.Time {
+	if s.host == nil {
+		return time.Now()
+	}
+	return s.host()
 }
 
 // now is the "now" argument of the scripts: 0 for Redis's clock.
@@ -273,7 +282,7 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.at).Err()
 	if uerr != nil && err == nil {
-		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: time.Now(), Err: storeError("untake", uerr)}
+		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: s.hostNow(), Err: storeError("untake", uerr)}
 	}
 	if lerr != nil {
 		return taken{}, storeError("limits", lerr)

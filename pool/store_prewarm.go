@@ -48,7 +48,7 @@ func (s *Store) Prewarm(ctx context.Context, profile string) (ready int, until t
 	}
 	ready, _ = strconv.Atoi(r)
 	ms, _ := strconv.ParseInt(u, 10, 64)
-	if ready <= 0 || ms <= time.Now().UnixMilli() {
+	if ready <= 0 || ms <= s.hostNow().UnixMilli() {
 		return 0, time.Time{}, nil
 	}
 	return ready, time.UnixMilli(ms), nil

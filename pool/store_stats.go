@@ -87,7 +87,7 @@ func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration
 		ready, usable, minting *redis.IntCmd
 		counters               *redis.MapStringStringCmd
 	)
-	cutoff := "(" + strconv.FormatInt(time.Now().Add(minLife).UnixMilli(), 10)
+	cutoff := "(" + strconv.FormatInt(s.hostNow().Add(minLife).UnixMilli(), 10)
 	// All keys share a slot, so this pipeline is one round trip on a
 	// Cluster too.
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -103,7 +103,7 @@ func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration
 	c := counters.Val()
 	n := func(name string) int64 { v, _ := strconv.ParseInt(c[name], 10, 64); return v }
 	f := func(name string) float64 { v, _ := strconv.ParseFloat(c[name], 64); return v }
-	dt := time.Since(time.UnixMilli(n("d_at"))).Seconds()
+	dt := s.hostNow().Sub(time.UnixMilli(n("d_at"))).Seconds()
 	if n("d_at") == 0 || dt < 0 {
 		dt = 0
 	}

@@ -184,12 +184,10 @@ func TestOrgaHonoursTheDeadline(t *testing.T) {
 }
 
 func TestGuardedOrgaPausesOnTheProvidersQuota(t *testing.T) {
-	sim := startSim(t, upstreamtest.Config{Quota: 1, RetryAfter: 2 * time.Second})
+	t0 := time.Now() // the provider's clock stands still: one quota window
+	sim := startSim(t, upstreamtest.Config{Quota: 1, RetryAfter: 2 * time.Second, Now: func() time.Time { return t0 }})
 	g := NewGuard(GuardConfig{Provider: "orga"})
 	m := g.Wrap(newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey))
-	for time.Now().Nanosecond() > 500_000_000 { // stay inside one second
-		time.Sleep(10 * time.Millisecond)
-	}
 	if _, err := m.Mint(context.Background()); err != nil {
 		t.Fatal(err)
 	}

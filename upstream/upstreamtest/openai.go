@@ -78,7 +78,7 @@ func object(raw json.RawMessage) (map[string]json.RawMessage, bool) {
 // openai answers POST /v1/realtime/client_secrets, validating the body as
 // OpenAI does.
 func (s *Server) openai(w http.ResponseWriter, r *http.Request) {
-	arrived := time.Now()
+	arrived := s.now()
 	if !s.delay(r) {
 		return
 	}
@@ -148,7 +148,7 @@ func (s *Server) openai(w http.ResponseWriter, r *http.Request) {
 	if !s.takeQuota(w, cfg, arrived) {
 		return
 	}
-	now := time.Now()
+	now := cfg.Now()
 	exp := now.Add(time.Duration(ttl) * time.Second).Truncate(time.Second)
 	value := "ek_" + randomHex(16)
 	s.record(&Mint{Token: value, ExpiresAt: exp, MintedAt: now}, now)

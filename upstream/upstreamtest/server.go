@@ -75,6 +75,9 @@ type Config struct {
 	Shape       Shape         // mint answer spelling; default: ShapeReference
 	Quota       int           // mints per second before 429; 0: unlimited
 	RetryAfter  time.Duration // Retry-After on a 429; default: 1s
+	// Now is its clock: the quota's one-second windows, token lives and
+	// the times it records. default: time.Now
+	Now func() time.Time
 }
 
 // Mint is one credential the simulator minted.
@@ -172,6 +175,9 @@ func (s *Server) SetConfig(cfg Config) {
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Second
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	s.mu.Lock()
 	s.cfg = cfg
 	s.mu.Unlock()
@@ -263,7 +269,7 @@ func (s *Server) Consume(token string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, ok := s.mints[token]
-	if !ok || m.Consumed || time.Now().After(m.ExpiresAt) {
+	if !ok || m.Consumed || s.cfg.Now().After(m.ExpiresAt) {
 		return ErrRejected
 	}
 	m.Consumed = true
@@ -282,6 +288,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]string{"detail": "Not Found"})
 	}
+}
+
+// now reads the simulator's clock.
+func (s *Server) now() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg.Now()
 }
 
 // delay waits the configured latency, or until the caller gives up.
@@ -303,7 +316,7 @@ func (s *Server) delay(r *http.Request) bool {
 }
 
 func (s *Server) mint(w http.ResponseWriter, r *http.Request) {
-	arrived := time.Now()
+	arrived := s.now()
 	if !s.delay(r) {
 		return
 	}
@@ -327,7 +340,7 @@ func (s *Server) mint(w http.ResponseWriter, r *http.Request) {
 	if !s.takeQuota(w, cfg, arrived) {
 		return
 	}
-	now := time.Now()
+	now := cfg.Now()
 	ttl := cfg.TTL
 	if cfg.Shape == ShapeGuide {
 		ttl = ttl.Truncate(time.Second) // the guide's ttl is whole seconds
@@ -426,7 +439,7 @@ func (s *Server) ice(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.counts.ICECalls++
 	m, ok := s.mints[bearer(r)]
-	if !ok || time.Now().After(m.ExpiresAt) {
+	if !ok || s.cfg.Now().After(m.ExpiresAt) {
 		s.counts.Unauthorized++
 		s.mu.Unlock()
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"detail": "Token expired or already consumed"})
