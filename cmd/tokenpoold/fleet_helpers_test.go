@@ -2,12 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -92,6 +95,21 @@ func (l *load) record(r reply) {
 	l.mu.Lock()
 	l.outcomes = append(l.outcomes, o)
 	l.mu.Unlock()
+}
+
+// servedAfter waits until the load has had n handouts (200s) sent after
+// since.
+func (l *load) servedAfter(t *testing.T, n int, since time.Time) {
+	t.Helper()
+	poll.Until(t, fmt.Sprintf("%d handouts", n), 20*time.Second, func() bool {
+		got := 0
+		for _, o := range l.snapshot() {
+			if o.status == http.StatusOK && o.at.After(since) {
+				got++
+			}
+		}
+		return got >= n
+	})
 }
 
 func (l *load) snapshot() []outcome {

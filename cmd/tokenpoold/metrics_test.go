@@ -74,7 +74,8 @@ func TestMetricsMove(t *testing.T) {
 		fetch(t, d.url, alice)
 	}
 	// Short-lived credentials go stale in the pool: waste.
-	time.Sleep(3 * time.Second)
+	wasted := `tokenpool_pool_wasted_total{profile=default}`
+	poll.Until(t, "stale credentials to be counted as waste", 15*time.Second, func() bool { return scrape(t, d.url)[wasted] > before[wasted] })
 	fetch(t, d.url, callerJWT(t, "bob"))
 	// A prewarm moves the target.
 	admin := func(method, path, body string) {

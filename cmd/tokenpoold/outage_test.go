@@ -25,7 +25,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	done := make(chan struct{})
 	var l load
 	go func() { l.run(t, urls, 16, 0, stop); close(done) }()
-	time.Sleep(2 * time.Second) // normal service first
+	l.servedAfter(t, 200, time.Time{}) // normal service first
 
 	killed := time.Now()
 	rs.Stop()
@@ -57,7 +57,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 		return true
 	})
 	recovered := time.Since(restarted)
-	time.Sleep(2 * time.Second)
+	l.servedAfter(t, 200, restarted.Add(recovered))
 	close(stop)
 	<-done
 	for _, p := range fleet {

@@ -47,7 +47,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	done := make(chan struct{})
 	var l load
 	go func() { l.run(t, urls, 16, 0, stop); close(done) }()
-	time.Sleep(2 * time.Second)
+	l.servedAfter(t, 200, time.Time{})
 
 	killed := time.Now()
 	s.Primary.Stop()
@@ -67,7 +67,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 		return false
 	})
 	served := time.Since(killed)
-	time.Sleep(2 * time.Second)
+	l.servedAfter(t, 200, killed.Add(served))
 	close(stop)
 	<-done
 
