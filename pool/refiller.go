@@ -264,10 +264,15 @@ func (r *refiller) plan(pr *profile) (a reserveArgs, ok bool) {
 		// rejected key or a dead provider costs one call, not a batch.
 		want = 1 - st.inFlight
 	}
-	// A round can come up to 1.1 intervals after the last; a mint takes
-	// about its latency. Doubling the latency leaves a margin.
+	// Every take wakes the refiller, so a take's replacement is reserved
+	// within a round gap and pooled a mint later; half the latency again
+	// covers a slow mint. That is the pipeline the target sizes.
+	refillLead := minRoundGap + st.latency*3/2
+	target := pr.sizing.Target(st.demand, refillLead, st.life)
+	// An entry that goes stale with no take to wake the refiller is seen
+	// at the next tick, up to 1.2 intervals away: entries unusable by then
+	// and a mint (doubled for a margin) don't count as usable.
 	lead := r.interval*6/5 + 2*st.latency
-	target := pr.sizing.Target(st.demand, lead, st.life)
 	backingOff := now.Before(st.notBefore)
 	r.mu.Unlock()
 	if want <= 0 || backingOff {

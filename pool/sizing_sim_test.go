@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -23,7 +24,8 @@ type simEvent struct {
 	at   time.Time
 	kind int // evArrive, evMinted, evTick
 	rep  int
-	res  string // evMinted: the reservation
+	res  string        // evMinted: the reservation
+	took time.Duration // evMinted: how long the mint took
 	seq  int
 }
 
@@ -31,6 +33,7 @@ const (
 	evArrive = iota
 	evMinted
 	evTick
+	evRound // a round deferred by minRoundGap
 )
 
 type simQueue []simEvent
@@ -59,6 +62,10 @@ type simConfig struct {
 	minRemaining time.Duration
 	mintLatency  time.Duration // one mint (for Orga: both calls)
 	quota        float64       // fleet mints per second; 0: unlimited
+	poisson      bool          // arrivals at random (exponential gaps) instead of evenly spaced
+	slowMints    float64       // share of mints that take 3× the latency (the rest: ±25%)
+	headroom     time.Duration // Config.Headroom
+	margin       float64       // Config.Margin
 }
 
 // simSecond counts what happened in one virtual second.
@@ -78,7 +85,9 @@ type sim struct {
 	store *Store
 	pools []*Pool
 
-	nextSlot  time.Time // the quota's next free slot
+	lastRound []time.Time // per replica: the last refill round
+	deferred  []bool      // per replica: an evRound is queued
+	nextSlot  time.Time   // the quota's next free slot
 	requests  int
 	seconds   []simSecond
 	shortLife int // handouts with less than minRemaining left (must stay 0)
@@ -101,6 +110,8 @@ func newSim(t *testing.T, cfg simConfig) *sim {
 			Store:    s.store,
 			Profiles: []Profile{{Name: "p", Minter: &fakeMinter{ttl: cfg.ttl}, Target: cfg.floor, MinRemaining: cfg.minRemaining}},
 			Now:      clock,
+			Headroom: cfg.headroom,
+			Margin:   cfg.margin,
 			NewID:    func() string { s.seq++; return fmt.Sprintf("id%d", s.seq) },
 			Logger:   discardLog(),
 		})
@@ -110,6 +121,8 @@ func newSim(t *testing.T, cfg simConfig) *sim {
 		p.random = s.rng.Float64
 		p.replicaID = fmt.Sprintf("r%d", r)
 		s.pools = append(s.pools, p)
+		s.lastRound = append(s.lastRound, time.Time{})
+		s.deferred = append(s.deferred, false)
 		s.push(simEvent{at: s.now, kind: evTick, rep: r})
 	}
 	return s
@@ -143,8 +156,22 @@ func (s *sim) slot(at time.Time) time.Time {
 	return start
 }
 
+// wake asks replica rep for a refill round, as a take or a finished mint
+// wakes the refiller loop: at once, or minRoundGap after the last round.
+func (s *sim) wake(rep int) {
+	if next := s.lastRound[rep].Add(minRoundGap); s.now.Before(next) {
+		if !s.deferred[rep] {
+			s.deferred[rep] = true
+			s.push(simEvent{at: next, kind: evRound, rep: rep})
+		}
+		return
+	}
+	s.round(rep)
+}
+
 // round is one refill round of replica rep.
 func (s *sim) round(rep int) {
+	s.lastRound[rep] = s.now
 	p := s.pools[rep]
 	pr := p.profiles["p"]
 	a, ok := p.refill.plan(pr)
@@ -161,8 +188,20 @@ func (s *sim) round(rep int) {
 	sec.wasted += int(res.evicted)
 	p.refill.state["p"].inFlight += len(res.ids)
 	for _, id := range res.ids {
-		s.push(simEvent{at: s.slot(s.now).Add(s.cfg.mintLatency), kind: evMinted, rep: rep, res: id})
+		took := s.mintTime()
+		s.push(simEvent{at: s.slot(s.now).Add(took), kind: evMinted, rep: rep, res: id, took: took})
 	}
+}
+
+// mintTime is how long one mint takes.
+func (s *sim) mintTime() time.Duration {
+	if s.cfg.slowMints == 0 {
+		return s.cfg.mintLatency
+	}
+	if s.rng.Float64() < s.cfg.slowMints {
+		return 3 * s.cfg.mintLatency
+	}
+	return time.Duration(float64(s.cfg.mintLatency) * (0.75 + 0.5*s.rng.Float64()))
 }
 
 func (s *sim) minted1(e simEvent) {
@@ -171,7 +210,7 @@ func (s *sim) minted1(e simEvent) {
 	st := p.refill.state["p"]
 	st.inFlight--
 	exp := s.now.Add(s.cfg.ttl)
-	p.refill.succeeded("p", s.cfg.mintLatency, exp.Sub(s.now)-pr.minLife)
+	p.refill.succeeded("p", e.took, exp.Sub(s.now)-pr.minLife)
 	if _, err := s.store.put(context.Background(), "p", e.res, p.newID(), p.refill.retireAt(exp, pr.minLife),
 		Credential{Token: "t", ExpiresAt: exp}, pr.minLife); err != nil {
 		s.t.Fatal(err)
@@ -179,7 +218,7 @@ func (s *sim) minted1(e simEvent) {
 	s.minted++
 	s.mintTimes = append(s.mintTimes, s.now)
 	s.second().minted++
-	s.round(e.rep)
+	s.wake(e.rep)
 }
 
 func (s *sim) arrive(e simEvent) {
@@ -207,7 +246,7 @@ func (s *sim) arrive(e simEvent) {
 	default:
 		s.t.Fatal(err)
 	}
-	s.round(e.rep)
+	s.wake(e.rep)
 }
 
 // run drives arrivals at rate(t) (per second, t from the start) until end.
@@ -222,7 +261,11 @@ func (s *sim) run(rate func(t time.Duration) float64, end time.Duration) {
 			if r > 0 {
 				s.push(simEvent{at: s.start.Add(arrival), kind: evArrive, rep: next % s.cfg.replicas})
 				next++
-				arrival += time.Duration(float64(time.Second) / r)
+				gap := float64(time.Second) / r
+				if s.cfg.poisson {
+					gap *= s.rng.ExpFloat64()
+				}
+				arrival += time.Duration(gap)
 				return
 			}
 			arrival += 10 * time.Millisecond
@@ -242,6 +285,9 @@ func (s *sim) run(rate func(t time.Duration) float64, end time.Duration) {
 			schedule()
 		case evMinted:
 			s.minted1(e)
+		case evRound:
+			s.deferred[e.rep] = false
+			s.round(e.rep)
 		case evTick:
 			s.round(e.rep)
 			s.push(simEvent{at: s.now.Add(time.Second), kind: evTick, rep: e.rep})
@@ -370,4 +416,132 @@ func TestSizingSimulation(t *testing.T) {
 			t.Fatalf("without a prewarm: %.2f%% from the pool and no fast 503s: the scenario is not the step", share*100)
 		}
 	})
+}
+
+// burstRun is one load shape's outcome in the simulation: what the load
+// got from the pool and what the pool wasted because of it.
+type burstRun struct {
+	requests, hits int // during the load
+	late, lateHits int // during the load, after its first second
+	handedOut      int64
+	minted, wasted int64 // until every credential minted for the load retired
+	idleWasted     int64 // the same span with no load: the floor's own waste
+}
+
+// hitRate is the share of the load's requests served from the pool.
+func (b burstRun) hitRate() float64 { return float64(b.hits) / float64(max(b.requests, 1)) }
+
+// lateHitRate is hitRate after the load's first second, the time a pool
+// at its floor takes to see a burst and mint for it.
+func (b burstRun) lateHitRate() float64 { return float64(b.lateHits) / float64(max(b.late, 1)) }
+
+// wastedShare is the waste the load caused (the run's waste less the
+// floor's own over the same span) as a share of the load's handouts.
+// A load can waste less than the floor alone (it takes the floor's
+// entries before they go stale): that is none.
+func (b burstRun) wastedShare() float64 {
+	return float64(max(b.wasted-b.idleWasted, 0)) / float64(max(b.handedOut, 1))
+}
+
+// runLoad runs a quiet minute at the floor, then rate(t) for load (t from
+// the load's start), then idles until every credential minted during the
+// load has retired. It compares the waste with an idle run of the same span.
+func runLoad(t *testing.T, cfg simConfig, rate func(time.Duration) float64, load time.Duration) burstRun {
+	t.Helper()
+	quiet := time.Minute
+	end := quiet + load + cfg.ttl + 10*time.Second
+	stats := func(s *sim) Stats {
+		st, err := s.store.Stats(context.Background(), "p", cfg.minRemaining)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	s := newSim(t, cfg)
+	s.run(func(t time.Duration) float64 {
+		if t < quiet || t >= quiet+load {
+			return 0
+		}
+		return rate(t - quiet)
+	}, end)
+	var b burstRun
+	for i := int(quiet / time.Second); i < int((quiet+load)/time.Second) && i < len(s.seconds); i++ {
+		x := s.seconds[i]
+		b.requests += x.hits + x.misses
+		b.hits += x.hits
+		if i > int(quiet/time.Second) {
+			b.late += x.hits + x.misses
+			b.lateHits += x.hits
+		}
+	}
+	st := stats(s)
+	b.handedOut, b.minted, b.wasted = st.HandedOut, st.Minted, st.Wasted
+	if s.shortLife > 0 {
+		t.Fatalf("%d handouts with less than the minimum life", s.shortLife)
+	}
+	idle := newSim(t, cfg)
+	idle.run(func(time.Duration) float64 { return 0 }, end)
+	b.idleWasted = stats(idle).Wasted
+	return b
+}
+
+// TestSizingBursts runs bursts that end: square bursts of 5 s to 5 min at
+// 250/s, a spike that decays and a ramp down, each from a pool idling at
+// its floor and followed by silence. It prints the table BENCHMARKS.md
+// shows.
+func TestSizingBursts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("simulation")
+	}
+	// Arrivals at random, and one mint in 20 three times as slow as the
+	// rest: what evenly spaced arrivals and a fixed latency would hide.
+	cfg := simConfig{replicas: 2, floor: 20, ttl: 120 * time.Second, minRemaining: 30 * time.Second,
+		mintLatency: 200 * time.Millisecond, quota: 300, poisson: true, slowMints: 0.05}
+	square := func(r float64) func(time.Duration) float64 { return func(time.Duration) float64 { return r } }
+	cases := []struct {
+		name string
+		rate func(time.Duration) float64
+		load time.Duration
+	}{
+		{"square 250/s, 5 s", square(250), 5 * time.Second},
+		{"square 250/s, 30 s", square(250), 30 * time.Second},
+		{"square 250/s, 2 min", square(250), 2 * time.Minute},
+		{"square 250/s, 5 min", square(250), 5 * time.Minute},
+		{"spike 250/s decaying (τ 10 s), 30 s", func(t time.Duration) float64 { return 250 * math.Exp(-t.Seconds()/10) }, 30 * time.Second},
+		{"ramp down 250 → 0/s, 2 min", func(t time.Duration) float64 { return 250 * (1 - t.Seconds()/120) }, 2 * time.Minute},
+		{"on and off 250/s, 5 s each, 2 min", func(t time.Duration) float64 {
+			if int(t/(5*time.Second))%2 == 0 {
+				return 250
+			}
+			return 0
+		}, 2 * time.Minute},
+		{"ramp 5 → 200/s, 60 s", func(t time.Duration) float64 { return 5 + 195*t.Seconds()/60 }, time.Minute},
+		{"steady 20/s, 3 min", square(20), 3 * time.Minute},
+		{"steady 100/s, 3 min", square(100), 3 * time.Minute},
+	}
+	// Each load runs its own simulation, on its own Redis, in parallel.
+	runs := make([]burstRun, len(cases))
+	t.Run("loads", func(t *testing.T) {
+		for i, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
+				runs[i] = runLoad(t, cfg, c.rate, c.load)
+			})
+		}
+	})
+	t.Logf("| load | from the pool | after its first second | minted | handed out | wasted (the floor alone) | wasted by the load, of its handouts |")
+	t.Logf("|---|---|---|---|---|---|---|")
+	for i, c := range cases {
+		b := runs[i]
+		t.Logf("| %s | %.2f%% of %d | %.2f%% | %d | %d | %d (%d) | %.1f%% |", c.name, 100*b.hitRate(), b.requests,
+			100*b.lateHitRate(), b.minted, b.handedOut, b.wasted, b.idleWasted, 100*b.wastedShare())
+		// A pool idling at its floor cannot serve a burst's first mint
+		// latency; after the first second, it must.
+		if b.lateHitRate() < 0.99 {
+			t.Errorf("%s: %.2f%% from the pool after the first second, want ≥ 99%%", c.name, 100*b.lateHitRate())
+		}
+		if b.wastedShare() > 0.10 {
+			t.Errorf("%s: the load wasted %.1f%% of its handouts, want ≤ 10%%", c.name, 100*b.wastedShare())
+		}
+	}
 }
