@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"time"
 
@@ -99,23 +100,41 @@ type profileReport struct {
 	Name     string `json:"name"`
 	Provider string `json:"provider"`
 	// Ready are pooled credentials; Usable those with enough life left.
-	Ready     int                `json:"ready"`
-	Usable    int                `json:"usable"`
-	Target    int                `json:"target"`
-	InFlight  int                `json:"inFlight"`
-	Minted    int64              `json:"minted"`
-	HandedOut int64              `json:"handedOut"`
-	Direct    int64              `json:"direct"`
-	Wasted    int64              `json:"wasted"`
-	Discarded int64              `json:"discarded"`
-	Lost      int64              `json:"lost"`
-	Returned  int64              `json:"returned"`
-	Lapsed    int64              `json:"lapsed"`
-	Orphaned  int64              `json:"orphaned"`
-	Misses    int64              `json:"misses"`
-	Breaker   string             `json:"breaker"`
-	Demand    map[string]float64 `json:"demandPerSecond"`
-	Prewarm   *prewarmAnswer     `json:"prewarm,omitempty"`
+	Ready     int   `json:"ready"`
+	Usable    int   `json:"usable"`
+	Target    int   `json:"target"`
+	InFlight  int   `json:"inFlight"`
+	Minted    int64 `json:"minted"`
+	HandedOut int64 `json:"handedOut"`
+	Direct    int64 `json:"direct"`
+	Wasted    int64 `json:"wasted"`
+	Discarded int64 `json:"discarded"`
+	Lost      int64 `json:"lost"`
+	Returned  int64 `json:"returned"`
+	Lapsed    int64 `json:"lapsed"`
+	Orphaned  int64 `json:"orphaned"`
+	Misses    int64 `json:"misses"`
+	// Unreplicated takes were handed out before a replica had them.
+	Unreplicated int64              `json:"unreplicated"`
+	Breaker      string             `json:"breaker"`
+	Demand       map[string]float64 `json:"demandPerSecond"`
+	// Cost is what handouts cost over the last minute and hour.
+	Cost    map[string]costReport `json:"cost"`
+	Prewarm *prewarmAnswer        `json:"prewarm,omitempty"`
+}
+
+// costReport is pool.Cost in the report.
+type costReport struct {
+	SpanSeconds     float64 `json:"spanSeconds"`
+	Mints           int64   `json:"mints"`
+	Handouts        int64   `json:"handouts"`
+	Wasted          int64   `json:"wasted"`
+	MintsPerHandout float64 `json:"mintsPerHandout"`
+}
+
+func costOf(c pool.Cost) costReport {
+	return costReport{SpanSeconds: math.Round(c.Span.Seconds()), Mints: c.Mints, Handouts: c.Handouts, Wasted: c.Wasted,
+		MintsPerHandout: math.Round(c.MintsPerHandout()*1000) / 1000}
 }
 
 // getProfiles answers GET /v1/admin/profiles.
@@ -132,8 +151,9 @@ func (s *Server) getProfiles(c *gin.Context) {
 			Name: name, Provider: s.cfg.Profiles[name].Provider,
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
 			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
-			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned,
+			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned, Unreplicated: st.Unreplicated,
 			Breaker: "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
+			Cost: map[string]costReport{"lastMinute": costOf(st.LastMinute), "lastHour": costOf(st.LastHour)},
 		}
 		if s.cfg.Breaker != nil {
 			r.Breaker = s.cfg.Breaker(name)

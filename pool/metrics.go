@@ -18,6 +18,7 @@ type Metrics struct {
 	mints    *prometheus.CounterVec // profile, kind, outcome
 	lost     *prometheus.CounterVec // profile
 	back     *prometheus.CounterVec // profile
+	unrepl   *prometheus.CounterVec // profile
 }
 
 // NewMetrics registers the pool's metrics with reg.
@@ -47,8 +48,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenpool_pool_returned_total",
 			Help: "Pooled credentials taken for a caller that had gone, put back by this replica.",
 		}, []string{"profile"}),
+		unrepl: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_unreplicated_total",
+			Help: "Takes handed out before a replica acknowledged them (TOKENPOOL_REDIS_WAIT_REPLICAS): WAIT timed out, or the primary had too few replicas to wait for.",
+		}, []string{"profile"}),
 	}
-	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back)
+	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back, m.unrepl)
 	return m
 }
 
@@ -65,6 +70,7 @@ func (m *Metrics) known(profile string) {
 	m.wasted.WithLabelValues(profile)
 	m.lost.WithLabelValues(profile)
 	m.back.WithLabelValues(profile)
+	m.unrepl.WithLabelValues(profile)
 	for _, kind := range []string{"refill", "request"} {
 		for _, out := range []string{"ok", "failed", "unavailable", "cancelled"} {
 			m.mints.WithLabelValues(profile, kind, out)
@@ -102,6 +108,12 @@ func (m *Metrics) returned(profile string) {
 	}
 }
 
+func (m *Metrics) unreplicate(profile string) {
+	if m != nil {
+		m.unrepl.WithLabelValues(profile).Inc()
+	}
+}
+
 func (m *Metrics) mint(profile, kind string, err error) {
 	if m == nil {
 		return
@@ -127,6 +139,7 @@ func outcome(err error) string {
 type poolCollector struct {
 	p                                      *Pool
 	ready, usable, target, inflight, rates *prometheus.Desc
+	mintsPerHandout, wastedRecent          *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector of every profile's pool: ready,
@@ -139,12 +152,16 @@ func (p *Pool) Collector() prometheus.Collector {
 		usable:   prometheus.NewDesc("tokenpool_pool_usable", "Pooled credentials with at least the minimum remaining life (fleet-wide).", l, nil),
 		target:   prometheus.NewDesc("tokenpool_pool_target", "The pool's current target, demand-sized, floor and prewarm included (fleet-wide).", l, nil),
 		inflight: prometheus.NewDesc("tokenpool_pool_in_flight", "Mints in flight, all replicas.", l, nil),
-		rates:    prometheus.NewDesc("tokenpool_demand_per_second", "Handout requests per second, fleet-wide, decaying over 5s (fast) and 60s (slow).", []string{"profile", "window"}, nil),
+		rates:    prometheus.NewDesc("tokenpool_demand_per_second", "Handout requests per second, fleet-wide, decaying over 1s (fast) and 60s (slow).", []string{"profile", "window"}, nil),
+		mintsPerHandout: prometheus.NewDesc("tokenpool_pool_mints_per_handout",
+			"Mints (pooled and for requests) per handout, fleet-wide, over the last minute (1m) or hour (1h).", []string{"profile", "window"}, nil),
+		wastedRecent: prometheus.NewDesc("tokenpool_pool_wasted_recent",
+			"Credentials wasted, fleet-wide, over the last minute (1m) or hour (1h).", []string{"profile", "window"}, nil),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.ready, c.usable, c.target, c.inflight, c.rates} {
+	for _, d := range []*prometheus.Desc{c.ready, c.usable, c.target, c.inflight, c.rates, c.mintsPerHandout, c.wastedRecent} {
 		ch <- d
 	}
 }
@@ -163,5 +180,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(st.InFlight), name)
 		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Fast, name, "fast")
 		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Slow, name, "slow")
+		for w, cost := range map[string]Cost{"1m": st.LastMinute, "1h": st.LastHour} {
+			ch <- prometheus.MustNewConstMetric(c.mintsPerHandout, prometheus.GaugeValue, cost.MintsPerHandout(), name, w)
+			ch <- prometheus.MustNewConstMetric(c.wastedRecent, prometheus.GaugeValue, float64(cost.Wasted), name, w)
+		}
 	}
 }

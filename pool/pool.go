@@ -110,7 +110,7 @@ type Config struct {
 	Logger *slog.Logger
 
 	// Headroom and Margin tune demand sizing (see Sizing).
-	// default: 2s and 0.25
+	// default: none and 0.25
 	Headroom time.Duration
 	Margin   float64
 	// Metrics records the pool's metrics. default: none
@@ -160,6 +160,7 @@ type profile struct {
 	// mints) on this replica, so a burst on one profile can't take every
 	// slot from the others; nil when direct minting is off.
 	direct chan struct{}
+	cost   costLog // samples of the fleet's counters, for Stats' cost windows
 }
 
 var profileName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -227,7 +228,7 @@ func New(cfg Config) (*Pool, error) {
 		cfg.ReplicaID = NewReplicaID()
 	}
 
-	cfg.Store.metrics, cfg.Store.host = cfg.Metrics, cfg.Now
+	cfg.Store.metrics, cfg.Store.host, cfg.Store.log = cfg.Metrics, cfg.Now, cfg.Logger
 	p := &Pool{
 		store:     cfg.Store,
 		profiles:  make(map[string]*profile, len(cfg.Profiles)),
@@ -591,5 +592,6 @@ func (p *Pool) Stats(ctx context.Context, profileName string) (Stats, error) {
 		}
 		sum = sum.add(st)
 	}
+	p.costs(pr, &sum)
 	return sum, nil
 }

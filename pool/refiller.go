@@ -168,6 +168,9 @@ func (r *refiller) loop(ctx context.Context) {
 		for _, name := range r.p.names {
 			r.refillProfile(ctx, r.p.profiles[name])
 		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r.p.sampleCosts(sctx)
+		cancel()
 		r.rounds.Add(1)
 		// ±10% so replicas started together don't tick together.
 		t.Reset(r.interval*9/10 + rand.N(r.interval/5+1))

@@ -2,11 +2,16 @@ package pool
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 )
 
@@ -86,5 +91,95 @@ func TestTakeWaitsForReplicas(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWaitWithNoReplicaDoesNotMakeEveryTakeWait: with WaitReplicas 1, a
+// primary whose only replica is gone must not make each take pay the WAIT
+// timeout. Takes keep their latency (far under the timeout), each counts
+// as unreplicated, the state is logged once, and takes wait for the
+// replica again once it is back.
+func TestWaitWithNoReplicaDoesNotMakeEveryTakeWait(t *testing.T) {
+	ctx := context.Background()
+	primary := redistest.StartProcess(t)
+	_, port, _ := strings.Cut(primary.Addr, ":")
+	replica := redistest.StartProcess(t, "--replicaof", "127.0.0.1", port)
+	// A long timeout, so a take that waits it cannot pass for one that didn't.
+	const timeout = 2 * time.Second
+	var logs syncBuffer
+	st := NewStore(primary.Client(), StoreConfig{KeyPrefix: primary.Prefix, WaitReplicas: 1, WaitTimeout: timeout})
+	st.log = slog.New(slog.NewJSONHandler(&logs, nil))
+	for i := range 200 {
+		putOne(t, st, "p", fmt.Sprintf("e%03d", i), time.Now().Add(time.Hour))
+	}
+	n := 0
+	take := func() time.Duration {
+		t.Helper()
+		n++
+		start := time.Now()
+		if _, err := st.Take(ctx, "p", fmt.Sprintf("req-%d", n), 0); err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	unreplicated := func() int64 { return mustStats(t, st, "p").Unreplicated }
+	poll.Until(t, "the replica to be online", 10*time.Second, func() bool {
+		k, err := onlineReplicas(ctx, primary.Client())
+		return err == nil && k == 1
+	})
+	for range 10 {
+		take()
+	}
+	if u := unreplicated(); u != 0 {
+		t.Fatalf("%d unreplicated takes with the replica online", u)
+	}
+
+	replica.Stop()
+	poll.Until(t, "the primary to see its replica gone", 10*time.Second, func() bool {
+		k, err := onlineReplicas(ctx, primary.Client())
+		return err == nil && k == 0
+	})
+	// The first take pays the timeout and shows the replica is missing;
+	// the watch looks, and then no take waits.
+	var slow int
+	var took []time.Duration
+	for range 40 {
+		d := take()
+		took = append(took, d)
+		if d >= timeout/2 {
+			slow++
+		}
+	}
+	slices.Sort(took)
+	t.Logf("40 takes with no replica: %d waited the timeout; p50 %v, max %v", slow, took[20], took[39])
+	if slow > 2 {
+		t.Fatalf("%d of 40 takes waited WAIT's %v timeout with no replica to wait for", slow, timeout)
+	}
+	if u := unreplicated(); u != 40 {
+		t.Fatalf("%d takes counted as unreplicated, want all 40", u)
+	}
+	if c := strings.Count(logs.String(), "fewer replicas online"); c != 1 {
+		t.Fatalf("the missing replica was logged %d times, want once:\n%s", c, logs.String())
+	}
+
+	replica.Start()
+	poll.Until(t, "takes to wait for the replica again", 20*time.Second, func() bool {
+		before := unreplicated()
+		take()
+		return unreplicated() == before
+	})
+	before := unreplicated()
+	for range 10 {
+		take()
+	}
+	if u := unreplicated(); u != before {
+		t.Fatalf("%d more unreplicated takes with the replica back", u-before)
+	}
+	// Those takes waited for the replica: it has their writes.
+	if got, want := replica.Client().ZCard(ctx, st.keys("p").ready()).Val(), primary.Client().ZCard(ctx, st.keys("p").ready()).Val(); got != want {
+		t.Fatalf("the replica holds %d entries, the primary %d", got, want)
+	}
+	if c := strings.Count(logs.String(), "replicas back"); c != 1 {
+		t.Fatalf("the replica's return was logged %d times, want once:\n%s", c, logs.String())
 	}
 }

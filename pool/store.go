@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -32,7 +33,10 @@ type Store struct {
 	opens    []any // body prefixes this Store can open (takeScript)
 	limits   *limiter.Limiter
 
+	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
+
 	metrics *Metrics         // set by the Pool using the store
+	log     *slog.Logger     // set by the Pool; nil: slog.Default()
 	host    func() time.Time // this host's clock, set by the Pool (Config.Now); nil: time.Now
 	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
 }
@@ -298,12 +302,21 @@ const maxDiscards = 3
 // take's writes and it stays one round trip.
 func (s *Store) takeReplicated(ctx context.Context, profile string, keys []string, args []any) (any, error) {
 	var node redis.Cmdable = s.rdb
+	addr := ""
 	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
 		c, err := cc.MasterForKey(ctx, keys[0])
 		if err != nil {
 			return nil, err
 		}
-		node = c
+		node, addr = c, c.Options().Addr
+	}
+	if s.skipWait(addr, node) {
+		v, err := takeScript.Run(ctx, node, keys, args...).Result()
+		if err == nil {
+			_ = s.count(ctx, profile, "unreplicated", 1)
+			s.metrics.unreplicate(profileOf(profile))
+		}
+		return v, err
 	}
 	for loaded := false; ; loaded = true {
 		pipe := node.Pipeline()
@@ -320,6 +333,8 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 			// Best effort: failing the take for its counter would lose
 			// the entry it holds.
 			_ = s.count(ctx, profile, "unreplicated", 1)
+			s.metrics.unreplicate(profileOf(profile))
+			s.waitTimedOut(addr, node)
 		}
 		return take.Result()
 	}

@@ -63,6 +63,9 @@ type Stats struct {
 	Surplus             int64 // minted after their reservation lapsed, with no room: counted in Wasted too
 	Orphaned            int64 // ids in the ready set without a body (should stay 0)
 	LedgerTrimmed       int64 // ledger ids dropped to keep it within LedgerMax
+	// What handouts cost over the last minute and hour (Pool.Stats sets
+	// them from this replica's samples of the counters above).
+	LastMinute, LastHour Cost
 }
 
 // add is s with every figure of t added.

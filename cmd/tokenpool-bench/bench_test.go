@@ -90,6 +90,15 @@ func TestBenchRunsEveryScenario(t *testing.T) {
 			case !strings.Contains(r.name, "baseline") && (!res.Checks.Checked || res.Checks.Duplicates+res.Checks.ShortLived+res.Checks.Foreign > 0):
 				t.Fatalf("checks %+v", res.Checks)
 			}
+			if res.Memory == nil && !strings.Contains(r.name, "baseline") {
+				// The cost comes from the fleet's counters: the handouts the
+				// bench counted from the pool, at the least.
+				c := res.Cost
+				if c == nil || c.Handouts < int64(res.FromPool.Pool) || c.Mints == 0 || c.MintsPerHandout <= 0 ||
+					c.LastMinute == nil || c.LastHour == nil || !strings.Contains(string(summary), "mints per handout") {
+					t.Fatalf("cost %+v for %d from the pool; summary:\n%s", c, res.FromPool.Pool, summary)
+				}
+			}
 			checkReport(t, filepath.Join(out, "report.html"), res.Memory == nil)
 			if res.Memory == nil {
 				checkVegeta(t, filepath.Join(out, "vegeta.json"), res)

@@ -212,6 +212,8 @@ type Sample struct {
 // Recorder keeps per-second buckets and the checks. It is safe for
 // concurrent use.
 type Recorder struct {
+	firstState   *poolState // the admin report at the first poll, and at the last
+	lastState    *poolState
 	start        time.Time
 	minRemaining time.Duration
 	foreign      func(string) bool
@@ -338,4 +340,8 @@ func (r *Recorder) pool(at time.Time, s poolState) {
 	sec := r.secondLocked(at)
 	sec.Ready, sec.Usable, sec.Target, sec.InFlight = &s.Ready, &s.Usable, &s.Target, &s.InFlight
 	sec.Minted, sec.Wasted, sec.HandedOut, sec.DirectMinted = &s.Minted, &s.Wasted, &s.HandedOut, &s.Direct
+	if r.firstState == nil {
+		r.firstState = &s
+	}
+	r.lastState = &s
 }

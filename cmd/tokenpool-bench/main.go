@@ -358,6 +358,13 @@ func (o *options) load(ctx context.Context, sc Scenario, targets, tokens []strin
 	}
 	stopPoll()
 	<-polled
+	// The counters once more when the load is over, so that even a run
+	// of a few seconds sees them move.
+	if admin.key != "" {
+		if s, err := admin.state(ctx); err == nil {
+			rec.pool(time.Now(), s)
+		}
+	}
 
 	return rec, start
 }
@@ -417,6 +424,14 @@ type poolState struct {
 	Name                              string
 	Ready, Usable, Target, InFlight   int
 	Minted, Wasted, HandedOut, Direct int64
+	Cost                              map[string]WindowCost // lastMinute, lastHour
+}
+
+// WindowCost is one of the admin report's cost windows.
+type WindowCost struct {
+	SpanSeconds             float64 `json:"spanSeconds"`
+	Mints, Handouts, Wasted int64
+	MintsPerHandout         float64 `json:"mintsPerHandout"`
 }
 
 func (a *adminClient) state(ctx context.Context) (poolState, error) {

@@ -44,8 +44,11 @@ type Result struct {
 	// the first WarmSeconds); absent when the target doesn't say.
 	FromPool *PoolShare `json:"fromPool,omitempty"`
 	Checks   Checks     `json:"checks"`
-	Memory   *Memory    `json:"memory,omitempty"`
-	Timeline []*Second  `json:"timeline"`
+	// Cost is what the run's handouts cost, from the fleet's counters;
+	// absent when the target doesn't say.
+	Cost     *RunCost  `json:"cost,omitempty"`
+	Memory   *Memory   `json:"memory,omitempty"`
+	Timeline []*Second `json:"timeline"`
 
 	// Vegeta is the run as vegeta's JSON report has it (vegeta.json, and
 	// stdout with -format vegeta); nil for the memory scenario.
@@ -72,6 +75,22 @@ type PoolShare struct {
 	AfterWarmN  int     `json:"afterWarmAnswers"`
 	Pool        int     `json:"pool"`
 	Direct      int     `json:"direct"`
+}
+
+// RunCost is what the run's handouts cost in mints: the change of the
+// fleet's counters over the run, and the admin report's windows at its end.
+type RunCost struct {
+	Minted          int64   `json:"minted"`    // minted into the pool
+	HandedOut       int64   `json:"handedOut"` // handed out from the pool
+	Direct          int64   `json:"direct"`    // minted for a request on a miss
+	Mints           int64   `json:"mints"`     // minted into the pool or for a request
+	Handouts        int64   `json:"handouts"`  // from the pool or minted for a request
+	Wasted          int64   `json:"wasted"`
+	MintsPerHandout float64 `json:"mintsPerHandout"`
+	WastedShare     float64 `json:"wastedShareOfHandouts"`
+	// The admin report's windows when the run ended.
+	LastMinute *WindowCost `json:"lastMinute,omitempty"`
+	LastHour   *WindowCost `json:"lastHour,omitempty"`
 }
 
 // Checks of every credential handed out.
@@ -145,10 +164,51 @@ func (r *Recorder) result(sc Scenario, mode string, cfg map[string]string, start
 		res.FromPool = &PoolShare{All: share(pool, direct), AfterWarm: share(poolWarm, directWarm), WarmSeconds: warm,
 			AfterWarmN: poolWarm + directWarm, Pool: pool, Direct: direct}
 	}
+	res.Cost = r.costLocked()
 	v := r.vegeta
 	v.Close()
 	res.Vegeta = &v
 	return res
+}
+
+// costLocked is the run's cost: the change of the fleet's counters from
+// the first poll to the last.
+func (r *Recorder) costLocked() *RunCost {
+	first, last := r.firstState, r.lastState
+	if last == nil {
+		return nil
+	}
+	c := &RunCost{
+		Minted: last.Minted - first.Minted, HandedOut: last.HandedOut - first.HandedOut,
+		Direct: last.Direct - first.Direct, Wasted: last.Wasted - first.Wasted,
+	}
+	c.Mints, c.Handouts = c.Minted+c.Direct, c.HandedOut+c.Direct
+	if c.Handouts > 0 {
+		c.MintsPerHandout = float64(c.Mints) / float64(c.Handouts)
+		c.WastedShare = float64(c.Wasted) / float64(c.Handouts)
+	}
+	if w, ok := last.Cost["lastMinute"]; ok {
+		c.LastMinute = &w
+	}
+	if w, ok := last.Cost["lastHour"]; ok {
+		c.LastHour = &w
+	}
+	return c
+}
+
+// String is the cost as the summary and the report show it.
+func (c *RunCost) String() string {
+	s := fmt.Sprintf("%.3f mints per handout; %d wasted, %.1f%% of %d handouts (fleet, during the run)",
+		c.MintsPerHandout, c.Wasted, 100*c.WastedShare, c.Handouts)
+	for _, w := range []struct {
+		name string
+		c    *WindowCost
+	}{{"last minute", c.LastMinute}, {"last hour", c.LastHour}} {
+		if w.c != nil {
+			s += fmt.Sprintf("; %s (%.0f s): %.3f per handout, %d wasted", w.name, w.c.SpanSeconds, w.c.MintsPerHandout, w.c.Wasted)
+		}
+	}
+	return s
 }
 
 // write writes result.json and report.html into dir.
@@ -217,28 +277,17 @@ func (res *Result) summary(w io.Writer) {
 		fmt.Fprintf(w, "  %-22s %.2f%% overall, %s after the first %ds (%d pool, %d minted for the request)\n",
 			"served from the pool", p.All*100, after, p.WarmSeconds, p.Pool, p.Direct)
 	}
-	if first, last := res.counters(); last != nil {
+	if c := res.Cost; c != nil {
 		fmt.Fprintf(w, "  %-22s %d minted, %d wasted, %d handed out from the pool, %d minted for requests (fleet, during the run)\n",
-			"pool counters", *last.Minted-*first.Minted, *last.Wasted-*first.Wasted, *last.HandedOut-*first.HandedOut, *last.DirectMinted-*first.DirectMinted)
+			"pool counters", c.Minted, c.Wasted, c.HandedOut, c.Direct)
+	}
+	if res.Cost != nil {
+		fmt.Fprintf(w, "  %-22s %s\n", "cost", res.Cost)
 	}
 	if c := res.Checks; c.Checked {
 		fmt.Fprintf(w, "  %-22s %d credentials: %d duplicates, %d short-lived, %d not from the provider\n",
 			"checks", c.Credentials, c.Duplicates, c.ShortLived, c.Foreign)
 	}
-}
-
-// counters returns the first and last seconds with fleet counters.
-func (res *Result) counters() (first, last *Second) {
-	for _, s := range res.Timeline {
-		if s.Minted == nil {
-			continue
-		}
-		if first == nil {
-			first = s
-		}
-		last = s
-	}
-	return first, last
 }
 
 // chart is one inline SVG line chart.
@@ -394,6 +443,7 @@ h1{font-size:20px}h2{font-size:15px;margin:18px 0 4px}svg{background:#fafafa;bor
 <tr><th>answers</th><td>{{range $k, $v := .R.Status}}{{$k}}×{{$v}} {{end}}</td></tr>
 <tr><th>latency</th><td>p50 {{printf "%.2f" .R.Latency.P50}} ms, p90 {{printf "%.2f" .R.Latency.P90}}, p99 {{printf "%.2f" .R.Latency.P99}}, p99.9 {{printf "%.2f" .R.Latency.P999}}, max {{printf "%.2f" .R.Latency.Max}}</td></tr>
 {{with .R.FromPool}}<tr><th>served from the pool</th><td>{{printf "%.2f" .AllPct}}% overall, {{if .AfterWarmN}}{{printf "%.2f" .AfterPct}}%{{else}}n/a{{end}} after the first {{.WarmSeconds}} s ({{.Pool}} pool, {{.Direct}} minted for the request)</td></tr>{{end}}
+{{with .R.Cost}}<tr><th>cost</th><td>{{.}}</td></tr>{{end}}
 {{if .R.Checks.Checked}}<tr><th>checks</th><td>{{.R.Checks.Credentials}} credentials: {{.R.Checks.Duplicates}} duplicates, {{.R.Checks.ShortLived}} short-lived, {{.R.Checks.Foreign}} not from the provider</td></tr>{{end}}
 {{with .R.Memory}}<tr><th>memory</th><td>{{.Credentials}} credentials: Redis {{printf "%.2f" .RedisPer10k}} MiB, daemon RSS {{printf "%.2f" .DaemonRSSPer10k}} MiB per 10,000</td></tr>{{end}}
 </table>

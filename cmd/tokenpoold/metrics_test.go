@@ -115,6 +115,9 @@ func TestMetricsMove(t *testing.T) {
 		`tokenpool_http_request_duration_seconds{route=/v1/session-config,status=429}_count`,
 		`tokenpool_demand_per_second{profile=default,window=fast}`,
 		`tokenpool_pool_target{profile=default}`,
+		`tokenpool_pool_mints_per_handout{profile=default,window=1m}`,
+		`tokenpool_pool_mints_per_handout{profile=default,window=1h}`,
+		`tokenpool_pool_wasted_recent{profile=default,window=1m}`,
 	}
 	for _, k := range moved {
 		if after[k] <= before[k] {
