@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
@@ -74,12 +75,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	m := &Main{Config: cfg, Stdout: stdout, Stderr: stderr}
 	if err := m.Open(ctx); err != nil {
-		fmt.Fprintf(stderr, "tokenpoold: %v\n", err)
+		if m.log != nil {
+			m.log.Error("tokenpoold: start failed", "err", err)
+		} else {
+			fmt.Fprintf(stderr, "tokenpoold: %v\n", err)
+		}
 		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = m.Close(closeCtx)
 		return 1
 	}
+	// The process's default loggers (the standard log package's, slog's)
+	// write into the same JSON stream, so no library's line breaks it.
+	slog.SetDefault(m.log)
 	<-ctx.Done()
 	m.log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
 	closeCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
@@ -211,6 +219,12 @@ func (m *Main) openTracing(ctx context.Context) error {
 			return err
 		}
 		m.tracer, m.ownTracer = tp, tp
+		// OpenTelemetry reports export failures through a process-wide
+		// handler: into this daemon's JSON stream.
+		log := m.log
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			log.Warn("tracing: "+err.Error(), "component", "otel")
+		}))
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +65,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	for _, p := range fleet {
 		p.stop(t)
 	}
+	checkJSONLines(t, fleet)
 
 	outs := l.snapshot()
 	var during []outcome
@@ -100,5 +103,31 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	t.Logf("provider minted %d: %d handed out, %d pooled, %d wasted, %d unaccounted", minted, got, pooled, wasted, unaccounted)
 	if unaccounted < 0 || unaccounted > 16 {
 		t.Fatalf("%d minted credentials unaccounted for", unaccounted)
+	}
+}
+
+// checkJSONLines checks that every line each process wrote to stderr is
+// a JSON object, go-redis's own lines included (routed into the daemon's
+// logger), and that go-redis's repeated connection errors were
+// rate-limited: a handful per replica, not one per failed dial.
+func checkJSONLines(t *testing.T, ps []*process) {
+	t.Helper()
+	for i, p := range ps {
+		var lines, fromRedis int
+		for _, line := range strings.Split(strings.TrimRight(p.stderr.String(), "\n"), "\n") {
+			lines++
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Errorf("replica %d wrote a line that is not JSON (%v): %q", i, err, line)
+				continue
+			}
+			if rec["component"] == "redis" {
+				fromRedis++
+			}
+		}
+		t.Logf("replica %d: %d lines on stderr, all JSON; %d from go-redis", i, lines, fromRedis)
+		if fromRedis > 10 {
+			t.Errorf("replica %d: %d lines from go-redis in one outage: not rate-limited", i, fromRedis)
+		}
 	}
 }

@@ -32,6 +32,9 @@ const (
 // is not fatal: /readyz reports it until it does.
 func (m *Main) openRedis(ctx context.Context) error {
 	cfg := &m.Config
+	// go-redis logs through one process-wide logger: into this daemon's
+	// JSON stream, rate-limited, instead of plain lines on stderr.
+	redis.SetLogger(newRedisLogger(m.log))
 	var tlsConfig *tls.Config
 	if cfg.RedisTLS {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
