@@ -329,12 +329,16 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 			}
 			continue
 		}
-		if acked, err := wait.Int64(); take.Err() == nil && err == nil && acked < int64(s.waitN) {
-			// Best effort: failing the take for its counter would lose
-			// the entry it holds.
-			_ = s.count(ctx, profile, "unreplicated", 1)
-			s.metrics.unreplicate(profileOf(profile))
+		if acked, err := wait.Int64(); err != nil || acked < int64(s.waitN) {
+			// Unconfirmed, whether WAIT timed out or the caller's deadline
+			// came first: the watch looks whether a replica is missing.
 			s.waitTimedOut(addr, node)
+			if take.Err() == nil {
+				// Best effort: failing the take for its counter would
+				// lose the entry it holds.
+				_ = s.count(ctx, profile, "unreplicated", 1)
+				s.metrics.unreplicate(profileOf(profile))
+			}
 		}
 		return take.Result()
 	}
