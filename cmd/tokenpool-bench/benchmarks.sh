@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md, one after the other, from the
-# repository root: about 35 minutes. Results go to bench-results/<name>/
+# repository root: about 45 minutes. Results go to bench-results/<name>/
 # (result.json, report.html, replica logs); summaries to bench-results/summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +43,13 @@ run c-step-prewarm-1m -local 2 $L -scenario step -from 0 -rate 300 -step-at 0s -
 run c-step-prewarm-2m-ttl600 -local 2 $L -scenario step -from 0 -rate 300 -step-at 0s -duration 20s -sim-latency 100ms -sim-quota 50 -warm 0 \
     -sim-ttl 600s -prewarm 6000 -prewarm-before 125s -env TOKENPOOL_POOL_MAX=6000
 run c-spike -local 2 $L -scenario spike -rate 20 -spike-rate 300 -spike-at 20s -spike-duration 5s -duration 40s -sim-latency 100ms -sim-quota 300
+run c-spike-floor90 -local 2 $L -scenario spike -rate 20 -spike-rate 300 -spike-at 20s -spike-duration 5s -duration 40s -sim-latency 100ms -sim-quota 300 \
+    -env TOKENPOOL_POOL_TARGET=90
+# Bursts that end: 8 s at 250/s and 1 min at 100/s, then idle until what
+# the burst left has gone stale; and the floor alone over the same span.
+run c-burst-8s -local 2 $L -scenario steady -rate 250 -idle-after 8s -duration 110s -sim-latency 30ms -sim-ttl 120s -warm 1
+run c-burst-1m -local 2 $L -scenario steady -rate 100 -idle-after 60s -duration 160s -sim-latency 30ms -sim-ttl 120s -warm 1
+run c-floor-idle -local 2 $L -scenario steady -rate 1 -idle-after 1s -duration 160s -sim-latency 30ms -sim-ttl 120s -warm 1
 
 # (d) Redis memory and daemon RSS per 10,000 pooled credentials, plain and
 # sealed.

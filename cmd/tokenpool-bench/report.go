@@ -204,7 +204,11 @@ func (c *RunCost) String() string {
 		name string
 		c    *WindowCost
 	}{{"last minute", c.LastMinute}, {"last hour", c.LastHour}} {
-		if w.c != nil {
+		switch {
+		case w.c == nil:
+		case w.c.Handouts == 0:
+			s += fmt.Sprintf("; %s (%.0f s): no handouts, %d mints, %d wasted", w.name, w.c.SpanSeconds, w.c.Mints, w.c.Wasted)
+		default:
 			s += fmt.Sprintf("; %s (%.0f s): %.3f per handout, %d wasted", w.name, w.c.SpanSeconds, w.c.MintsPerHandout, w.c.Wasted)
 		}
 	}
