@@ -409,9 +409,14 @@ func TestPool(t *testing.T) {
 		// Once the backoff's time has passed, the next round tries again.
 		clock.Advance(maxBackoff)
 		poll.Until(t, "a retry", 5*time.Second, func() bool { return m.n.Load() > failed })
+		// The retry's failure may be handled after the provider is back
+		// and the clock has moved, backing off from the moved clock: the
+		// clock moves on at every look, so no backoff outlasts the wait.
 		m.setErr(nil)
-		clock.Advance(maxBackoff)
-		poll.Until(t, "recovery", 10*time.Second, func() bool { return mustStats(t, st, "default").Ready == 5 })
+		poll.Until(t, "recovery", 10*time.Second, func() bool {
+			clock.Advance(maxBackoff)
+			return mustStats(t, st, "default").Ready == 5
+		})
 	})
 
 	t.Run("close lets mints in flight finish into the pool", func(t *testing.T) {
