@@ -106,7 +106,7 @@ end
 // KEYS: ready, entries, stats, claim, handed, then the limits' keys
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
 // slow) ms, ledger bound (entries), the number of limits n, what to count
-// (1: the demand, 2: a miss; added), n (burst, rate, period s) triples, then the body
+// (1: the demand, 2: a miss, 4: the handout as unreplicated; added), n (burst, rate, period s) triples, then the body
 // prefixes this replica can open (none: any)
 // Reply: {status, id, body, evicted, foreign, limits, now ms}: status 1 handed out,
 // 2 the entry of an earlier call with this claim, 3 the claim was abandoned
@@ -152,7 +152,7 @@ if claimed and claimed ~= '0' then
 end
 -- The counters this take moves, and the demand, are read once and
 -- written once, at the end.
-local st = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses')
+local st = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated')
 local opens_from = 9 + 3 * n
 local function opens(body)
   if #ARGV < opens_from then return true end
@@ -212,12 +212,16 @@ if hit then
   ledgerKept(KEYS[5], KEYS[3], hit_retire, now, tonumber(ARGV[6]))
   table.insert(fields, 'handed_out')
   table.insert(fields, fmt((tonumber(st[4]) or 0) + 1))
+  if math.floor(counts / 4) % 2 == 1 then
+    table.insert(fields, 'unreplicated')
+    table.insert(fields, fmt((tonumber(st[6]) or 0) + 1))
+  end
   redis.call('HSET', KEYS[3], unpack(fields))
   redis.call('SET', KEYS[4], hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', ARGV[2])
   return {1, hit, hit_body, evicted, foreign, lim, now}
 end
 if n > 0 then redis.call('SET', KEYS[4], '0', 'PX', ARGV[2]) end
-if counts >= 2 then
+if math.floor(counts / 2) % 2 == 1 then
   table.insert(fields, 'misses')
   table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
 end

@@ -64,8 +64,6 @@ type simConfig struct {
 	quota        float64       // fleet mints per second; 0: unlimited
 	poisson      bool          // arrivals at random (exponential gaps) instead of evenly spaced
 	slowMints    float64       // share of mints that take 3× the latency (the rest: ±25%)
-	headroom     time.Duration // Config.Headroom
-	margin       float64       // Config.Margin
 }
 
 // simSecond counts what happened in one virtual second.
@@ -110,8 +108,6 @@ func newSim(t *testing.T, cfg simConfig) *sim {
 			Store:    s.store,
 			Profiles: []Profile{{Name: "p", Minter: &fakeMinter{ttl: cfg.ttl}, Target: cfg.floor, MinRemaining: cfg.minRemaining}},
 			Now:      clock,
-			Headroom: cfg.headroom,
-			Margin:   cfg.margin,
 			NewID:    func() string { s.seq++; return fmt.Sprintf("id%d", s.seq) },
 			Logger:   discardLog(),
 		})
@@ -421,19 +417,15 @@ func TestSizingSimulation(t *testing.T) {
 // burstRun is one load shape's outcome in the simulation: what the load
 // got from the pool and what the pool wasted because of it.
 type burstRun struct {
-	requests, hits int // during the load
-	late, lateHits int // during the load, after its first second
+	hitRate  float64 // the share of the load's requests served from the pool
+	requests int
+	// lateHitRate is hitRate after the load's first second, the time a
+	// pool at its floor takes to see a burst and mint for it.
+	lateHitRate    float64
 	handedOut      int64
 	minted, wasted int64 // until every credential minted for the load retired
 	idleWasted     int64 // the same span with no load: the floor's own waste
 }
-
-// hitRate is the share of the load's requests served from the pool.
-func (b burstRun) hitRate() float64 { return float64(b.hits) / float64(max(b.requests, 1)) }
-
-// lateHitRate is hitRate after the load's first second, the time a pool
-// at its floor takes to see a burst and mint for it.
-func (b burstRun) lateHitRate() float64 { return float64(b.lateHits) / float64(max(b.late, 1)) }
 
 // wastedShare is the waste the load caused (the run's waste less the
 // floor's own over the same span) as a share of the load's handouts.
@@ -465,15 +457,8 @@ func runLoad(t *testing.T, cfg simConfig, rate func(time.Duration) float64, load
 		return rate(t - quiet)
 	}, end)
 	var b burstRun
-	for i := int(quiet / time.Second); i < int((quiet+load)/time.Second) && i < len(s.seconds); i++ {
-		x := s.seconds[i]
-		b.requests += x.hits + x.misses
-		b.hits += x.hits
-		if i > int(quiet/time.Second) {
-			b.late += x.hits + x.misses
-			b.lateHits += x.hits
-		}
-	}
+	b.hitRate, b.requests = s.fromPool(quiet, quiet+load)
+	b.lateHitRate, _ = s.fromPool(quiet+time.Second, quiet+load)
 	st := stats(s)
 	b.handedOut, b.minted, b.wasted = st.HandedOut, st.Minted, st.Wasted
 	if s.shortLife > 0 {
@@ -533,12 +518,12 @@ func TestSizingBursts(t *testing.T) {
 	t.Logf("|---|---|---|---|---|---|---|")
 	for i, c := range cases {
 		b := runs[i]
-		t.Logf("| %s | %.2f%% of %d | %.2f%% | %d | %d | %d (%d) | %.1f%% |", c.name, 100*b.hitRate(), b.requests,
-			100*b.lateHitRate(), b.minted, b.handedOut, b.wasted, b.idleWasted, 100*b.wastedShare())
+		t.Logf("| %s | %.2f%% of %d | %.2f%% | %d | %d | %d (%d) | %.1f%% |", c.name, 100*b.hitRate, b.requests,
+			100*b.lateHitRate, b.minted, b.handedOut, b.wasted, b.idleWasted, 100*b.wastedShare())
 		// A pool idling at its floor cannot serve a burst's first mint
 		// latency; after the first second, it must.
-		if b.lateHitRate() < 0.99 {
-			t.Errorf("%s: %.2f%% from the pool after the first second, want ≥ 99%%", c.name, 100*b.lateHitRate())
+		if b.lateHitRate < 0.99 {
+			t.Errorf("%s: %.2f%% from the pool after the first second, want ≥ 99%%", c.name, 100*b.lateHitRate)
 		}
 		if b.wastedShare() > 0.10 {
 			t.Errorf("%s: the load wasted %.1f%% of its handouts, want ≤ 10%%", c.name, 100*b.wastedShare())

@@ -212,8 +212,9 @@ func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRem
 
 // What a take counts in its shard's stats, besides a handout.
 const (
-	countDemand = 1 // the request, in the demand rates
-	countMiss   = 2 // a miss, when nothing usable was found
+	countDemand       = 1 // the request, in the demand rates
+	countMiss         = 2 // a miss, when nothing usable was found
+	countUnreplicated = 4 // the handout, as unreplicated (takeReplicated sets it)
 )
 
 // takeIn is TakeLimited on one shard of a profile (tag: its hash tag),
@@ -311,9 +312,11 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 		node, addr = c, c.Options().Addr
 	}
 	if s.skipWait(addr, node) {
+		// No replica to wait for: the script counts the handout as
+		// unreplicated itself, so the take stays one round trip.
+		args[argCounts] = args[argCounts].(int) | countUnreplicated
 		v, err := takeScript.Run(ctx, node, keys, args...).Result()
-		if err == nil {
-			_ = s.count(ctx, profile, "unreplicated", 1)
+		if err == nil && handedOut(v) {
 			s.metrics.unreplicate(profileOf(profile))
 		}
 		return v, err
@@ -333,7 +336,7 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 			// Unconfirmed, whether WAIT timed out or the caller's deadline
 			// came first: the watch looks whether a replica is missing.
 			s.waitTimedOut(addr, node)
-			if take.Err() == nil {
+			if v, err := take.Result(); err == nil && handedOut(v) {
 				// Best effort: failing the take for its counter would
 				// lose the entry it holds.
 				_ = s.count(ctx, profile, "unreplicated", 1)
@@ -342,6 +345,16 @@ func (s *Store) takeReplicated(ctx context.Context, profile string, keys []strin
 		}
 		return take.Result()
 	}
+}
+
+// argCounts is the index of takeScript's "what to count" argument.
+const argCounts = 7
+
+// handedOut reports whether a takeScript reply handed out a new entry
+// (status 1): only those count as unreplicated.
+func handedOut(v any) bool {
+	reply, ok := v.([]any)
+	return ok && len(reply) > 0 && reply[0] == int64(1)
 }
 
 // taken is what one take script call returned.
@@ -358,6 +371,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
 	args = append(args, minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts)
+	// args[argCounts] is counts.
 	if len(checks) > 0 {
 		lkeys, largs := s.limits.ScriptArgs(checks)
 		keys = append(keys, lkeys...)

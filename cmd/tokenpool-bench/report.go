@@ -284,9 +284,7 @@ func (res *Result) summary(w io.Writer) {
 	if c := res.Cost; c != nil {
 		fmt.Fprintf(w, "  %-22s %d minted, %d wasted, %d handed out from the pool, %d minted for requests (fleet, during the run)\n",
 			"pool counters", c.Minted, c.Wasted, c.HandedOut, c.Direct)
-	}
-	if res.Cost != nil {
-		fmt.Fprintf(w, "  %-22s %s\n", "cost", res.Cost)
+		fmt.Fprintf(w, "  %-22s %s\n", "cost", c)
 	}
 	if c := res.Checks; c.Checked {
 		fmt.Fprintf(w, "  %-22s %d credentials: %d duplicates, %d short-lived, %d not from the provider\n",
