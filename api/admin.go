@@ -115,9 +115,12 @@ type profileReport struct {
 	Orphaned  int64 `json:"orphaned"`
 	Misses    int64 `json:"misses"`
 	// Unreplicated takes were handed out before a replica had them.
-	Unreplicated int64              `json:"unreplicated"`
-	Breaker      string             `json:"breaker"`
-	Demand       map[string]float64 `json:"demandPerSecond"`
+	Unreplicated int64 `json:"unreplicated"`
+	// UnreachableShards are shards whose Redis did not answer: the
+	// figures above leave them out.
+	UnreachableShards int                `json:"unreachableShards"`
+	Breaker           string             `json:"breaker"`
+	Demand            map[string]float64 `json:"demandPerSecond"`
 	// Cost is what handouts cost over the last minute and hour.
 	Cost    map[string]costReport `json:"cost"`
 	Prewarm *prewarmAnswer        `json:"prewarm,omitempty"`
@@ -152,7 +155,8 @@ func (s *Server) getProfiles(c *gin.Context) {
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
 			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
 			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned, Unreplicated: st.Unreplicated,
-			Breaker: "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
+			UnreachableShards: st.Unreachable,
+			Breaker:           "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
 			Cost: map[string]costReport{"lastMinute": costOf(st.LastMinute), "lastHour": costOf(st.LastHour)},
 		}
 		if s.cfg.Breaker != nil {

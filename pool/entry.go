@@ -41,8 +41,9 @@ type Handout struct {
 	Source  Source
 	Credential
 
-	claim string // the take's claim key suffix, for Return; "" unless pooled
-	tag   string // the hash tag of the shard it was taken from, for Return
+	claim  string    // the take's claim key suffix, for Return; "" unless pooled
+	tag    string    // the hash tag of the shard it was taken from, for Return
+	sentAt time.Time // when its take was sent, by this host's clock, for Return
 }
 
 // LogValue keeps the credential out of logs.

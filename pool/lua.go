@@ -124,7 +124,11 @@ end
 // counted as a prevented duplicate. An entry whose body starts with none
 // of the given prefixes (sealed with a key this replica lacks) is left in
 // place.
-var takeScript = redis.NewScript(luaPrelude + limiter.LuaGCRA + `
+var takeScript = redis.NewScript(takeSource)
+
+// takeSource is takeScript's source, which a take sends with EVAL when
+// Redis lacks the script.
+const takeSource = luaPrelude + limiter.LuaGCRA + `
 local t = redis.call('TIME')
 local now = tonumber(ARGV[3])
 if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
@@ -227,7 +231,7 @@ if math.floor(counts / 2) % 2 == 1 then
 end
 if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
 return {0, '', '', evicted, foreign, lim, now}
-`)
+`
 
 // recoverScript undoes a take whose entry never reached its caller (the
 // reply missed the deadline, the connection broke, the caller left). It

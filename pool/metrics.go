@@ -140,6 +140,7 @@ type poolCollector struct {
 	p                                      *Pool
 	ready, usable, target, inflight, rates *prometheus.Desc
 	mintsPerHandout, wastedRecent          *prometheus.Desc
+	unreachable                            *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector of every profile's pool: ready,
@@ -157,11 +158,13 @@ func (p *Pool) Collector() prometheus.Collector {
 			"Mints (pooled and for requests) per handout, fleet-wide, over the last minute (1m) or hour (1h).", []string{"profile", "window"}, nil),
 		wastedRecent: prometheus.NewDesc("tokenpool_pool_wasted_recent",
 			"Credentials wasted, fleet-wide, over the last minute (1m) or hour (1h).", []string{"profile", "window"}, nil),
+		unreachable: prometheus.NewDesc("tokenpool_pool_shards_unreachable",
+			"Shards of the profile whose Redis did not answer the scrape: the other figures leave them out.", l, nil),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.ready, c.usable, c.target, c.inflight, c.rates, c.mintsPerHandout, c.wastedRecent} {
+	for _, d := range []*prometheus.Desc{c.ready, c.usable, c.target, c.inflight, c.rates, c.mintsPerHandout, c.wastedRecent, c.unreachable} {
 		ch <- d
 	}
 }
@@ -178,6 +181,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.usable, prometheus.GaugeValue, float64(st.Usable), name)
 		ch <- prometheus.MustNewConstMetric(c.target, prometheus.GaugeValue, float64(st.Target), name)
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(st.InFlight), name)
+		ch <- prometheus.MustNewConstMetric(c.unreachable, prometheus.GaugeValue, float64(st.Unreachable), name)
 		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Fast, name, "fast")
 		ch <- prometheus.MustNewConstMetric(c.rates, prometheus.GaugeValue, st.Demand.Slow, name, "slow")
 		for w, cost := range map[string]Cost{"1m": st.LastMinute, "1h": st.LastHour} {

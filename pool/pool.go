@@ -8,6 +8,7 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -155,7 +156,8 @@ type profile struct {
 	Profile
 	minLife time.Duration // MinRemaining + skew: what Redis scripts check
 	sizing  Sizing
-	tags    []string // the hash tags of its shards
+	tags    []string      // the hash tags of its shards
+	health  []shardHealth // what takes know of each shard
 	// direct bounds this profile's mints for requests (misses and on-demand
 	// mints) on this replica, so a burst on one profile can't take every
 	// slot from the others; nil when direct minting is off.
@@ -265,8 +267,9 @@ func New(cfg Config) (*Pool, error) {
 		if pr.Shards > MaxShards {
 			return nil, fmt.Errorf("pool: config: profile %q: at most %d shards", pr.Name, MaxShards)
 		}
-		prof := &profile{Profile: pr, tags: shardTags(pr.Name, pr.Shards), minLife: pr.MinRemaining + cfg.MaxClockSkew,
-			sizing: Sizing{Floor: pr.Target, Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
+		prof := &profile{Profile: pr, tags: shardTags(pr.Name, pr.Shards), health: make([]shardHealth, pr.Shards),
+			minLife: pr.MinRemaining + cfg.MaxClockSkew,
+			sizing:  Sizing{Floor: pr.Target, Ceiling: pr.MaxTarget, Headroom: cfg.Headroom, Margin: cfg.Margin}.withDefaults()}
 		if cfg.DirectMints > 0 {
 			prof.direct = make(chan struct{}, cfg.DirectMints)
 		}
@@ -352,37 +355,62 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, ch
 }
 
 // take takes from pr's pool behind checks: from one shard picked at
-// random, then from the others in turn while they are empty. The first
-// take applies the checks and counts the demand; a miss is counted once,
-// when every shard was empty.
+// random, then from the others in turn while they are empty or failing
+// (see takeOrder). The first take that reaches Redis applies the checks
+// and counts the demand; a miss is counted once, when every shard that
+// answered was empty. It fails only when no shard answered.
 func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
-	n := len(pr.tags)
-	first, counts := 0, countDemand|countMiss
-	if n > 1 {
-		first, counts = rand.N(n), countDemand
+	counts := countDemand | countMiss
+	if len(pr.tags) > 1 {
+		counts = countDemand
 	}
-	var ds []limiter.Decision
-	for k := range n {
-		h, taken, err := p.store.takeIn(ctx, pr.tags[(first+k)%n], requestID, pr.minLife, checks, counts)
-		if k == 0 {
+	var (
+		h        Handout
+		ds       []limiter.Decision
+		err      error
+		answered = -1 // the first shard that answered
+	)
+	p.takeOrder(pr, func(i int) bool {
+		c, cnt := checks, counts
+		if answered >= 0 || ds != nil {
+			c, cnt = nil, 0 // applied by an earlier shard's take
+		}
+		var taken []limiter.Decision
+		h, taken, err = p.store.takeIn(ctx, pr.tags[i], requestID, pr.minLife, c, cnt)
+		if ds == nil {
 			ds = taken
 		}
 		var ue *UnrecoveredError
 		if errors.As(err, &ue) {
 			p.refill.unrecovered(ue)
 		}
-		if err == nil {
-			p.metrics.handout(pr.Name, SourcePool)
-			return h, ds, nil
+		switch {
+		case err == nil:
+			pr.health[i].ok()
+			return false
+		case errors.Is(err, ErrEmpty):
+			pr.health[i].ok()
+			if answered < 0 {
+				answered = i
+			}
+			return true
+		case errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
+			// This shard's Redis failed: the others may serve.
+			pr.health[i].fail(p.now().Add(shardRetry))
+			return true
 		}
-		if err != ErrEmpty { // denied, failed, or an abandoned claim
-			return h, ds, err
-		}
-		checks, counts = nil, 0
+		return false // denied, or the request ended
+	})
+	if err == nil {
+		p.metrics.handout(pr.Name, SourcePool)
+		return h, ds, nil
 	}
-	if n > 1 {
+	if answered < 0 || ctx.Err() != nil || !errors.Is(err, ErrEmpty) && !errors.Is(err, ErrUnavailable) {
+		return Handout{}, ds, err // no shard answered, or denied, or the request ended
+	}
+	if len(pr.tags) > 1 {
 		// Best effort: a counter.
-		_ = p.store.count(ctx, pr.tags[first], "misses", 1)
+		_ = p.store.count(ctx, pr.tags[answered], "misses", 1)
 	}
 	p.metrics.miss(pr.Name)
 	return Handout{}, ds, ErrEmpty
@@ -404,8 +432,11 @@ func (p *Pool) Return(h Handout) {
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
-		if err := p.store.recoverClaim(ctx, h.tag, h.claim, pr.minLife); err != nil {
-			p.refill.unrecovered(&UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: p.now(), Err: err})
+		e := &UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: h.sentAt}
+		r, err := p.store.recoverClaim(ctx, h.tag, h.claim, pr.minLife)
+		if err != nil || !p.store.recoveredInTime(e, r) {
+			e.Err = cmp.Or(err, errors.New("pool: return: recovered too late to tell"))
+			p.refill.unrecovered(e)
 		}
 	case SourceDirect:
 		p.metrics.returned(pr.Name)
@@ -423,11 +454,22 @@ func (p *Pool) mintDirect(ctx context.Context, pr *profile) (Handout, error) {
 	if err != nil {
 		return Handout{}, err
 	}
-	if err := p.store.count(ctx, pr.tags[0], "direct", 1); err != nil {
+	if err := p.countInAny(ctx, pr, "direct", 1); err != nil {
 		p.log.Warn("pool: counting a direct mint", "profile", pr.Name, "err", err)
 	}
 	p.metrics.handout(pr.Name, SourceDirect)
 	return h, nil
+}
+
+// countInAny adds n to a counter of pr in a shard that answers, tried as
+// a take tries them: a profile's counters are the sum over its shards.
+func (p *Pool) countInAny(ctx context.Context, pr *profile, counter string, n int64) error {
+	var err error
+	p.takeOrder(pr, func(i int) bool {
+		err = p.store.count(ctx, pr.tags[i], counter, n)
+		return err != nil && ctx.Err() == nil
+	})
+	return err
 }
 
 // MintOnce mints one credential with m for one request, under the named
@@ -579,18 +621,28 @@ func (p *Pool) Prewarm(ctx context.Context, profileName string) (int, time.Time,
 }
 
 // Stats returns the named profile's shared snapshot, its shards' added up.
+// A shard whose Redis fails is left out and counted in Unreachable; Stats
+// fails only when no shard answers.
 func (p *Pool) Stats(ctx context.Context, profileName string) (Stats, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Stats{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	var sum Stats
+	var (
+		sum     Stats
+		lastErr error
+	)
 	for _, tag := range pr.tags {
 		st, err := p.store.Stats(ctx, tag, pr.minLife)
 		if err != nil {
-			return Stats{}, err
+			sum.Unreachable++
+			lastErr = err
+			continue
 		}
 		sum = sum.add(st)
+	}
+	if sum.Unreachable == len(pr.tags) {
+		return Stats{}, lastErr
 	}
 	p.costs(pr, &sum)
 	return sum, nil

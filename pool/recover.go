@@ -25,8 +25,10 @@ type UnrecoveredError struct {
 	// unless it is sharded.
 	Profile, Claim string
 	MinRemaining   time.Duration
-	At             time.Time // when the take failed
-	Err            error     // the take's error
+	// At is when the take was sent, by this host's clock: its claim, if
+	// it ran, lives at least the claim TTL from then.
+	At  time.Time
+	Err error // the take's error
 }
 
 func (e *UnrecoveredError) Error() string { return e.Err.Error() }
@@ -34,29 +36,45 @@ func (e *UnrecoveredError) Error() string { return e.Err.Error() }
 // Unwrap returns the take's error.
 func (e *UnrecoveredError) Unwrap() error { return e.Err }
 
-// abandon recovers the entry of a failed take under claim, on a context
-// detached from the caller's, which may be what ended. It returns cause,
-// or an *UnrecoveredError wrapping it when recovery failed too.
-func (s *Store) abandon(profile, claim string, minRemaining time.Duration, cause error) error {
+// abandon recovers the entry of a failed take under claim, sent at sentAt,
+// on a context detached from the caller's, which may be what ended. It
+// returns cause, or an *UnrecoveredError wrapping it when recovery failed
+// too (or came too late to tell).
+func (s *Store) abandon(profile, claim string, minRemaining time.Duration, sentAt time.Time, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	if err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil {
-		return &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: s.hostNow(), Err: cause}
+	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: sentAt, Err: cause}
+	if r, err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil || !s.recoveredInTime(e, r) {
+		return e
 	}
 	return cause
 }
 
+// recoverHorizon is how long after a take was sent its claim surely
+// still holds: the claim TTL, less a margin for the clocks of Redis and
+// this host.
+func (s *Store) recoverHorizon() time.Duration { return s.claimTTL - time.Second }
+
+// recoveredInTime reports whether recovering e's take answered r (a
+// recoverScript reply) in time to be believed: "nothing had been taken"
+// (0) from a recovery that may have run after the claim expired says
+// nothing.
+func (s *Store) recoveredInTime(e *UnrecoveredError, r int64) bool {
+	return r != 0 || s.hostNow().Sub(e.At) < s.recoverHorizon()
+}
+
 // recoverClaim undoes the take under claim, if one ran, and leaves a
 // tombstone so that a take under it that reaches Redis later hands out
-// nothing. The script counts what it did (returned, wasted).
-func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) error {
+// nothing. The script counts what it did (returned, wasted); its reply
+// is 0 when no take had run (or its claim expired), 1 pooled, 2 wasted.
+func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) (int64, error) {
 	k := s.keys(profile)
-	err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Err()
+	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
+		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Int64()
 	if err != nil {
-		return storeError("recover", err)
+		return 0, storeError("recover", err)
 	}
-	return nil
+	return r, nil
 }
 
 // flush pools what the refiller still holds, once the loop and every mint
@@ -66,8 +84,9 @@ func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRema
 func (r *refiller) flush() {
 	for _, name := range r.p.names {
 		pr := r.p.profiles[name]
-		r.recoverPending(pr)
-		r.unpark(pr)
+		sr := newShardRound(pr)
+		r.recoverPending(pr, sr)
+		r.unpark(pr, sr)
 		r.mu.Lock()
 		st := r.state[name]
 		lost := int64(len(st.parked)+len(st.pending)) + st.lost
@@ -78,11 +97,9 @@ func (r *refiller) flush() {
 			continue
 		}
 		r.p.metrics.loss(name, lost)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := r.p.store.count(ctx, pr.tags[0], "lost", lost)
-		cancel()
+		counted := r.countAny(pr, sr, "", "lost", lost)
 		r.p.log.Warn("pool: stopped holding credentials Redis did not take", "profile", name,
-			"lost", lost, "expired_unpooled", wasted, "counted_in_redis", err == nil)
+			"lost", lost, "expired_unpooled", wasted, "counted_in_redis", counted)
 	}
 }
 
@@ -107,44 +124,55 @@ func (r *refiller) unrecovered(e *UnrecoveredError) {
 
 // recoverPending recovers the entries of failed takes. One whose claim
 // may have expired can no longer be told apart from a take that never ran,
-// and counts as lost. It reports false when Redis still fails.
-func (r *refiller) recoverPending(pr *profile) bool {
+// and counts as lost. Those whose shard still fails stay queued.
+func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 	r.mu.Lock()
 	st := r.state[pr.Name]
 	list, lost := st.pending, st.lost
 	st.pending, st.lost = nil, 0
 	r.mu.Unlock()
 	if len(list) == 0 && lost == 0 {
-		return true
+		return
 	}
-	requeue := func(rest []*UnrecoveredError, lost int64) bool {
-		r.mu.Lock()
-		st.pending = append(rest, st.pending...)
-		st.lost += lost
-		r.mu.Unlock()
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	horizon := r.p.store.claimTTL - time.Second // a margin for the clocks of Redis and this host
-	var recovered int
-	for i, e := range list {
+	horizon := r.p.store.recoverHorizon()
+	var (
+		recovered int
+		kept      []*UnrecoveredError
+	)
+	for _, e := range list {
 		if r.p.now().Sub(e.At) >= horizon {
 			lost++
 			r.p.metrics.loss(pr.Name, 1)
 			continue
 		}
-		if err := r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.MinRemaining); err != nil {
-			return requeue(list[i:], lost)
+		var res int64
+		if !r.shardCall(pr, shardIndex(pr, e.Profile), sr, "recover", func(ctx context.Context) (err error) {
+			res, err = r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.MinRemaining)
+			return err
+		}) {
+			kept = append(kept, e)
+			continue
+		}
+		if !r.p.store.recoveredInTime(e, res) {
+			lost++ // it ran too late to tell a take that never ran
+			r.p.metrics.loss(pr.Name, 1)
+			continue
 		}
 		recovered++
 	}
-	if lost > 0 {
-		if err := r.p.store.count(ctx, pr.tags[0], "lost", lost); err != nil {
-			return requeue(nil, lost)
-		}
+	if lost > 0 && !r.countAny(pr, sr, "", "lost", lost) {
+		r.mu.Lock()
+		st.lost += lost
+		r.mu.Unlock()
+		lost = 0
 	}
-	r.p.log.Warn("pool: takes that failed while Redis was failing", "profile", pr.Name,
-		"recovered", recovered, "lost", lost)
-	return true
+	if len(kept) > 0 {
+		r.mu.Lock()
+		st.pending = append(kept, st.pending...)
+		r.mu.Unlock()
+	}
+	if recovered > 0 || lost > 0 {
+		r.p.log.Warn("pool: takes that failed while Redis was failing", "profile", pr.Name,
+			"recovered", recovered, "lost", lost, "still_pending", len(kept))
+	}
 }

@@ -54,6 +54,7 @@ type refillState struct {
 	life      time.Duration       // moving average of a new credential's usable life; 0: none seen
 	demand    Demand              // the fleet's demand, as the last reservation round saw it
 	shards    []reservation       // what each shard's last reservation round saw
+	shardOff  []shardBackoff      // each shard's Redis failures: it backs off alone
 	rounds    int                 // reservation rounds so far
 	target    int                 // the target of the last round
 	lastLog   time.Time           // last failure logged
@@ -94,7 +95,8 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 		state:       make(map[string]*refillState, len(p.names)),
 	}
 	for _, name := range p.names {
-		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, len(p.profiles[name].tags))}
+		n := len(p.profiles[name].tags)
+		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, n), shardOff: make([]shardBackoff, n)}
 	}
 	return r
 }
@@ -178,14 +180,15 @@ func (r *refiller) loop(ctx context.Context) {
 }
 
 // refillProfile leases as many reservations as the profile lacks (up to
-// the free mint slots on this replica) and starts a mint for each.
+// the free mint slots on this replica) and starts a mint for each. A shard
+// whose Redis fails backs off alone; the others go on.
 func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	if pr.Target == 0 {
 		return // no pool
 	}
-	if !r.recoverPending(pr) || !r.unpark(pr) {
-		return // Redis still fails; don't lease more
-	}
+	sr := newShardRound(pr)
+	r.recoverPending(pr, sr)
+	r.unpark(pr, sr)
 	a, ok := r.plan(pr)
 	if !ok {
 		return
@@ -197,39 +200,69 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	defer span.End()
 	reserved := 0
 	defer func() { span.SetAttributes(attribute.Int("tokenpool.pool.reserved", reserved)) }()
-	// Each shard holds its share of the target; the mint slots this
-	// replica has free go to the shards in turn.
+	// Each shard holds its share of the target; the shards whose Redis
+	// fails give theirs to the others. The mint slots this replica has
+	// free go to the shards in turn.
 	n := len(pr.tags)
+	now := r.p.now()
 	r.mu.Lock()
-	start := r.state[pr.Name].rounds % n // the first shard to get a slot turns round
-	r.state[pr.Name].rounds++
+	st := r.state[pr.Name]
+	start := st.rounds % n // the first shard to get a slot turns round
+	st.rounds++
+	var up []int // the shards that answered last time
+	for i := range n {
+		if st.shardOff[i].failures == 0 {
+			up = append(up, i)
+		}
+	}
 	r.mu.Unlock()
+	shareOf := func(i int) int {
+		for j, u := range up {
+			if u == i {
+				return share(a.target, j, len(up))
+			}
+		}
+		return share(a.target, i, n) // a failing shard, looked at again
+	}
 	for k := range n {
 		i := (start + k) % n
+		r.mu.Lock()
+		off := st.shardOff[i]
+		r.mu.Unlock()
+		if sr.failed[i] || now.Before(off.notBefore) {
+			continue
+		}
 		tag := pr.tags[i]
 		sa := a
-		sa.target, sa.idPrefix = share(a.target, i, n), r.p.replicaID+"/"+tag+"/"
+		sa.target, sa.idPrefix = shareOf(i), r.p.replicaID+"/"+tag+"/"
 		// The reservation round runs to completion even when the loop is
-		// told to stop, so no lease is granted that nobody knows about.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		// told to stop, so no lease is granted that nobody knows about. A
+		// shard that failed is given less time: it must not hold up the
+		// others' rounds.
+		timeout := 2 * time.Second
+		if off.failures > 0 {
+			timeout = shardProbeTimeout
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		res, err := r.p.store.reserve(rctx, tag, sa)
 		cancel()
 		if err != nil {
 			span.SetStatus(codes.Error, "reserve failed")
-			r.failed(pr.Name, "reserve", err)
-			return
+			r.shardFailed(pr, i, "reserve", err)
+			continue
 		}
+		r.shardOK(pr, i)
 		seen := res
 		seen.ids = nil
 		r.mu.Lock()
-		r.state[pr.Name].shards[i] = seen
+		st.shards[i] = seen
 		r.mu.Unlock()
 		if ctx.Err() != nil {
 			r.releaseAll(tag, "released", res.ids)
 			return
 		}
 		r.mu.Lock()
-		r.state[pr.Name].inFlight += len(res.ids)
+		st.inFlight += len(res.ids)
 		r.mu.Unlock()
 		reserved += len(res.ids)
 		for _, id := range res.ids {
@@ -244,13 +277,95 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	}
 	var sum reservation
 	r.mu.Lock()
-	for _, sh := range r.state[pr.Name].shards {
+	for i, sh := range st.shards {
+		if st.shardOff[i].failures > 0 {
+			continue // unreachable: what it last saw serves nobody
+		}
 		sum.usable, sum.inFlight, sum.target = sum.usable+sh.usable, sum.inFlight+sh.inFlight, sum.target+sh.target
 		sum.demand.Fast += sh.demand.Fast
 		sum.demand.Slow += sh.demand.Slow
 	}
 	r.mu.Unlock()
 	r.observe(pr, sum)
+}
+
+// shardProbeTimeout bounds a reservation round on a shard whose Redis
+// failed last time.
+const shardProbeTimeout = 300 * time.Millisecond
+
+// shardBackoff is one shard's run of Redis failures.
+type shardBackoff struct {
+	failures  int
+	notBefore time.Time
+}
+
+// shardFailed backs shard i of pr off alone, and has takes pass over it
+// meanwhile.
+func (r *refiller) shardFailed(pr *profile, i int, op string, err error) {
+	now := r.p.now()
+	r.mu.Lock()
+	off := &r.state[pr.Name].shardOff[i]
+	off.failures++
+	wait := backoffAfter(off.failures)
+	off.notBefore = now.Add(wait)
+	failures := off.failures
+	r.mu.Unlock()
+	pr.health[i].fail(now.Add(max(wait, shardRetry)))
+	r.logFailure(pr.Name, op, err, failures, wait, "shard", pr.tags[i])
+}
+
+// shardOK ends shard i's run of failures.
+func (r *refiller) shardOK(pr *profile, i int) {
+	r.mu.Lock()
+	off := &r.state[pr.Name].shardOff[i]
+	was := off.failures
+	*off = shardBackoff{}
+	r.mu.Unlock()
+	pr.health[i].ok()
+	if was > 0 {
+		r.p.log.Info("pool: a shard answers again", "profile", pr.Name, "shard", pr.tags[i], "failures", was)
+	}
+}
+
+// shardRound is what one refill round (or the flush at shutdown) learnt
+// of a profile's shards: one that failed in it is not tried again in it.
+type shardRound struct{ failed []bool }
+
+func newShardRound(pr *profile) *shardRound { return &shardRound{failed: make([]bool, len(pr.tags))} }
+
+// shardCall runs call on shard i of pr, unless it failed earlier in round
+// sr, with a short deadline when its Redis failed last time, and records
+// the outcome: a failure backs the shard off. It reports whether call
+// ran and succeeded.
+func (r *refiller) shardCall(pr *profile, i int, sr *shardRound, op string, call func(ctx context.Context) error) bool {
+	if i < 0 || sr.failed[i] {
+		return false
+	}
+	timeout := 2 * time.Second
+	r.mu.Lock()
+	if r.state[pr.Name].shardOff[i].failures > 0 {
+		timeout = shardProbeTimeout
+	}
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := call(ctx); err != nil {
+		sr.failed[i] = true
+		r.shardFailed(pr, i, op, err)
+		return false
+	}
+	r.shardOK(pr, i)
+	return true
+}
+
+// shardIndex is the index of tag among pr's shards, or -1.
+func shardIndex(pr *profile, tag string) int {
+	for i, t := range pr.tags {
+		if t == tag {
+			return i
+		}
+	}
+	return -1
 }
 
 // plan decides one reservation round for pr: the target from the demand
@@ -352,7 +467,7 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 	e := parked{tag: tag, resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}
 	if _, err := r.p.store.put(pctx, tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
 		r.park(pr.Name, e)
-		r.failed(pr.Name, "put", err)
+		r.shardFailed(pr, shardIndex(pr, tag), "put", err)
 	}
 }
 
@@ -370,46 +485,85 @@ func (r *refiller) park(profile string, e parked) {
 }
 
 // unpark puts parked credentials back into Redis, dropping the stale ones
-// as waste. It reports false when Redis still fails.
-func (r *refiller) unpark(pr *profile) bool {
+// as waste. One whose shard fails goes to another shard; what no shard
+// takes stays parked.
+func (r *refiller) unpark(pr *profile, sr *shardRound) {
 	r.mu.Lock()
 	st := r.state[pr.Name]
 	list, lost := st.parked, st.lostWaste
 	st.parked, st.lostWaste = nil, 0
 	r.mu.Unlock()
 	if len(list) == 0 && lost == 0 {
-		return true
+		return
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	cutoff := r.p.now().Add(pr.minLife)
 	var pooled int
-	for i, e := range list {
+	var kept []parked
+	for _, e := range list {
 		if !e.retire.After(cutoff) {
 			lost++
 			continue
 		}
-		if _, err := r.p.store.put(ctx, e.tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
-			r.mu.Lock()
-			st.parked = append(list[i:], st.parked...)
-			st.lostWaste += lost
-			r.mu.Unlock()
-			return false
-		}
-		pooled++
-	}
-	if lost > 0 {
-		if err := r.p.store.count(ctx, pr.tags[0], "wasted", lost); err != nil {
-			r.mu.Lock()
-			st.lostWaste += lost
-			r.mu.Unlock()
-			return false
+		if r.putAnywhere(pr, e, sr) {
+			pooled++
+		} else {
+			kept = append(kept, e)
 		}
 	}
-	r.p.log.Warn("pool: credentials minted while Redis was failing", "profile", pr.Name,
-		"pooled", pooled, "expired_unpooled", lost)
-	return true
+	if lost > 0 && !r.countAny(pr, sr, "", "wasted", lost) {
+		r.mu.Lock()
+		st.lostWaste += lost
+		r.mu.Unlock()
+		lost = 0
+	}
+	if len(kept) > 0 {
+		r.mu.Lock()
+		st.parked = append(kept, st.parked...)
+		r.mu.Unlock()
+	}
+	if pooled > 0 || lost > 0 {
+		r.p.log.Warn("pool: credentials minted while Redis was failing", "profile", pr.Name,
+			"pooled", pooled, "expired_unpooled", lost, "still_parked", len(kept))
+	}
+}
+
+// putAnywhere pools a parked credential in its own shard or, when that
+// shard fails, in another one that answers (its reservation lapses where
+// it was leased). It reports whether a shard took it.
+func (r *refiller) putAnywhere(pr *profile, e parked, sr *shardRound) bool {
+	own := max(shardIndex(pr, e.tag), 0)
+	n := len(pr.tags)
+	for k := range n {
+		i := (own + k) % n
+		tag := pr.tags[i]
+		resID := e.resID
+		if tag != e.tag {
+			resID = "" // held nowhere here: pooled only if the shard has room
+		}
+		if r.shardCall(pr, i, sr, "put", func(ctx context.Context) error {
+			_, err := r.p.store.put(ctx, tag, resID, e.entryID, e.retire, e.cred, pr.minLife)
+			return err
+		}) {
+			return true
+		}
+	}
+	return false
+}
+
+// countAny adds n to a counter of pr in shard tag or, when that shard
+// fails (or tag is ""), in any shard that answers: a profile's counters
+// are the sum over its shards. It reports whether one did.
+func (r *refiller) countAny(pr *profile, sr *shardRound, tag, counter string, n int64) bool {
+	own := max(shardIndex(pr, tag), 0)
+	for k := range len(pr.tags) {
+		i := (own + k) % len(pr.tags)
+		if r.shardCall(pr, i, sr, "count", func(ctx context.Context) error {
+			return r.p.store.count(ctx, pr.tags[i], counter, n)
+		}) {
+			return true
+		}
+	}
+	return false
 }
 
 // retireAt is when an entry expiring at exp stops being handed out: exp
@@ -462,10 +616,20 @@ func (r *refiller) failed(profile, op string, err error) {
 	if errors.As(err, &u) && u.RetryAfter > wait {
 		wait = min(u.RetryAfter, maxBackoff)
 	}
+	st.notBefore = r.p.now().Add(wait)
+	failures := st.failures
+	r.mu.Unlock()
+	r.logFailure(profile, op, err, failures, wait)
+}
+
+// logFailure logs a refill failure of profile, at most once per
+// failureLogEvery, with the number it kept quiet.
+func (r *refiller) logFailure(profile, op string, err error, failures int, wait time.Duration, attrs ...any) {
 	now := r.p.now()
-	st.notBefore = now.Add(wait)
+	r.mu.Lock()
+	st := r.state[profile]
 	logIt := now.Sub(st.lastLog) >= failureLogEvery
-	quiet, failures := st.quiet, st.failures
+	quiet := st.quiet
 	if logIt {
 		st.lastLog, st.quiet = now, 0
 	} else {
@@ -473,8 +637,8 @@ func (r *refiller) failed(profile, op string, err error) {
 	}
 	r.mu.Unlock()
 	if logIt {
-		r.p.log.Warn("pool: refill "+op+" failed", "profile", profile, "err", err,
-			"consecutive_failures", failures, "backoff", wait.String(), "suppressed", quiet)
+		r.p.log.Warn("pool: refill "+op+" failed", append([]any{"profile", profile, "err", err,
+			"consecutive_failures", failures, "backoff", wait.String(), "suppressed", quiet}, attrs...)...)
 	}
 }
 

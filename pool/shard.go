@@ -1,8 +1,11 @@
 package pool
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // Sharded profiles. A profile's keys share one hash tag, so on a Redis
@@ -70,4 +73,73 @@ func keySlot(key string) uint16 {
 		}
 	}
 	return crc % clusterSlots
+}
+
+// A shard whose Redis fails (a dead Cluster master) must not take its
+// profile down: takes pass over it for shardRetry and try the other
+// shards (or mint directly), and the refiller backs off that shard alone
+// while the others keep refilling. A success on the shard, a take's or the
+// refiller's, makes it a shard like the others again.
+
+// shardRetry is how long takes pass over a shard after its Redis failed;
+// the first take after that tries it again.
+const shardRetry = time.Second
+
+// shardHealth is what takes know of one shard. It is safe for concurrent
+// use.
+type shardHealth struct {
+	downUntil atomic.Int64 // this host's clock, Unix ns: takes pass over the shard until then; 0: up
+}
+
+// down reports whether takes pass over the shard at now.
+func (h *shardHealth) down(now time.Time) bool {
+	u := h.downUntil.Load()
+	return u != 0 && now.UnixNano() < u
+}
+
+// fail marks the shard down until until, unless it is down longer already.
+func (h *shardHealth) fail(until time.Time) {
+	for {
+		u := h.downUntil.Load()
+		if u >= until.UnixNano() || h.downUntil.CompareAndSwap(u, until.UnixNano()) {
+			return
+		}
+	}
+}
+
+// ok marks the shard up.
+func (h *shardHealth) ok() {
+	if h.downUntil.Load() != 0 {
+		h.downUntil.Store(0)
+	}
+}
+
+// takeOrder calls try with pr's shards in the order a take visits them:
+// those up, from one picked at random, then, if every shard is down, all
+// of them. It stops when try returns false.
+func (p *Pool) takeOrder(pr *profile, try func(i int) bool) {
+	n := len(pr.tags)
+	first := 0
+	if n > 1 {
+		first = rand.N(n)
+	}
+	now, tried := p.now(), 0
+	for k := range n {
+		i := (first + k) % n
+		if pr.health[i].down(now) {
+			continue
+		}
+		tried++
+		if !try(i) {
+			return
+		}
+	}
+	if tried > 0 {
+		return
+	}
+	for k := range n {
+		if !try((first + k) % n) {
+			return
+		}
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -214,7 +213,7 @@ func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRem
 const (
 	countDemand       = 1 // the request, in the demand rates
 	countMiss         = 2 // a miss, when nothing usable was found
-	countUnreplicated = 4 // the handout, as unreplicated (takeReplicated sets it)
+	countUnreplicated = 4 // the handout, as unreplicated (callTake sets it)
 )
 
 // takeIn is TakeLimited on one shard of a profile (tag: its hash tag),
@@ -238,12 +237,15 @@ func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining ti
 		if errors.Is(err, limiter.ErrDenied) {
 			return Handout{}, decisions, err
 		}
+		if err != nil && !t.ran {
+			return Handout{}, decisions, err // it holds nothing
+		}
 		if err != nil {
-			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, err)
+			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, t.sentAt, err)
 		}
 		cred, err := s.decode(tag, t.id, t.body)
 		if err == nil {
-			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag}, decisions, nil
+			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag, sentAt: t.sentAt}, decisions, nil
 		}
 		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
@@ -287,7 +289,7 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.at).Err()
 	if uerr != nil && err == nil {
-		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: s.hostNow(), Err: storeError("untake", uerr)}
+		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, Err: storeError("untake", uerr)}
 	}
 	if lerr != nil {
 		return taken{}, storeError("limits", lerr)
@@ -298,57 +300,11 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 // maxDiscards bounds the undecodable entries one Take skips.
 const maxDiscards = 3
 
-// takeReplicated runs takeScript and WAIT in one pipeline on the
-// connection of the master that owns profile's slot, so WAIT covers the
-// take's writes and it stays one round trip.
-func (s *Store) takeReplicated(ctx context.Context, profile string, keys []string, args []any) (any, error) {
-	var node redis.Cmdable = s.rdb
-	addr := ""
-	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		c, err := cc.MasterForKey(ctx, keys[0])
-		if err != nil {
-			return nil, err
-		}
-		node, addr = c, c.Options().Addr
-	}
-	if s.skipWait(addr, node) {
-		// No replica to wait for: the script counts the handout as
-		// unreplicated itself, so the take stays one round trip.
-		args[argCounts] = args[argCounts].(int) | countUnreplicated
-		v, err := takeScript.Run(ctx, node, keys, args...).Result()
-		if err == nil && handedOut(v) {
-			s.metrics.unreplicate(profileOf(profile))
-		}
-		return v, err
-	}
-	for loaded := false; ; loaded = true {
-		pipe := node.Pipeline()
-		take := pipe.EvalSha(ctx, takeScript.Hash(), keys, args...)
-		wait := pipe.Do(ctx, "WAIT", s.waitN, s.waitFor.Milliseconds())
-		_, _ = pipe.Exec(ctx)
-		if err := take.Err(); err != nil && !loaded && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			if err := takeScript.Load(ctx, node).Err(); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if acked, err := wait.Int64(); err != nil || acked < int64(s.waitN) {
-			// Unconfirmed, whether WAIT timed out or the caller's deadline
-			// came first: the watch looks whether a replica is missing.
-			s.waitTimedOut(addr, node)
-			if v, err := take.Result(); err == nil && handedOut(v) {
-				// Best effort: failing the take for its counter would
-				// lose the entry it holds.
-				_ = s.count(ctx, profile, "unreplicated", 1)
-				s.metrics.unreplicate(profileOf(profile))
-			}
-		}
-		return take.Result()
-	}
-}
-
-// argCounts is the index of takeScript's "what to count" argument.
-const argCounts = 7
+// The indexes of takeScript's arguments that callTake reads or changes.
+const (
+	argClaimTTL = 1
+	argCounts   = 7
+)
 
 // handedOut reports whether a takeScript reply handed out a new entry
 // (status 1): only those count as unreplicated.
@@ -362,33 +318,29 @@ type taken struct {
 	id, body  string
 	decisions []limiter.Decision // of the checks reached; nil when none were applied
 	at        int64              // the script's now, ms
+	sentAt    time.Time          // this host's clock when the take was sent
+	ran       bool               // a failed take may have run in Redis (else it holds nothing)
 }
 
 // take runs takeScript, with checks folded in.
 func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
+	mark := &sendMark{v: strconv.AppendInt(nil, s.claimTTL.Milliseconds(), 10)}
 	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
-	args = append(args, minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
+	args = append(args, minRemaining.Milliseconds(), mark, s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts)
-	// args[argCounts] is counts.
+	// args[argClaimTTL] is mark, args[argCounts] is counts.
 	if len(checks) > 0 {
 		lkeys, largs := s.limits.ScriptArgs(checks)
 		keys = append(keys, lkeys...)
 		args = append(args, largs...)
 	}
 	args = append(args, s.opens...)
-	var (
-		v   any
-		err error
-	)
-	if s.waitN > 0 {
-		v, err = s.takeReplicated(ctx, profile, keys, args)
-	} else {
-		v, err = takeScript.Run(ctx, s.rdb, keys, args...).Result()
-	}
+	sentAt := s.hostNow()
+	v, ran, err := s.callTake(ctx, profile, keys, args, mark)
 	if err != nil {
-		return taken{}, storeError("take", err)
+		return taken{sentAt: sentAt, ran: ran}, storeError("take", err)
 	}
 	reply, ok := v.([]any)
 	if !ok || len(reply) != 7 {
@@ -404,7 +356,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		return taken{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[5], reply[6])
 	}
 	s.metrics.waste(profileOf(profile), evicted)
-	t := taken{id: id, body: body, at: at}
+	t := taken{id: id, body: body, at: at, sentAt: sentAt}
 	if len(checks) > 0 {
 		if t.decisions, err = limiter.Decisions(checks, lim); err != nil {
 			return taken{}, fmt.Errorf("pool: take: %w", err)

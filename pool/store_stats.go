@@ -63,6 +63,9 @@ type Stats struct {
 	Surplus             int64 // minted after their reservation lapsed, with no room: counted in Wasted too
 	Orphaned            int64 // ids in the ready set without a body (should stay 0)
 	LedgerTrimmed       int64 // ledger ids dropped to keep it within LedgerMax
+	// Unreachable counts the shards whose Redis did not answer: the
+	// figures above leave them out.
+	Unreachable int
 	// What handouts cost over the last minute and hour (Pool.Stats sets
 	// them from this replica's samples of the counters above).
 	LastMinute, LastHour Cost
@@ -78,7 +81,7 @@ func (s Stats) add(t Stats) Stats {
 		Lapsed: s.Lapsed + t.Lapsed, DuplicatesPrevented: s.DuplicatesPrevented + t.DuplicatesPrevented,
 		Discarded: s.Discarded + t.Discarded, Unreplicated: s.Unreplicated + t.Unreplicated, Lost: s.Lost + t.Lost,
 		Returned: s.Returned + t.Returned, Surplus: s.Surplus + t.Surplus, Orphaned: s.Orphaned + t.Orphaned,
-		LedgerTrimmed: s.LedgerTrimmed + t.LedgerTrimmed,
+		LedgerTrimmed: s.LedgerTrimmed + t.LedgerTrimmed, Unreachable: s.Unreachable + t.Unreachable,
 	}
 }
 

@@ -14,10 +14,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// StartCluster starts n redis-server processes in cluster mode and joins
-// them into one cluster of n masters with redis-cli --cluster create. It
-// returns the nodes once every slot is served.
-func StartCluster(tb testing.TB, n int) []*Server {
+// StartCluster starts n redis-server processes in cluster mode, with
+// extraArgs, and joins them into one cluster of n masters with redis-cli
+// --cluster create. It returns the nodes once every slot is served.
+func StartCluster(tb testing.TB, n int, extraArgs ...string) []*Server {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		tb.Skip("redistest: redis-cli not on PATH")
@@ -25,8 +25,8 @@ func StartCluster(tb testing.TB, n int) []*Server {
 	var nodes []*Server
 	args := []string{"--cluster", "create"}
 	for range n {
-		s := StartProcess(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000")
+		s := StartProcess(tb, append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000"}, extraArgs...)...)
 		nodes = append(nodes, s)
 		args = append(args, s.Addr)
 	}

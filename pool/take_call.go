@@ -1,0 +1,224 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/internal/backoff"
+)
+
+// Sending a take to Redis. go-redis would retry a failed command by
+// itself, but it reports only the last attempt's error, and a take that
+// failed must be told apart by whether it may have run: one that ran holds
+// an entry under its claim that must be recovered (or counted lost), one
+// that never ran (the connection refused, Redis loading, too few replicas
+// for a write) holds nothing. So the take is sent as a command go-redis
+// does not retry, and callTake retries it as go-redis would, knowing each
+// attempt: whether its bytes were written (sendMark) and whether Redis
+// refused it before running it (refusedByRedis).
+
+// takeRetries is how many times a failed take is sent again, as the
+// daemon's go-redis clients retry (MaxRetries).
+const takeRetries = 2
+
+// sendMark is an argument of the take that counts how often the command
+// was written to a connection: go-redis marshals each argument as it
+// writes the command.
+type sendMark struct {
+	v    []byte
+	sent atomic.Int32
+}
+
+// MarshalBinary returns the argument's bytes, and counts a send.
+func (m *sendMark) MarshalBinary() ([]byte, error) {
+	m.sent.Add(1)
+	return m.v, nil
+}
+
+// noRetry is a command go-redis sends once: callTake retries it.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+// callTake sends takeScript with keys and args (args[argClaimTTL] is mark),
+// followed by WAIT when the Store waits for replicas, and retries a failed
+// attempt as go-redis would. mayHaveRun reports whether a failed take may
+// have run in Redis.
+func (s *Store) callTake(ctx context.Context, profile string, keys []string, args []any, mark *sendMark) (v any, mayHaveRun bool, err error) {
+	var (
+		node  redis.UniversalClient = s.rdb
+		addr  string
+		wait  int
+		short bool
+	)
+	if s.waitN > 0 {
+		if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+			c, err := cc.MasterForKey(ctx, keys[0])
+			if err != nil {
+				return nil, false, err
+			}
+			node, addr = c, c.Options().Addr
+		}
+		if wait, short = s.waitCount(addr); short {
+			// Fewer replicas online than asked for: wait for those there
+			// are, count the handout as unreplicated, and ask ROLE
+			// whether more are back.
+			args[argCounts] = args[argCounts].(int) | countUnreplicated
+		}
+	}
+	eval := false // EVAL the source: Redis lacks the script (NOSCRIPT)
+	for attempt := 0; ; attempt++ {
+		before := mark.sent.Load()
+		var acked, online int
+		v, acked, online, err = s.takeOnce(ctx, node, keys, args, wait, short, eval)
+		sent := mark.sent.Load() > before
+		if s.waitN > 0 {
+			s.sawReplicas(addr, acked, online)
+		}
+		if err == nil {
+			if handedOut(v) && (args[argCounts].(int)&countUnreplicated != 0 || wait > 0 && acked < wait) {
+				s.unreplicated(ctx, profile, args)
+			}
+			return v, mayHaveRun, nil
+		}
+		if !eval && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			// Not run. The WAIT sent with it has already waited for the
+			// replicas: wait again only for those it saw (a take after a
+			// restart must not wait twice for a replica that is gone).
+			eval = true
+			if wait > 0 && acked >= 0 && acked < wait {
+				wait = acked
+				args[argCounts] = args[argCounts].(int) | countUnreplicated
+			}
+			attempt--
+			continue
+		}
+		if sent && !refusedByRedis(err) {
+			mayHaveRun = true
+		}
+		if attempt >= takeRetries || !retryable(err) || ctx.Err() != nil {
+			return nil, mayHaveRun, err
+		}
+		t := time.NewTimer(backoff.Jittered(8*time.Millisecond, 512*time.Millisecond, attempt+1))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, mayHaveRun, err
+		}
+	}
+}
+
+// takeOnce sends the take once: alone, or in one pipeline on node with
+// WAIT for wait replicas (so WAIT covers the take's writes and the take
+// stays one round trip) and, with role, ROLE. acked is what WAIT answered
+// and online the replicas ROLE listed; -1 for what was not asked or not
+// answered.
+func (s *Store) takeOnce(ctx context.Context, node redis.UniversalClient, keys []string, args []any, wait int, role, eval bool) (v any, acked, online int, err error) {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	if eval {
+		cmdArgs = append(cmdArgs, "eval", takeSource)
+	} else {
+		cmdArgs = append(cmdArgs, "evalsha", takeScript.Hash())
+	}
+	cmdArgs = append(cmdArgs, len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmdArgs = append(cmdArgs, args...)
+	cmd := noRetry{redis.NewCmd(ctx, cmdArgs...)}
+	if wait == 0 && !role {
+		_ = node.Process(ctx, cmd)
+		v, err = cmd.Result()
+		return v, -1, -1, err
+	}
+	pipe := node.Pipeline()
+	_ = pipe.Process(ctx, cmd)
+	var w, r *redis.Cmd
+	if wait > 0 {
+		w = pipe.Do(ctx, "WAIT", wait, s.waitFor.Milliseconds())
+	}
+	if role {
+		r = pipe.Do(ctx, "ROLE")
+	}
+	_, _ = pipe.Exec(ctx)
+	acked, online = -1, -1
+	if w != nil {
+		if n, err := w.Int64(); err == nil {
+			acked = int(n)
+		}
+	}
+	if r != nil {
+		if rv, err := r.Result(); err == nil {
+			online = roleReplicas(rv)
+		}
+	}
+	v, err = cmd.Result()
+	if w != nil && acked < 0 {
+		// Unconfirmed: the caller's deadline, or the read timeout, came
+		// first. The watch then asks ROLE on the next take.
+		acked = 0
+	}
+	return v, acked, online, err
+}
+
+// unreplicated counts a handout fewer replicas than asked acknowledged in
+// time, whether WAIT timed out, the caller's deadline came first or too
+// few were online to ask (then the script counted it in Redis already).
+func (s *Store) unreplicated(ctx context.Context, profile string, args []any) {
+	if args[argCounts].(int)&countUnreplicated == 0 {
+		// Best effort: failing the take for its counter would lose the
+		// entry it holds.
+		_ = s.count(ctx, profile, "unreplicated", 1)
+	}
+	s.metrics.unreplicate(profileOf(profile))
+}
+
+// Error replies with which Redis refuses a command without running it;
+// go-redis retries the first six.
+var refusals = []string{"LOADING", "NOREPLICAS", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN",
+	"NOSCRIPT", "BUSY", "MOVED", "ASK", "NOAUTH", "NOPERM", "WRONGPASS", "MISCONF"}
+
+// refusal returns the index in refusals of the refusal err is, or -1.
+func refusal(err error) int {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return -1
+	}
+	for i, p := range refusals {
+		if strings.HasPrefix(re.Error(), p+" ") {
+			return i
+		}
+	}
+	return -1
+}
+
+// refusedByRedis reports whether err is Redis refusing a command without
+// running it.
+func refusedByRedis(err error) bool { return refusal(err) >= 0 }
+
+// retryable reports whether a failed take is worth sending again, as
+// go-redis judges it: the connection failed, or Redis is between states.
+// A read timeout is not: Redis may be slow, and a retry only adds load.
+func retryable(err error) bool {
+	var op *net.OpError
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, redis.ErrPoolTimeout):
+		return true
+	case errors.As(err, &op) && op.Op == "dial":
+		return true
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	}
+	i := refusal(err)
+	return i >= 0 && i < 6
+}
