@@ -394,6 +394,8 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 				answered = i
 			}
 			return true
+		case errors.As(err, new(*limitsError)):
+			return false // the limits' Redis failed, not the shard's
 		case errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
 			// This shard's Redis failed: the others may serve.
 			pr.health[i].fail(p.now().Add(shardRetry))

@@ -85,6 +85,7 @@ func (r *refiller) flush() {
 	for _, name := range r.p.names {
 		pr := r.p.profiles[name]
 		sr := newShardRound(pr)
+		sr.flush = true
 		r.recoverPending(pr, sr)
 		r.unpark(pr, sr)
 		r.mu.Lock()

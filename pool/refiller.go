@@ -55,6 +55,7 @@ type refillState struct {
 	demand    Demand              // the fleet's demand, as the last reservation round saw it
 	shards    []reservation       // what each shard's last reservation round saw
 	shardOff  []shardBackoff      // each shard's Redis failures: it backs off alone
+	reserving []bool              // a sharded profile's reservation under way, per shard
 	rounds    int                 // reservation rounds so far
 	target    int                 // the target of the last round
 	lastLog   time.Time           // last failure logged
@@ -96,7 +97,8 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 	}
 	for _, name := range p.names {
 		n := len(p.profiles[name].tags)
-		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, n), shardOff: make([]shardBackoff, n)}
+		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, n),
+			shardOff: make([]shardBackoff, n), reserving: make([]bool, n)}
 	}
 	return r
 }
@@ -198,13 +200,9 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	ctx, span := r.p.tracer.Start(ctx, "pool.refill", trace.WithAttributes(
 		attribute.String("tokenpool.profile", pr.Name), attribute.Int("tokenpool.pool.want", a.want)))
 	defer span.End()
-	reserved := 0
-	defer func() { span.SetAttributes(attribute.Int("tokenpool.pool.reserved", reserved)) }()
 	// Each shard holds its share of the target; the shards whose Redis
-	// fails give theirs to the others. The mint slots this replica has
-	// free go to the shards in turn.
+	// fails give theirs to the others.
 	n := len(pr.tags)
-	now := r.p.now()
 	r.mu.Lock()
 	st := r.state[pr.Name]
 	start := st.rounds % n // the first shard to get a slot turns round
@@ -215,6 +213,15 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 			up = append(up, i)
 		}
 	}
+	var due []int // the shards to reserve on: not failed or backing off, and no reservation under way
+	for k := range n {
+		if i := (start + k) % n; !st.reserving[i] && r.shardDueLocked(pr, i, sr) {
+			due = append(due, i)
+		}
+	}
+	for _, i := range due {
+		st.reserving[i] = n > 1
+	}
 	r.mu.Unlock()
 	shareOf := func(i int) int {
 		for j, u := range up {
@@ -224,56 +231,35 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 		}
 		return share(a.target, i, n) // a failing shard, looked at again
 	}
-	for k := range n {
-		i := (start + k) % n
-		r.mu.Lock()
-		off := st.shardOff[i]
-		r.mu.Unlock()
-		if sr.failed[i] || now.Before(off.notBefore) {
-			continue
-		}
-		tag := pr.tags[i]
+	// The mint slots this replica has free are split over those shards,
+	// the first getting any extra slot. A sharded profile reserves on each
+	// shard in a goroutine of its own, so that a shard whose Redis hangs
+	// holds up neither the others nor the next rounds.
+	for j, i := range due {
 		sa := a
-		sa.target, sa.idPrefix = shareOf(i), r.p.replicaID+"/"+tag+"/"
-		// The reservation round runs to completion even when the loop is
-		// told to stop, so no lease is granted that nobody knows about. A
-		// shard that failed is given less time: it must not hold up the
-		// others' rounds.
-		timeout := 2 * time.Second
-		if off.failures > 0 {
-			timeout = shardProbeTimeout
-		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		res, err := r.p.store.reserve(rctx, tag, sa)
-		cancel()
-		if err != nil {
-			span.SetStatus(codes.Error, "reserve failed")
-			r.shardFailed(pr, i, "reserve", err)
+		sa.target, sa.idPrefix = shareOf(i), r.p.replicaID+"/"+pr.tags[i]+"/"
+		sa.want = share(a.want, j, len(due))
+		a.firstID += uint64(sa.want)
+		r.mu.Lock()
+		if sa.want == 0 {
+			st.reserving[i] = false
+			r.mu.Unlock()
 			continue
 		}
-		r.shardOK(pr, i)
-		seen := res
-		seen.ids = nil
-		r.mu.Lock()
-		st.shards[i] = seen
+		st.inFlight += sa.want // held for the reservation, so later rounds can't plan them too
 		r.mu.Unlock()
-		if ctx.Err() != nil {
-			r.releaseAll(tag, "released", res.ids)
-			return
+		if n == 1 {
+			span.SetAttributes(attribute.Int("tokenpool.pool.reserved", r.reserveShard(ctx, pr, i, sa, sr)))
+			break
 		}
-		r.mu.Lock()
-		st.inFlight += len(res.ids)
-		r.mu.Unlock()
-		reserved += len(res.ids)
-		for _, id := range res.ids {
-			r.wg.Add(1)
-			go r.mint(trace.SpanContextFromContext(ctx), pr, tag, id)
-		}
-		a.want -= len(res.ids)
-		a.firstID += uint64(len(res.ids))
-		if a.want <= 0 && k+1 < n {
-			break // the other shards are as last seen
-		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.reserveShard(ctx, pr, i, sa, sr)
+			r.mu.Lock()
+			st.reserving[i] = false
+			r.mu.Unlock()
+		}()
 	}
 	var sum reservation
 	r.mu.Lock()
@@ -287,6 +273,43 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	}
 	r.mu.Unlock()
 	r.observe(pr, sum)
+}
+
+// reserveShard leases reservations on shard i of pr as sa asks, starts a
+// mint for each, and returns how many. The reservation runs to completion
+// even when the loop is told to stop, so no lease is granted that nobody
+// knows about.
+func (r *refiller) reserveShard(ctx context.Context, pr *profile, i int, sa reserveArgs, sr *shardRound) int {
+	tag := pr.tags[i]
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.shardTimeout(pr, i))
+	res, err := r.p.store.reserve(rctx, tag, sa)
+	cancel()
+	granted := len(res.ids)
+	if err == nil && ctx.Err() != nil {
+		r.releaseAll(tag, "released", res.ids)
+		granted = 0
+	}
+	r.mu.Lock()
+	st := r.state[pr.Name]
+	st.inFlight += granted - sa.want // the slots held beyond what was granted
+	if err == nil {
+		seen := res
+		seen.ids = nil
+		st.shards[i] = seen
+	}
+	r.mu.Unlock()
+	if err != nil {
+		trace.SpanFromContext(ctx).SetStatus(codes.Error, "reserve failed")
+		sr.failed[i] = true
+		r.shardFailed(pr, i, "reserve", err)
+		return 0
+	}
+	r.shardOK(pr, i)
+	for _, id := range res.ids[:granted] {
+		r.wg.Add(1)
+		go r.mint(trace.SpanContextFromContext(ctx), pr, tag, id)
+	}
+	return granted
 }
 
 // shardProbeTimeout bounds a reservation round on a shard whose Redis
@@ -329,25 +352,54 @@ func (r *refiller) shardOK(pr *profile, i int) {
 
 // shardRound is what one refill round (or the flush at shutdown) learnt
 // of a profile's shards: one that failed in it is not tried again in it.
-type shardRound struct{ failed []bool }
+// A flush tries every shard once, backing off or not.
+type shardRound struct {
+	failed []bool
+	flush  bool
+}
 
 func newShardRound(pr *profile) *shardRound { return &shardRound{failed: make([]bool, len(pr.tags))} }
 
-// shardCall runs call on shard i of pr, unless it failed earlier in round
-// sr, with a short deadline when its Redis failed last time, and records
-// the outcome: a failure backs the shard off. It reports whether call
-// ran and succeeded.
-func (r *refiller) shardCall(pr *profile, i int, sr *shardRound, op string, call func(ctx context.Context) error) bool {
+// shardDue reports whether round sr may call shard i of pr: it has not
+// failed in this round, and it is not backing off, unless a take found it
+// answering since (takes mark it up) or this is the flush.
+func (r *refiller) shardDue(pr *profile, i int, sr *shardRound) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.shardDueLocked(pr, i, sr)
+}
+
+func (r *refiller) shardDueLocked(pr *profile, i int, sr *shardRound) bool {
 	if i < 0 || sr.failed[i] {
 		return false
 	}
-	timeout := 2 * time.Second
+	now := r.p.now()
+	backingOff := now.Before(r.state[pr.Name].shardOff[i].notBefore)
+	return sr.flush || !backingOff || !pr.health[i].down(now)
+}
+
+// shardTimeout bounds a call on shard i of pr: short when its Redis failed
+// last time, or a take found it failing, so that it can't hold up the
+// round for the other shards.
+func (r *refiller) shardTimeout(pr *profile, i int) time.Duration {
 	r.mu.Lock()
-	if r.state[pr.Name].shardOff[i].failures > 0 {
-		timeout = shardProbeTimeout
-	}
+	failing := r.state[pr.Name].shardOff[i].failures > 0
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	if failing || pr.health[i].down(r.p.now()) {
+		return shardProbeTimeout
+	}
+	return 2 * time.Second
+}
+
+// shardCall runs call on shard i of pr, when round sr may call it (see
+// shardDue), with a short deadline when its Redis failed last time, and
+// records the outcome: a failure backs the shard off. It reports whether
+// call ran and succeeded.
+func (r *refiller) shardCall(pr *profile, i int, sr *shardRound, op string, call func(ctx context.Context) error) bool {
+	if !r.shardDue(pr, i, sr) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.shardTimeout(pr, i))
 	defer cancel()
 	if err := call(ctx); err != nil {
 		sr.failed[i] = true

@@ -115,12 +115,10 @@ func steadyLoad(t *testing.T, p *Pool, rate int, d time.Duration) loadResult {
 	return res
 }
 
-func TestOneRefusedShardLeavesTheOthersServing(t *testing.T) {
-	srv := redistest.New(t)
-	rdb := srv.Client()
-	hook := &tagRefuser{}
-	rdb.AddHook(hook)
-	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
+// filledShardedPool opens a pool of 3 shards holding 30 on st, and waits
+// until it is full.
+func filledShardedPool(t *testing.T, st *Store) *Pool {
+	t.Helper()
 	m := &fakeMinter{ttl: time.Hour, delay: 10 * time.Millisecond}
 	const target = 30
 	p := newTestPool(t, st, m, func(c *Config) {
@@ -128,11 +126,40 @@ func TestOneRefusedShardLeavesTheOthersServing(t *testing.T) {
 		c.Logger = discardLog()
 	})
 	p.Open()
-	ctx := context.Background()
-	poll.Until(t, "the pool to fill", 10*time.Second, func() bool {
-		s, err := p.Stats(ctx, "default")
+	poll.Until(t, "the pool to fill", 20*time.Second, func() bool {
+		s, err := p.Stats(context.Background(), "default")
 		return err == nil && s.Usable == target
 	})
+	return p
+}
+
+// check holds a load on a pool with one failing shard to what the other
+// shards serve: at least 99% of requests get a credential, 80% from the
+// pool, and the healthy shards refilled (they hold 20 when the load
+// starts) by at least half the requests.
+func (res loadResult) check(t *testing.T, refills int64) {
+	t.Helper()
+	t.Logf("sent %d, ok %d, from the pool %d, errors %v; the healthy shards minted %d during the load",
+		res.sent, res.ok, res.fromPool, res.errs, refills)
+	if res.ok*100 < res.sent*99 {
+		t.Errorf("%d of %d requests got a credential, want at least 99%%", res.ok, res.sent)
+	}
+	if refills < int64(res.sent)/2 {
+		t.Errorf("the healthy shards minted %d while %d requests came: they were not refilled", refills, res.sent)
+	}
+	if res.fromPool*10 < res.sent*8 {
+		t.Errorf("%d of %d handouts came from the pool, want at least 80%%", res.fromPool, res.sent)
+	}
+}
+
+func TestOneRefusedShardLeavesTheOthersServing(t *testing.T) {
+	srv := redistest.New(t)
+	rdb := srv.Client()
+	hook := &tagRefuser{}
+	rdb.AddHook(hook)
+	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
+	p := filledShardedPool(t, st)
+	ctx := context.Background()
 	tags := shardTags("default", 3)
 	healthyMinted := func() int64 {
 		var n int64
@@ -146,19 +173,8 @@ func TestOneRefusedShardLeavesTheOthersServing(t *testing.T) {
 
 	res := steadyLoad(t, p, 50, 3*time.Second)
 	after := healthyMinted()
-	t.Logf("sent %d, ok %d, from the pool %d, errors %v; the healthy shards minted %d during the load; %d commands refused",
-		res.sent, res.ok, res.fromPool, res.errs, after-before, hook.refused.Load())
-	if res.ok*100 < res.sent*99 {
-		t.Errorf("%d of %d requests got a credential, want at least 99%%", res.ok, res.sent)
-	}
-	// The healthy shards hold 20 when the load starts: refills must
-	// have served most of the rest.
-	if after-before < int64(res.sent)/2 {
-		t.Errorf("the healthy shards minted %d while %d requests came: they were not refilled", after-before, res.sent)
-	}
-	if res.fromPool*10 < res.sent*8 {
-		t.Errorf("%d of %d handouts came from the pool, want at least 80%%", res.fromPool, res.sent)
-	}
+	t.Logf("%d commands refused", hook.refused.Load())
+	res.check(t, after-before)
 	// The shard answers again: it is refilled and served.
 	hook.tag.Store(nil)
 	poll.Until(t, "the refused shard to refill", 15*time.Second, func() bool {
@@ -172,18 +188,8 @@ func TestOneRefusedShardLeavesTheOthersServing(t *testing.T) {
 func TestADeadClusterMasterLeavesTheOtherShardsServing(t *testing.T) {
 	nodes := redistest.StartCluster(t, 3, "--cluster-require-full-coverage", "no")
 	st := NewStore(clusterClient(t, nodes, nil), StoreConfig{})
-	m := &fakeMinter{ttl: time.Hour, delay: 10 * time.Millisecond}
-	const target = 30
-	p := newTestPool(t, st, m, func(c *Config) {
-		c.Profiles = []Profile{{Name: "default", Minter: m, Target: target, MaxTarget: target, MinRemaining: time.Second, Shards: 3}}
-		c.Logger = discardLog()
-	})
-	p.Open()
+	p := filledShardedPool(t, st)
 	ctx := context.Background()
-	poll.Until(t, "the pool to fill", 20*time.Second, func() bool {
-		s, err := p.Stats(ctx, "default")
-		return err == nil && s.Usable == target
-	})
 	// Kill the master of the first shard.
 	tags := shardTags("default", 3)
 	cc := clusterClient(t, nodes, nil)
@@ -217,14 +223,8 @@ func TestADeadClusterMasterLeavesTheOtherShardsServing(t *testing.T) {
 
 	res := steadyLoad(t, p, 40, 6*time.Second)
 	after := minted()
-	t.Logf("master %s killed (shards %v stay): sent %d, ok %d, from the pool %d, errors %v; the healthy shards minted %d",
-		owner.Options().Addr, healthy, res.sent, res.ok, res.fromPool, res.errs, after-before)
-	if res.ok*100 < res.sent*99 {
-		t.Errorf("%d of %d requests got a credential, want at least 99%%", res.ok, res.sent)
-	}
-	if after-before < int64(res.sent)/2 {
-		t.Errorf("the healthy shards minted %d while %d requests came: they were not refilled", after-before, res.sent)
-	}
+	t.Logf("master %s killed (shards %v stay)", owner.Options().Addr, healthy)
+	res.check(t, after-before)
 	s, err := p.Stats(ctx, "default")
 	if err != nil || s.Unreachable != 1 {
 		t.Errorf("stats with one master dead: %+v, %v; want 1 unreachable shard", s, err)

@@ -23,8 +23,11 @@ import (
 // is atomic across replicas. A Store is safe for concurrent use.
 type Store struct {
 	rdb      redis.UniversalClient
+	cluster  *redis.ClusterClient // rdb, when it is a Cluster client; nil otherwise
+	retry    takeRetry            // how rdb retries a command: callTake retries takes so
 	prefix   string
 	claimTTL time.Duration
+	ttlArg   []byte // claimTTL in ms, as takeScript's argument
 	sealer   *Sealer
 	waitN    int
 	waitFor  time.Duration
@@ -103,11 +106,22 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 	if cfg.Sealer != nil {
 		opens = cfg.Sealer.prefixes()
 	}
-	return &Store{
+	s := &Store{
 		rdb: rdb, prefix: cfg.KeyPrefix, claimTTL: cfg.ClaimTTL, sealer: cfg.Sealer,
-		waitN: cfg.WaitReplicas, waitFor: cfg.WaitTimeout, ledger: cfg.LedgerMax, opens: opens,
+		ttlArg: strconv.AppendInt(nil, cfg.ClaimTTL.Milliseconds(), 10),
+		waitN:  cfg.WaitReplicas, waitFor: cfg.WaitTimeout, ledger: cfg.LedgerMax, opens: opens,
 		limits: limiter.New(rdb, cfg.KeyPrefix),
 	}
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		s.cluster = c
+		o := c.Options()
+		s.retry = takeRetry{max(o.MaxRetries, 0), o.MinRetryBackoff, o.MaxRetryBackoff}
+	case *redis.Client:
+		o := c.Options()
+		s.retry = takeRetry{max(o.MaxRetries, 0), o.MinRetryBackoff, o.MaxRetryBackoff}
+	}
+	return s
 }
 
 // keys names one profile's keys; all share the hash tag {profile}.
@@ -260,7 +274,7 @@ func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining ti
 // every key may share it (a single Redis), else at the same time as the
 // take, which is undone when a check denies.
 func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
-	if _, cluster := s.rdb.(*redis.ClusterClient); !cluster || len(checks) == 0 {
+	if s.cluster == nil || len(checks) == 0 {
 		return s.take(ctx, profile, claim, minRemaining, checks, counts)
 	}
 	var (
@@ -292,19 +306,24 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, Err: storeError("untake", uerr)}
 	}
 	if lerr != nil {
-		return taken{}, storeError("limits", lerr)
+		return taken{}, storeError("limits", &limitsError{lerr})
 	}
 	return taken{decisions: ds}, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
 }
 
+// limitsError is a failure of the caller's limits, which on a Cluster
+// live on other masters than the take's shard: not the shard's failure.
+type limitsError struct{ err error }
+
+func (e *limitsError) Error() string { return e.err.Error() }
+func (e *limitsError) Unwrap() error { return e.err }
+
 // maxDiscards bounds the undecodable entries one Take skips.
 const maxDiscards = 3
 
-// The indexes of takeScript's arguments that callTake reads or changes.
-const (
-	argClaimTTL = 1
-	argCounts   = 7
-)
+// argCounts is the index of takeScript's "what to count" argument, which
+// callTake may change.
+const argCounts = 7
 
 // handedOut reports whether a takeScript reply handed out a new entry
 // (status 1): only those count as unreplicated.
@@ -326,11 +345,11 @@ type taken struct {
 func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
-	mark := &sendMark{v: strconv.AppendInt(nil, s.claimTTL.Milliseconds(), 10)}
+	mark := &sendMark{v: s.ttlArg}
 	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
 	args = append(args, minRemaining.Milliseconds(), mark, s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts)
-	// args[argClaimTTL] is mark, args[argCounts] is counts.
+	// args[1], the claim TTL, is mark; args[argCounts] is counts.
 	if len(checks) > 0 {
 		lkeys, largs := s.limits.ScriptArgs(checks)
 		keys = append(keys, lkeys...)

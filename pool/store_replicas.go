@@ -1,12 +1,8 @@
 package pool
 
 import (
-	"context"
 	"log/slog"
-	"strings"
 	"sync"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // With WaitReplicas, a take waits for replicas to acknowledge its writes
@@ -99,22 +95,6 @@ func roleReplicas(v any) int {
 		return -1
 	}
 	return len(list)
-}
-
-// onlineReplicas counts the replicas node reports online (INFO
-// replication: a replica still syncing can't acknowledge a WAIT).
-func onlineReplicas(ctx context.Context, node redis.Cmdable) (int, error) {
-	info, err := node.Info(ctx, "replication").Result()
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, line := range strings.Split(info, "\n") {
-		if strings.HasPrefix(line, "slave") && strings.Contains(line, "state=online") {
-			n++
-		}
-	}
-	return n, nil
 }
 
 func (s *Store) logger() *slog.Logger {

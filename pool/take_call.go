@@ -25,9 +25,13 @@ import (
 // attempt: whether its bytes were written (sendMark) and whether Redis
 // refused it before running it (refusedByRedis).
 
-// takeRetries is how many times a failed take is sent again, as the
-// daemon's go-redis clients retry (MaxRetries).
-const takeRetries = 2
+// takeRetry is how the Store's client retries a command (its MaxRetries
+// and retry backoffs, as go-redis normalised them), which callTake follows
+// for takes. A client of another type (a ring, say) gets no retries.
+type takeRetry struct {
+	max      int
+	min, cap time.Duration
+}
 
 // sendMark is an argument of the take that counts how often the command
 // was written to a connection: go-redis marshals each argument as it
@@ -48,7 +52,7 @@ type noRetry struct{ *redis.Cmd }
 
 func (noRetry) NoRetry() bool { return true }
 
-// callTake sends takeScript with keys and args (args[argClaimTTL] is mark),
+// callTake sends takeScript with keys and args (args[1] is mark),
 // followed by WAIT when the Store waits for replicas, and retries a failed
 // attempt as go-redis would. mayHaveRun reports whether a failed take may
 // have run in Redis.
@@ -60,8 +64,8 @@ func (s *Store) callTake(ctx context.Context, profile string, keys []string, arg
 		short bool
 	)
 	if s.waitN > 0 {
-		if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-			c, err := cc.MasterForKey(ctx, keys[0])
+		if s.cluster != nil {
+			c, err := s.cluster.MasterForKey(ctx, keys[0])
 			if err != nil {
 				return nil, false, err
 			}
@@ -104,10 +108,10 @@ func (s *Store) callTake(ctx context.Context, profile string, keys []string, arg
 		if sent && !refusedByRedis(err) {
 			mayHaveRun = true
 		}
-		if attempt >= takeRetries || !retryable(err) || ctx.Err() != nil {
+		if attempt >= s.retry.max || !retryable(err) || ctx.Err() != nil {
 			return nil, mayHaveRun, err
 		}
-		t := time.NewTimer(backoff.Jittered(8*time.Millisecond, 512*time.Millisecond, attempt+1))
+		t := time.NewTimer(backoff.Jittered(s.retry.min, s.retry.cap, attempt+1))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -162,9 +166,11 @@ func (s *Store) takeOnce(ctx context.Context, node redis.UniversalClient, keys [
 		}
 	}
 	v, err = cmd.Result()
-	if w != nil && acked < 0 {
+	var ne net.Error
+	if w != nil && acked < 0 && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
 		// Unconfirmed: the caller's deadline, or the read timeout, came
-		// first. The watch then asks ROLE on the next take.
+		// first (a WAIT timeout longer than the read timeout). The watch
+		// then asks ROLE on the next take.
 		acked = 0
 	}
 	return v, acked, online, err
@@ -182,28 +188,33 @@ func (s *Store) unreplicated(ctx context.Context, profile string, args []any) {
 	s.metrics.unreplicate(profileOf(profile))
 }
 
-// Error replies with which Redis refuses a command without running it;
-// go-redis retries the first six.
-var refusals = []string{"LOADING", "NOREPLICAS", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN",
-	"NOSCRIPT", "BUSY", "MOVED", "ASK", "NOAUTH", "NOPERM", "WRONGPASS", "MISCONF"}
+// Error replies with which Redis refuses a command without running it:
+// those go-redis retries (Redis is between states), then the others.
+var (
+	passingRefusals = []string{"LOADING", "NOREPLICAS", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN"}
+	otherRefusals   = []string{"NOSCRIPT", "BUSY", "MOVED", "ASK", "NOAUTH", "NOPERM", "WRONGPASS", "MISCONF"}
+)
 
-// refusal returns the index in refusals of the refusal err is, or -1.
-func refusal(err error) int {
+// refusedWith reports whether err is a Redis error reply starting with
+// one of prefixes.
+func refusedWith(err error, prefixes []string) bool {
 	var re redis.Error
 	if !errors.As(err, &re) {
-		return -1
+		return false
 	}
-	for i, p := range refusals {
+	for _, p := range prefixes {
 		if strings.HasPrefix(re.Error(), p+" ") {
-			return i
+			return true
 		}
 	}
-	return -1
+	return false
 }
 
 // refusedByRedis reports whether err is Redis refusing a command without
 // running it.
-func refusedByRedis(err error) bool { return refusal(err) >= 0 }
+func refusedByRedis(err error) bool {
+	return refusedWith(err, passingRefusals) || refusedWith(err, otherRefusals)
+}
 
 // retryable reports whether a failed take is worth sending again, as
 // go-redis judges it: the connection failed, or Redis is between states.
@@ -216,9 +227,6 @@ func retryable(err error) bool {
 		return true
 	case errors.As(err, &op) && op.Op == "dial":
 		return true
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return false
 	}
-	i := refusal(err)
-	return i >= 0 && i < 6
+	return refusedWith(err, passingRefusals)
 }

@@ -142,3 +142,19 @@ func TestWithAReplicaDownTakesWaitForTheOneOnline(t *testing.T) {
 		t.Fatalf("WAITs %v after the replica came back: the second take must wait for 2", w)
 	}
 }
+
+// onlineReplicas counts the replicas node reports online (INFO
+// replication: a replica still syncing can't acknowledge a WAIT).
+func onlineReplicas(ctx context.Context, node redis.Cmdable) (int, error) {
+	info, err := node.Info(ctx, "replication").Result()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, line := range strings.Split(info, "\n") {
+		if strings.HasPrefix(line, "slave") && strings.Contains(line, "state=online") {
+			n++
+		}
+	}
+	return n, nil
+}
