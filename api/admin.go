@@ -116,6 +116,10 @@ type profileReport struct {
 	Misses    int64 `json:"misses"`
 	// Unreplicated takes were handed out before a replica had them.
 	Unreplicated int64 `json:"unreplicated"`
+	// Wipes are Redis datasets found wiped; Dropped the credentials gone
+	// with them.
+	Wipes   int64 `json:"wipes"`
+	Dropped int64 `json:"dropped"`
 	// UnreachableShards are shards whose Redis did not answer: the
 	// figures above leave them out.
 	UnreachableShards int                `json:"unreachableShards"`
@@ -155,8 +159,8 @@ func (s *Server) getProfiles(c *gin.Context) {
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
 			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
 			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned, Unreplicated: st.Unreplicated,
-			UnreachableShards: st.Unreachable,
-			Breaker:           "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
+			UnreachableShards: st.Unreachable, Wipes: st.Wipes, Dropped: st.Dropped,
+			Breaker: "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},
 			Cost: map[string]costReport{"lastMinute": costOf(st.LastMinute), "lastHour": costOf(st.LastHour)},
 		}
 		if s.cfg.Breaker != nil {

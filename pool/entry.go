@@ -44,6 +44,7 @@ type Handout struct {
 	claim  string    // the take's claim key suffix, for Return; "" unless pooled
 	tag    string    // the hash tag of the shard it was taken from, for Return
 	sentAt time.Time // when its take was sent, by this host's clock, for Return
+	epoch  string    // the dataset it was taken from, for Return
 }
 
 // LogValue keeps the credential out of logs.

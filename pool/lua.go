@@ -106,11 +106,15 @@ end
 // KEYS: ready, entries, stats, claim, handed, then the limits' keys
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
 // slow) ms, ledger bound (entries), the number of limits n, what to count
-// (1: the demand, 2: a miss, 4: the handout as unreplicated; added), n (burst, rate, period s) triples, then the body
-// prefixes this replica can open (none: any)
+// (1: the demand, 2: a miss, 4: the handout as unreplicated; added), the
+// latest time (ms, 0: none) a take with no claim yet may run, n (burst,
+// rate, period s) triples, then the body prefixes this replica can open
+// (none: any)
 // Reply: {status, id, body, evicted, foreign, limits, now ms}: status 1 handed out,
 // 2 the entry of an earlier call with this claim, 3 the claim was abandoned
 // (recoverScript ran: hand out nothing), 4 a limit denied (nothing taken),
+// 5 no claim, and the take came too late (nothing taken; an earlier
+// attempt may have run, and its claim expired),
 // 0 nothing usable; foreign counts usable entries left for a replica that
 // can open them; limits is limiter.LuaGCRA's list of decisions.
 //
@@ -127,16 +131,22 @@ end
 var takeScript = redis.NewScript(takeSource)
 
 // takeSource is takeScript's source, which a take sends with EVAL when
-// Redis lacks the script.
-const takeSource = luaPrelude + limiter.LuaGCRA + `
+// Redis lacks the script. (A var, as recoverSource is, only so that the
+// chaos run's injected bugs, built with -tags chaosbug, can patch it.)
+var takeSource = luaPrelude + limiter.LuaGCRA + `
 local t = redis.call('TIME')
 local now = tonumber(ARGV[3])
 if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
 local cutoff = now + tonumber(ARGV[1])
 local n = tonumber(ARGV[7])
 local claimed = redis.call('GET', KEYS[4])
-if claimed == '-' then return {3, '', '', 0, 0, {}, now} end
-local ok, lim = limits(5, 8, n, claimed ~= false, t)
+if claimed and string.sub(claimed, 1, 1) == '-' then return {3, '', '', 0, 0, {}, now} end
+if not claimed and tonumber(ARGV[9]) > 0 and now > tonumber(ARGV[9]) then
+  -- Sent too long ago (Redis stalled, or the network held it): nobody
+  -- waits for it, and an earlier attempt's claim may have expired.
+  return {5, '', '', 0, 0, {}, now}
+end
+local ok, lim = limits(5, 9, n, claimed ~= false, t)
 if claimed and string.sub(claimed, 1, 1) == '!' then
   -- denied before: report that limit as denied, and nothing after it
   local i = tonumber(string.sub(claimed, 2))
@@ -157,7 +167,7 @@ end
 -- The counters this take moves, and the demand, are read once and
 -- written once, at the end.
 local st = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated')
-local opens_from = 9 + 3 * n
+local opens_from = 10 + 3 * n
 local function opens(body)
   if #ARGV < opens_from then return true end
   for i = opens_from, #ARGV do
@@ -235,21 +245,33 @@ return {0, '', '', evicted, foreign, lim, now}
 
 // recoverScript undoes a take whose entry never reached its caller (the
 // reply missed the deadline, the connection broke, the caller left). It
-// leaves a tombstone in the claim key, so a take with that claim that
-// reaches Redis only now hands out nothing.
+// leaves a tombstone in the claim key, "-" and its reply, so a take with
+// that claim that reaches Redis only now hands out nothing, and a
+// recovery sent again (its first reply lost) learns what the first did.
 //
 // KEYS: ready, entries, stats, claim, handed
-// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME)
+// ARGV: min remaining ms, the tombstone's TTL ms, now ms (0: TIME), the
+// epoch the take was sent to ("": any)
 // Reply: 0 nothing had been taken, 1 the entry is pooled again, 2 it was
-// no longer usable and counts as waste.
-var recoverScript = redis.NewScript(luaPrelude + `
+// no longer usable and counts as waste, 3 no claim, and the take's
+// dataset is gone (wiped): nobody can tell whether it ran.
+var recoverScript = redis.NewScript(recoverSource)
+
+var recoverSource = luaPrelude + `
 local claimed = redis.call('GET', KEYS[4])
-redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
-if not claimed or claimed == '-' or claimed == '0' or string.sub(claimed, 1, 1) == '!' then return 0 end
-local r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
-if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
+if claimed and string.sub(claimed, 1, 1) == '-' then
+  return tonumber(string.sub(claimed, 2)) or 0 -- recovered before: what that found
+end
+local r = 0
+if not claimed and ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[4] then
+  r = 3
+elseif claimed and claimed ~= '0' and string.sub(claimed, 1, 1) ~= '!' then
+  r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
+  if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
+end
+redis.call('SET', KEYS[4], '-' .. r, 'PX', ARGV[2])
 return r
-`)
+`
 
 // untakeScript undoes a take that ran at the same time as the caller's
 // limits (on a Cluster) when a limit denied it: the entry, if one was
@@ -296,14 +318,29 @@ return redis.call('HINCRBY', KEYS[1], 'discarded', 1)
 //
 // KEYS: ready, entries, minting, stats, handed, prewarm
 // ARGV: target, want, lease ms, min remaining ms, lead ms, now ms (0: TIME),
-// demand taus (fast, slow) ms, reservation id prefix, first id number; the
-// granted ids are the prefix followed by first, first+1, …
+// demand taus (fast, slow) ms, reservation id prefix, first id number (the
+// granted ids are the prefix followed by first, first+1, …), a fresh
+// epoch, the epoch the caller last saw ("" none) and the entries it saw
+// pooled then
 // Reply: {granted, usable, in flight before granting, ready total, target,
-// evicted, lapsed, fast demand, slow demand (per second, as strings)}
+// evicted, lapsed, fast demand, slow demand (per second, as strings),
+// epoch, dropped}: dropped is -1, or, when the caller's epoch was gone and
+// this call wrote the new one, the entries it last saw (counted as
+// dropped, and the wipe in wipes).
 //
 // "usable" counts only entries still usable lead ms from now, the time a
 // refill takes, so replacements are minted before old entries go stale.
 var reserveScript = redis.NewScript(luaPrelude + `
+local epoch, dropped = redis.call('HGET', KEYS[4], 'epoch'), -1
+if not epoch then
+  epoch = ARGV[11]
+  redis.call('HSET', KEYS[4], 'epoch', epoch)
+  if ARGV[12] ~= '' then
+    dropped = tonumber(ARGV[13])
+    redis.call('HINCRBY', KEYS[4], 'wipes', 1)
+    redis.call('HINCRBY', KEYS[4], 'dropped', dropped)
+  end
+end
 local now = clock(ARGV[6])
 local lapsed = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
 if lapsed > 0 then redis.call('HINCRBY', KEYS[4], 'lapsed', lapsed) end
@@ -325,7 +362,7 @@ for i = 0, grant - 1 do
   redis.call('ZADD', KEYS[3], lease, ARGV[9] .. fmt(tonumber(ARGV[10]) + i))
 end
 local fast, slow = rates(KEYS[4], now, tonumber(ARGV[7]), tonumber(ARGV[8]))
-return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, lapsed, tostring(fast), tostring(slow)}
+return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, lapsed, tostring(fast), tostring(slow), epoch, dropped}
 `)
 
 // putScript adds a minted entry and ends its reservation. It is safe to
@@ -335,10 +372,27 @@ return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, 
 // usable + in flight stays within the target. (With no target recorded,
 // as after a Redis restart without persistence, it is pooled.)
 //
+// A resend (an earlier send may have run) names the epoch of the dataset
+// that send went to. When that dataset is gone (wiped since) and this one
+// has never seen the entry, the earlier send may have pooled it there and
+// another replica handed it out: it is refused and counted
+// (stale_replays). A first send goes to whatever dataset is there.
+//
 // KEYS: ready, entries, minting, stats, handed
-// ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms (0: TIME)
-// Reply: 1 pooled, 0 wasted (already unusable, or no room) or already handed out.
-var putScript = redis.NewScript(luaPrelude + `
+// ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms
+// (0: TIME), epoch, 1 if an earlier send may have run (else 0)
+// Reply: 1 pooled, 0 wasted (already unusable, or no room) or already
+// handed out, 2 refused: its dataset is gone.
+var putScript = redis.NewScript(putSource)
+
+// putSource is putScript's source: put sends it with EVAL when Redis
+// lacks the script.
+var putSource = luaPrelude + `
+if ARGV[8] == '1' and redis.call('HGET', KEYS[4], 'epoch') ~= ARGV[7]
+    and not redis.call('ZSCORE', KEYS[5], ARGV[2]) and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
+  redis.call('HINCRBY', KEYS[4], 'stale_replays', 1)
+  return 2
+end
 if redis.call('ZSCORE', KEYS[5], ARGV[2]) then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
 local held = redis.call('ZREM', KEYS[3], ARGV[1])
@@ -360,7 +414,7 @@ end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
-`)
+`
 
 // releaseScript ends reservations whose mints failed or were abandoned,
 // and counts those it ended (a lapsed one was counted when it lapsed).

@@ -19,6 +19,8 @@ type Metrics struct {
 	lost     *prometheus.CounterVec // profile
 	back     *prometheus.CounterVec // profile
 	unrepl   *prometheus.CounterVec // profile
+	wipes    *prometheus.CounterVec // profile
+	dropped  *prometheus.CounterVec // profile
 }
 
 // NewMetrics registers the pool's metrics with reg.
@@ -52,8 +54,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenpool_pool_unreplicated_total",
 			Help: "Takes handed out before a replica acknowledged them (TOKENPOOL_REDIS_WAIT_REPLICAS): WAIT timed out, or the primary had too few replicas to wait for.",
 		}, []string{"profile"}),
+		wipes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_wipes_total",
+			Help: "Redis datasets of the profile (one per shard) this replica found wiped: a restart without persistence, or a flush.",
+		}, []string{"profile"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_pool_dropped_total",
+			Help: "Credentials gone with a wiped Redis dataset, as this replica saw them: those it last saw pooled there, and those it sent there that were refused since.",
+		}, []string{"profile"}),
 	}
-	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back, m.unrepl)
+	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back, m.unrepl, m.wipes, m.dropped)
 	return m
 }
 
@@ -71,6 +81,8 @@ func (m *Metrics) known(profile string) {
 	m.lost.WithLabelValues(profile)
 	m.back.WithLabelValues(profile)
 	m.unrepl.WithLabelValues(profile)
+	m.wipes.WithLabelValues(profile)
+	m.dropped.WithLabelValues(profile)
 	for _, kind := range []string{"refill", "request"} {
 		for _, out := range []string{"ok", "failed", "unavailable", "cancelled"} {
 			m.mints.WithLabelValues(profile, kind, out)
@@ -93,6 +105,22 @@ func (m *Metrics) miss(profile string) {
 func (m *Metrics) waste(profile string, n int64) {
 	if m != nil && n > 0 {
 		m.wasted.WithLabelValues(profile).Add(float64(n))
+	}
+}
+
+// wipe counts a wiped dataset and the n entries this replica last saw
+// pooled there.
+func (m *Metrics) wipe(profile string, n int64) {
+	if m != nil {
+		m.wipes.WithLabelValues(profile).Inc()
+		m.dropped.WithLabelValues(profile).Add(float64(n))
+	}
+}
+
+// drop counts a credential refused because its dataset was wiped.
+func (m *Metrics) drop(profile string) {
+	if m != nil {
+		m.dropped.WithLabelValues(profile).Inc()
 	}
 }
 

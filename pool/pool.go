@@ -434,16 +434,18 @@ func (p *Pool) Return(h Handout) {
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
-		e := &UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: h.sentAt}
-		r, err := p.store.recoverClaim(ctx, h.tag, h.claim, pr.minLife)
+		e := &UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: h.sentAt, epoch: h.epoch}
+		r, err := p.store.recoverClaim(ctx, h.tag, h.claim, h.epoch, pr.minLife)
 		if err != nil || !p.store.recoveredInTime(e, r) {
 			e.Err = cmp.Or(err, errors.New("pool: return: recovered too late to tell"))
 			p.refill.unrecovered(e)
 		}
 	case SourceDirect:
 		p.metrics.returned(pr.Name)
-		e := parked{tag: pr.tags[rand.N(len(pr.tags))], entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}
-		if _, err := p.store.put(ctx, e.tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+		e := parked{tag: pr.tags[rand.N(len(pr.tags))],
+			putArgs: putArgs{entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}}
+		var err error
+		if _, e.sentTo, err = p.store.put(ctx, e.tag, e.putArgs, pr.minLife); err != nil {
 			p.refill.park(pr.Name, e)
 		}
 	}

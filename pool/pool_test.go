@@ -103,7 +103,7 @@ func putOne(tb testing.TB, st *Store, profile, id string, exp time.Time) {
 	if err != nil || len(res.ids) != 1 {
 		tb.Fatalf("reserve: %v %+v", err, res)
 	}
-	if _, err := st.put(ctx, profile, res.ids[0], id, exp, Credential{Token: "tok-" + id, ExpiresAt: exp}, 0); err != nil {
+	if _, _, err := st.put(ctx, profile, putArgs{resID: res.ids[0], entryID: id, retire: exp, cred: Credential{Token: "tok-" + id, ExpiresAt: exp}}, 0); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -177,7 +177,7 @@ func TestStore(t *testing.T) {
 		st := newTestStore(t)
 		res, _ := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: time.Minute})
 		exp := time.Now().Add(2 * time.Second)
-		pooled, err := st.put(ctx, "p", res.ids[0], "e1", exp, Credential{Token: "t", ExpiresAt: exp}, 10*time.Second)
+		pooled, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 10*time.Second)
 		if err != nil || pooled {
 			t.Fatalf("put = %v, %v; want not pooled", pooled, err)
 		}
@@ -191,13 +191,13 @@ func TestStore(t *testing.T) {
 		exp := time.Now().Add(time.Hour)
 		res, _ := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: time.Minute})
 		c := Credential{Token: "t", ExpiresAt: exp}
-		if _, err := st.put(ctx, "p", res.ids[0], "e1", exp, c, 0); err != nil {
+		if _, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: c}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Take(ctx, "p", "req-1", 0); err != nil {
 			t.Fatal(err)
 		}
-		if pooled, err := st.put(ctx, "p", res.ids[0], "e1", exp, c, 0); err != nil || pooled {
+		if pooled, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: c}, 0); err != nil || pooled {
 			t.Fatalf("retried put = %v, %v; want not pooled", pooled, err)
 		}
 		if _, err := st.Take(ctx, "p", "req-2", 0); !errors.Is(err, ErrEmpty) {

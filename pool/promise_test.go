@@ -202,12 +202,12 @@ func TestPromiseALateMintDoesNotOverfillThePool(t *testing.T) {
 	}
 	exp := clock.Now().Add(time.Hour)
 	for i, id := range b.ids {
-		if _, err := st.put(ctx, "p", id, "b"+string(rune('0'+i)), exp, Credential{Token: "t", ExpiresAt: exp}, 0); err != nil {
+		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "b" + string(rune('0'+i)), retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i, id := range a.ids { // A was only slow: its mints land now
-		if _, err := st.put(ctx, "p", id, "a"+string(rune('0'+i)), exp, Credential{Token: "t", ExpiresAt: exp}, 0); err != nil {
+		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "a" + string(rune('0'+i)), retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -27,8 +27,9 @@ type UnrecoveredError struct {
 	MinRemaining   time.Duration
 	// At is when the take was sent, by this host's clock: its claim, if
 	// it ran, lives at least the claim TTL from then.
-	At  time.Time
-	Err error // the take's error
+	At    time.Time
+	Err   error  // the take's error
+	epoch string // the dataset the take was sent to
 }
 
 func (e *UnrecoveredError) Error() string { return e.Err.Error() }
@@ -36,15 +37,15 @@ func (e *UnrecoveredError) Error() string { return e.Err.Error() }
 // Unwrap returns the take's error.
 func (e *UnrecoveredError) Unwrap() error { return e.Err }
 
-// abandon recovers the entry of a failed take under claim, sent at sentAt,
+// abandon recovers the entry of a failed take t under claim,
 // on a context detached from the caller's, which may be what ended. It
 // returns cause, or an *UnrecoveredError wrapping it when recovery failed
 // too (or came too late to tell).
-func (s *Store) abandon(profile, claim string, minRemaining time.Duration, sentAt time.Time, cause error) error {
+func (s *Store) abandon(profile, claim string, minRemaining time.Duration, t taken, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: sentAt, Err: cause}
-	if r, err := s.recoverClaim(ctx, profile, claim, minRemaining); err != nil || !s.recoveredInTime(e, r) {
+	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, Err: cause}
+	if r, err := s.recoverClaim(ctx, profile, claim, t.epoch, minRemaining); err != nil || !s.recoveredInTime(e, r) {
 		return e
 	}
 	return cause
@@ -60,17 +61,23 @@ func (s *Store) recoverHorizon() time.Duration { return s.claimTTL - time.Second
 // (0) from a recovery that may have run after the claim expired says
 // nothing.
 func (s *Store) recoveredInTime(e *UnrecoveredError, r int64) bool {
-	return r != 0 || s.hostNow().Sub(e.At) < s.recoverHorizon()
+	return r == 1 || r == 2 || r == 0 && s.hostNow().Sub(e.At) < s.recoverHorizon()
 }
+
+// tombstoneTTL is how long a recovery's tombstone keeps what it did, so
+// that a recovery sent again after an outage (its first reply lost) learns
+// it instead of finding nothing: one short key per recovered take.
+const tombstoneTTL = 5 * time.Minute
 
 // recoverClaim undoes the take under claim, if one ran, and leaves a
 // tombstone so that a take under it that reaches Redis later hands out
 // nothing. The script counts what it did (returned, wasted); its reply
-// is 0 when no take had run (or its claim expired), 1 pooled, 2 wasted.
-func (s *Store) recoverClaim(ctx context.Context, profile, claim string, minRemaining time.Duration) (int64, error) {
+// is 0 when no take had run (or its claim expired), 1 pooled, 2 wasted, 3
+// the dataset epoch (the one the take was sent to) is gone.
+func (s *Store) recoverClaim(ctx context.Context, profile, claim, epoch string, minRemaining time.Duration) (int64, error) {
 	k := s.keys(profile)
 	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now()).Int64()
+		minRemaining.Milliseconds(), max(s.claimTTL, tombstoneTTL).Milliseconds(), s.now(), epoch).Int64()
 	if err != nil {
 		return 0, storeError("recover", err)
 	}
@@ -123,9 +130,10 @@ func (r *refiller) unrecovered(e *UnrecoveredError) {
 	r.wake()
 }
 
-// recoverPending recovers the entries of failed takes. One whose claim
-// may have expired can no longer be told apart from a take that never ran,
-// and counts as lost. Those whose shard still fails stay queued.
+// recoverPending recovers the entries of failed takes. A recovery that
+// finds neither the claim nor an earlier recovery's tombstone after the
+// claim may have expired can no longer tell the take from one that never
+// ran, and counts it lost. Those whose shard still fails stay queued.
 func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 	r.mu.Lock()
 	st := r.state[pr.Name]
@@ -135,20 +143,14 @@ func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 	if len(list) == 0 && lost == 0 {
 		return
 	}
-	horizon := r.p.store.recoverHorizon()
 	var (
 		recovered int
 		kept      []*UnrecoveredError
 	)
 	for _, e := range list {
-		if r.p.now().Sub(e.At) >= horizon {
-			lost++
-			r.p.metrics.loss(pr.Name, 1)
-			continue
-		}
 		var res int64
 		if !r.shardCall(pr, shardIndex(pr, e.Profile), sr, "recover", func(ctx context.Context) (err error) {
-			res, err = r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.MinRemaining)
+			res, err = r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.epoch, e.MinRemaining)
 			return err
 		}) {
 			kept = append(kept, e)

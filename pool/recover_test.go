@@ -2,9 +2,12 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,5 +197,145 @@ func TestATakeRecoveredTooLateIsCountedLost(t *testing.T) {
 	s := mustStats(t, direct, "default")
 	if s.HandedOut != 2 || s.Returned != 0 || s.Ready != 0 {
 		t.Fatalf("stats %+v; want 2 handed out (one delivered, one lost), none returned or pooled", s)
+	}
+}
+
+// recoverLoser loses the reply of the take under the claim "taken" and of
+// the first recovery (both run), then refuses recoveries, unsent, until
+// open.
+type recoverLoser struct {
+	recovers atomic.Int64
+	open     atomic.Bool
+}
+
+func (h *recoverLoser) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *recoverLoser) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		isRecover := len(a) > 1 && (a[1] == recoverScript.Hash() || a[1] == recoverSource)
+		isTake := len(a) > 6 && a[1] == takeScript.Hash() && strings.HasSuffix(fmt.Sprint(a[6]), ":claim:taken")
+		lose := isTake
+		if isRecover && !h.open.Load() {
+			if h.recovers.Load() > 0 {
+				cmd.SetErr(errRefused)
+				return errRefused
+			}
+			lose = true
+		}
+		if err := next(ctx, cmd); err != nil || !lose {
+			return err // NOSCRIPT: it did not run
+		}
+		if isRecover {
+			h.recovers.Add(1)
+		}
+		cmd.SetErr(io.ErrUnexpectedEOF)
+		return io.ErrUnexpectedEOF
+	}
+}
+func (h *recoverLoser) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A take whose reply was lost is recovered, but the recovery's reply is
+// lost too, and Redis is out of reach until the claim expired: the
+// recovery sent again learns from its tombstone that the entry was pooled
+// again, and nothing is counted lost (before, it found the claim gone and
+// counted the entry lost, although it was back in the pool).
+func TestARecoverySentAgainLearnsWhatTheFirstDid(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.New(t)
+	direct := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	for _, id := range []string{"warm", "taken"} {
+		putOne(t, direct, "default", id, time.Now().Add(time.Hour))
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	hook := &recoverLoser{}
+	rdb.AddHook(hook)
+	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, ClaimTTL: 2 * time.Second})
+	m := &fakeMinter{ttl: time.Hour}
+	m.setErr(fmt.Errorf("no mints in this test"))
+	p := newTestPool(t, st, m, func(c *Config) {
+		c.Profiles = []Profile{{Name: "default", Minter: m, Target: 2, MinRemaining: time.Second}}
+		c.DirectMints = -1
+		c.Logger = discardLog()
+	})
+	if _, err := p.Get(ctx, "default", "warm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Get(ctx, "default", "taken"); err == nil {
+		t.Fatal("the take whose reply was lost succeeded")
+	}
+	p.Open()
+	time.Sleep(2500 * time.Millisecond) // past the claim, and the horizon
+	hook.open.Store(true)
+	poll.Until(t, "the refiller to recover the take", 10*time.Second, func() bool {
+		p.refill.mu.Lock()
+		defer p.refill.mu.Unlock()
+		return len(p.refill.state["default"].pending) == 0
+	})
+	s := mustStats(t, direct, "default")
+	if s.Lost != 0 || s.Returned != 1 || s.Ready != 1 {
+		t.Fatalf("lost %d, returned %d, pooled %d; want 0, 1, 1: the entry is back in the pool", s.Lost, s.Returned, s.Ready)
+	}
+}
+
+// lateRetry runs the first take under the claim "late" and loses its
+// reply, then holds its retry for hold before sending it.
+type lateRetry struct {
+	hold  time.Duration
+	takes atomic.Int64
+}
+
+func (h *lateRetry) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lateRetry) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if len(a) < 7 || !strings.HasSuffix(fmt.Sprint(a[6]), ":claim:late") {
+			return next(ctx, cmd)
+		}
+		if h.takes.Add(1) > 1 {
+			time.Sleep(h.hold)
+			return next(ctx, cmd)
+		}
+		if err := next(ctx, cmd); err != nil {
+			return err
+		}
+		cmd.SetErr(io.ErrUnexpectedEOF)
+		return io.ErrUnexpectedEOF
+	}
+}
+func (h *lateRetry) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A take whose reply was lost and whose retry reaches Redis only after
+// the first attempt's claim expired takes nothing more: the retry is too
+// late for anyone, and the first attempt's entry is recovered or counted
+// (the take fails as unrecovered). Before, the retry took a second entry
+// under the expired claim and the first was lost, uncounted.
+func TestARetryAfterItsClaimExpiredTakesNothing(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.New(t)
+	direct := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	for _, id := range []string{"warm", "a", "b"} {
+		putOne(t, direct, "default", id, time.Now().Add(time.Hour))
+	}
+	if _, err := direct.Take(ctx, "default", "warm", 0); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: 2, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	rdb.AddHook(&lateRetry{hold: 2500 * time.Millisecond})
+	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, ClaimTTL: 2 * time.Second})
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	h, err := st.Take(tctx, "default", "late", 0)
+	var ue *UnrecoveredError
+	if !errors.As(err, &ue) {
+		t.Fatalf("take = %q, %v; want it unrecovered (the first attempt's entry is gone with its claim)", h.ID, err)
+	}
+	if s := mustStats(t, direct, "default"); s.Ready != 1 || s.HandedOut != 2 {
+		t.Fatalf("pooled %d, handed out %d; want 1 left, 2 taken (warm, and the first attempt's)", s.Ready, s.HandedOut)
 	}
 }

@@ -68,10 +68,8 @@ type refillState struct {
 // in memory and put back when Redis answers again, unless it goes stale
 // first; then it is counted as waste.
 type parked struct {
-	tag            string // the shard it goes to
-	resID, entryID string
-	retire         time.Time
-	cred           Credential
+	tag string // the shard it goes to
+	putArgs
 }
 
 // maxParked bounds the parked credentials per profile; past it the oldest
@@ -516,10 +514,13 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 	// already minted and paid for.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer pcancel()
-	e := parked{tag: tag, resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}
-	if _, err := r.p.store.put(pctx, tag, e.resID, e.entryID, e.retire, e.cred, pr.minLife); err != nil {
+	e := parked{tag: tag, putArgs: putArgs{resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}}
+	var err2 error
+	if _, e.sentTo, err2 = r.p.store.put(pctx, tag, e.putArgs, pr.minLife); err2 != nil {
 		r.park(pr.Name, e)
-		r.shardFailed(pr, shardIndex(pr, tag), "put", err)
+		if !errors.Is(err2, errNoEpoch) {
+			r.shardFailed(pr, shardIndex(pr, tag), "put", err2)
+		}
 	}
 }
 
@@ -556,7 +557,7 @@ func (r *refiller) unpark(pr *profile, sr *shardRound) {
 			lost++
 			continue
 		}
-		if r.putAnywhere(pr, e, sr) {
+		if r.putAnywhere(pr, &e, sr) {
 			pooled++
 		} else {
 			kept = append(kept, e)
@@ -580,22 +581,36 @@ func (r *refiller) unpark(pr *profile, sr *shardRound) {
 }
 
 // putAnywhere pools a parked credential in its own shard or, when that
-// shard fails, in another one that answers (its reservation lapses where
-// it was leased). It reports whether a shard took it.
-func (r *refiller) putAnywhere(pr *profile, e parked, sr *shardRound) bool {
+// shard fails and no earlier put of it may have run there, in another one
+// that answers (its reservation lapses where it was leased): one that may
+// be pooled in its own shard already must not be pooled twice. It reports
+// whether a shard took it; e.sentTo is updated for the next try.
+func (r *refiller) putAnywhere(pr *profile, e *parked, sr *shardRound) bool {
 	own := max(shardIndex(pr, e.tag), 0)
 	n := len(pr.tags)
 	for k := range n {
-		i := (own + k) % n
-		tag := pr.tags[i]
-		resID := e.resID
-		if tag != e.tag {
-			resID = "" // held nowhere here: pooled only if the shard has room
+		if k > 0 && e.sentTo != "" {
+			return false
 		}
-		if r.shardCall(pr, i, sr, "put", func(ctx context.Context) error {
-			_, err := r.p.store.put(ctx, tag, resID, e.entryID, e.retire, e.cred, pr.minLife)
+		i := (own + k) % n
+		a := e.putArgs
+		if pr.tags[i] != e.tag {
+			a.resID = "" // held nowhere here: pooled only if the shard has room
+		}
+		done := false
+		r.shardCall(pr, i, sr, "put", func(ctx context.Context) error {
+			_, sentTo, err := r.p.store.put(ctx, pr.tags[i], a, pr.minLife)
+			switch {
+			case err == nil:
+				done = true
+			case sentTo != "":
+				e.tag, e.resID, e.sentTo = pr.tags[i], a.resID, sentTo
+			case errors.Is(err, errNoEpoch):
+				return nil // nothing sent: the shard is not down, just not seen yet
+			}
 			return err
-		}) {
+		})
+		if done {
 			return true
 		}
 	}

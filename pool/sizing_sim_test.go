@@ -207,8 +207,8 @@ func (s *sim) minted1(e simEvent) {
 	st.inFlight--
 	exp := s.now.Add(s.cfg.ttl)
 	p.refill.succeeded("p", e.took, exp.Sub(s.now)-pr.minLife)
-	if _, err := s.store.put(context.Background(), "p", e.res, p.newID(), p.refill.retireAt(exp, pr.minLife),
-		Credential{Token: "t", ExpiresAt: exp}, pr.minLife); err != nil {
+	a := putArgs{resID: e.res, entryID: p.newID(), retire: p.refill.retireAt(exp, pr.minLife), cred: Credential{Token: "t", ExpiresAt: exp}}
+	if _, _, err := s.store.put(context.Background(), "p", a, pr.minLife); err != nil {
 		s.t.Fatal(err)
 	}
 	s.minted++

@@ -36,6 +36,7 @@ type Store struct {
 	limits   *limiter.Limiter
 
 	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
+	datasets datasets     // each shard's dataset as last seen (dataset.go)
 
 	metrics *Metrics         // set by the Pool using the store
 	log     *slog.Logger     // set by the Pool; nil: slog.Default()
@@ -255,11 +256,11 @@ func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining ti
 			return Handout{}, decisions, err // it holds nothing
 		}
 		if err != nil {
-			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, t.sentAt, err)
+			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, t, err)
 		}
 		cred, err := s.decode(tag, t.id, t.body)
 		if err == nil {
-			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag, sentAt: t.sentAt}, decisions, nil
+			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch}, decisions, nil
 		}
 		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
@@ -303,7 +304,7 @@ func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemai
 		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.at).Err()
 	if uerr != nil && err == nil {
-		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, Err: storeError("untake", uerr)}
+		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, Err: storeError("untake", uerr)}
 	}
 	if lerr != nil {
 		return taken{}, storeError("limits", &limitsError{lerr})
@@ -317,6 +318,10 @@ type limitsError struct{ err error }
 
 func (e *limitsError) Error() string { return e.err.Error() }
 func (e *limitsError) Unwrap() error { return e.err }
+
+// errTooLate is a take that reached Redis after its claim could have
+// expired: it took nothing.
+var errTooLate = fmt.Errorf("%w: the take reached Redis too late", ErrUnavailable)
 
 // maxDiscards bounds the undecodable entries one Take skips.
 const maxDiscards = 3
@@ -338,6 +343,7 @@ type taken struct {
 	decisions []limiter.Decision // of the checks reached; nil when none were applied
 	at        int64              // the script's now, ms
 	sentAt    time.Time          // this host's clock when the take was sent
+	epoch     string             // the dataset it was sent to, as last seen
 	ran       bool               // a failed take may have run in Redis (else it holds nothing)
 }
 
@@ -346,9 +352,11 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 	k := s.keys(profile)
 	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
 	mark := &sendMark{v: s.ttlArg}
-	args := make([]any, 0, 8+3*len(checks)+len(s.opens))
+	sentAt, epoch := s.hostNow(), s.datasets.get(profile).epoch
+	args := make([]any, 0, 9+3*len(checks)+len(s.opens))
 	args = append(args, minRemaining.Milliseconds(), mark, s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts)
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts,
+		sentAt.Add(s.recoverHorizon()).UnixMilli())
 	// args[1], the claim TTL, is mark; args[argCounts] is counts.
 	if len(checks) > 0 {
 		lkeys, largs := s.limits.ScriptArgs(checks)
@@ -356,10 +364,9 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		args = append(args, largs...)
 	}
 	args = append(args, s.opens...)
-	sentAt := s.hostNow()
 	v, ran, err := s.callTake(ctx, profile, keys, args, mark)
 	if err != nil {
-		return taken{sentAt: sentAt, ran: ran}, storeError("take", err)
+		return taken{sentAt: sentAt, epoch: epoch, ran: ran}, storeError("take", err)
 	}
 	reply, ok := v.([]any)
 	if !ok || len(reply) != 7 {
@@ -375,7 +382,7 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		return taken{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[5], reply[6])
 	}
 	s.metrics.waste(profileOf(profile), evicted)
-	t := taken{id: id, body: body, at: at, sentAt: sentAt}
+	t := taken{id: id, body: body, at: at, sentAt: sentAt, epoch: epoch}
 	if len(checks) > 0 {
 		if t.decisions, err = limiter.Decisions(checks, lim); err != nil {
 			return taken{}, fmt.Errorf("pool: take: %w", err)
@@ -386,6 +393,9 @@ func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining 
 		return t, ErrEmpty
 	case 3:
 		return t, fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
+	case 5:
+		t.ran = ran // an earlier attempt's entry may be gone with its claim
+		return t, errTooLate
 	case 4:
 		return t, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
 	}
@@ -399,6 +409,13 @@ func (s *Store) encode(profile, id string, c Credential) ([]byte, error) {
 		return b, err
 	}
 	return s.sealer.seal(profileOf(profile), id, b), nil
+}
+
+// OpenEntry decodes an entry body as stored in a profile's entries hash
+// under id, for tools that read the pool's keys directly (the chaos run
+// records a dataset it is about to wipe).
+func (s *Store) OpenEntry(profile, id, body string) (Credential, error) {
+	return s.decode(profile, id, body)
 }
 
 // decode reverses encode.

@@ -63,6 +63,11 @@ type Stats struct {
 	Surplus             int64 // minted after their reservation lapsed, with no room: counted in Wasted too
 	Orphaned            int64 // ids in the ready set without a body (should stay 0)
 	LedgerTrimmed       int64 // ledger ids dropped to keep it within LedgerMax
+	// Wipes counts the datasets found wiped (a restart without persistence,
+	// a flush); Dropped the credentials gone with them: those pooled there,
+	// as the replica that found the wipe last saw them, and those sent there
+	// and refused since. Both are counted in the new dataset.
+	Wipes, Dropped int64
 	// Unreachable counts the shards whose Redis did not answer: the
 	// figures above leave them out.
 	Unreachable int
@@ -82,6 +87,7 @@ func (s Stats) add(t Stats) Stats {
 		Discarded: s.Discarded + t.Discarded, Unreplicated: s.Unreplicated + t.Unreplicated, Lost: s.Lost + t.Lost,
 		Returned: s.Returned + t.Returned, Surplus: s.Surplus + t.Surplus, Orphaned: s.Orphaned + t.Orphaned,
 		LedgerTrimmed: s.LedgerTrimmed + t.LedgerTrimmed, Unreachable: s.Unreachable + t.Unreachable,
+		Wipes: s.Wipes + t.Wipes, Dropped: s.Dropped + t.Dropped,
 	}
 }
 
@@ -124,5 +130,6 @@ func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration
 		Wasted: n("wasted"), Misses: n("misses"), MintFailed: n("mint_failed"),
 		Lapsed: n("lapsed"), DuplicatesPrevented: n("duplicates_prevented"), Discarded: n("discarded"), Unreplicated: n("unreplicated"),
 		Lost: n("lost"), Returned: n("returned"), Surplus: n("surplus"), Orphaned: n("orphaned"), LedgerTrimmed: n("ledger_trimmed"),
+		Wipes: n("wipes"), Dropped: n("dropped") + n("stale_replays"),
 	}, nil
 }

@@ -22,55 +22,72 @@ type report struct {
 	callers  int
 	faults   map[string]int
 
-	minted     int64 // by the provider, complete (token and ICE servers)
-	handouts   int64 // 200 answers
-	delivered  int64 // distinct credentials callers received
-	duplicates int64 // credentials received more than once, counted once per extra time
-	forged     int64 // received but never minted
-	pooled     int64 // still pooled at the end (drained and checked)
-	wasted     int64
-	discarded  int64
-	lost       int64
-	dropped    int64 // pooled in a Redis dataset a restart without persistence threw away
-	killed     int64 // taken from the pool by a replica killed before it answered
-	statuses   map[int]int64
-	transport  int64 // requests with no answer
-	atKill     int64 // of those, cut by a kill -9
-	lapsed     int64 // mint reservations that lapsed (a killed replica's mints)
-	leftover   int64 // reservations still held once every replica stopped: killed ones' not yet lapsed
-	wipedRes   int64 // reservations thrown away with a dataset (a killed replica's among them)
-	returned   int64 // takes undone and pooled again
-	direct     int64 // answers minted for their request
+	minted      int64 // by the provider, complete (token and ICE servers)
+	handouts    int64 // 200 answers
+	delivered   int64 // distinct credentials callers received
+	duplicates  int64 // credentials received more than once, counted once per extra time
+	forged      int64 // received but never minted
+	pooled      int64 // still pooled at the end (drained and checked)
+	dropped     int64 // pooled in a Redis dataset a wipe threw away (recorded as it went)
+	resurrected int64 // pooled in a wiped dataset, and delivered or pooled after all
+	wasted      int64
+	discarded   int64
+	stale       int64 // resent after their dataset was wiped, refused by the new one (counted by the daemons)
+	unanswered  int64 // taken from the pool and never answered: lost, or cut by a kill -9
+	lost        int64 // counted lost by the daemons (taken, not recovered)
+	statuses    map[int]int64
+	transport   int64 // requests with no answer
+	atKill      int64 // of those, cut by a kill -9
+	lapsed      int64 // mint reservations that lapsed (a killed replica's mints)
+	wipedRes    int64 // reservations thrown away with a dataset
+	returned    int64 // takes undone and pooled again
+	direct      int64 // answers minted for their request
+	prevented   int64 // ids popped again after being handed out, dropped (duplicates_prevented)
+	orphaned    int64 // ids pooled without a body
+	perReplica  []replicaReport
 }
+
+// replicaReport is what one replica's simulator minted, and where it went.
+type replicaReport struct {
+	n        int
+	kills    int
+	minted   int64
+	orphans  int64 // not delivered, pooled or wiped: counted (wasted, lost, …) or gone with a kill
+	inFlight int64 // of those, minted in the killWindow before one of its kills
+}
+
+// killWindow is how long before a kill -9 a mint the provider answered can
+// still be in flight in the killed process, not yet pooled or answered:
+// the 2 s its put may take, and its ICE call.
+const killWindow = 2500 * time.Millisecond
 
 // unaccounted is what the provider minted that no one can say where it
-// went: not delivered, pooled or counted.
+// went: not delivered, pooled, wiped or counted.
 func (r *report) unaccounted() int64 {
-	return r.minted - r.delivered - r.pooled - r.wasted - r.discarded - r.lost - r.dropped - r.killed
+	return r.minted - r.delivered - r.pooled - r.dropped - r.wasted - r.discarded - r.stale - r.unanswered
 }
 
-// killBound bounds the credentials a kill -9 can take with the process
-// beyond the takes it cut (counted in killed): a request's mint on a miss
-// that the provider answered just before the kill (at most the requests
-// the kills cut, less those takes), and a refill mint that landed before
-// the kill but was not pooled yet (at most the reservations the killed
-// processes held: lapsed, still held, or thrown away with a dataset by a
-// restart without persistence; the last count every replica's, so the
-// bound is loose).
+// killBound bounds what the kills -9 took with the processes: mints a
+// killed replica's simulator answered in the killWindow before a kill and
+// that went nowhere anyone can see. Every other replica's credentials, and
+// the killed ones' older ones, must all be accounted for.
 func (r *report) killBound() int64 {
-	if r.faults[killFault] == 0 {
-		return 0
+	var n int64
+	for _, p := range r.perReplica {
+		n += p.inFlight
 	}
-	return r.atKill - r.killed + r.lapsed + r.leftover + r.wipedRes
+	return n
 }
 
-// holds reports whether the promise held: nothing delivered twice, nothing
-// forged, no 200 without a credential, no more taken by killed replicas than requests the kills cut,
-// and nothing unaccounted beyond what a kill -9 can take with a process
-// (none at all in a run without kills).
+// holds reports whether the promise held: nothing delivered twice or
+// forged, no 200 without a credential, nothing back from a wiped dataset,
+// no more takes gone with kills than requests the kills cut, and nothing
+// unaccounted beyond what the kills took (a resend refused after a wipe
+// may also have been pooled in the wiped dataset: counted twice at most).
 func (r *report) holds() bool {
-	return r.duplicates == 0 && r.forged == 0 && r.statuses[-1] == 0 && r.killed >= 0 && r.killed <= r.atKill &&
-		r.unaccounted() >= 0 && r.unaccounted() <= r.killBound()
+	cut := r.unanswered - r.lost
+	return r.duplicates == 0 && r.forged == 0 && r.statuses[-1] == 0 && r.resurrected == 0 &&
+		cut <= r.atKill && r.unaccounted() >= -r.stale && r.unaccounted() <= r.killBound()
 }
 
 // settle stops the replicas gracefully (they drain and pool what they
@@ -115,14 +132,35 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	}
 
 	r := &report{faults: acc.faults, statuses: got.statuses, transport: got.transport.Load(), atKill: got.atKill.Load()}
+	r.handouts = got.handouts.Load()
 	minted := map[string]bool{}
-	for _, m := range w.sim.Minted() {
-		if m.ICEFetched {
-			minted[m.Token] = true
+	for i, sim := range w.sims {
+		pr := replicaReport{n: i + 1}
+		for _, k := range acc.kills {
+			if k.n == pr.n {
+				pr.kills++
+			}
 		}
+		for _, m := range sim.Minted() {
+			if !m.ICEFetched {
+				continue
+			}
+			minted[m.Token] = true
+			pr.minted++
+			if got.tokens[m.Token] > 0 || drained[m.Token] || acc.wiped[m.Token] {
+				continue
+			}
+			pr.orphans++
+			for _, k := range acc.kills {
+				if k.n == pr.n && !m.MintedAt.Before(k.at.Add(-killWindow)) && !m.MintedAt.After(k.at) {
+					pr.inFlight++
+					break
+				}
+			}
+		}
+		r.perReplica = append(r.perReplica, pr)
 	}
 	r.minted = int64(len(minted))
-	r.handouts = got.handouts.Load()
 	for tok, n := range got.tokens {
 		r.delivered++
 		r.duplicates += int64(n - 1)
@@ -134,13 +172,20 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 		}
 	}
 	r.pooled = int64(len(drained))
+	for tok := range acc.wiped {
+		if got.tokens[tok] > 0 || drained[tok] {
+			r.resurrected++
+		} else {
+			r.dropped++
+		}
+	}
 	r.wasted, r.discarded, r.lost = sum("wasted"), sum("discarded"), sum("lost")
-	r.dropped, r.wipedRes = acc.dropped, acc.wipedRes
+	r.stale, r.wipedRes = sum("stale_replays"), acc.wipedRes
 	r.lapsed, r.returned, r.direct = sum("lapsed"), sum("returned"), sum("direct")
-	r.leftover = rdb.ZCard(ctx, "tp:{default}:minting").Val()
+	r.prevented, r.orphaned = sum("duplicates_prevented"), sum("orphaned")
 	// Every take the pool counted as handed out reached a caller, or was
-	// drained here, or was taken by a replica that died before answering.
-	r.killed = sum("handed_out") - got.fromPool - r.pooled
+	// drained here, or was never answered: lost, or cut by a kill -9.
+	r.unanswered = sum("handed_out") - got.fromPool - r.pooled
 	return r, nil
 }
 
@@ -166,22 +211,29 @@ func (r *report) print(out io.Writer) {
 		{"minted by the provider (token and ICE servers)", r.minted},
 		{"delivered to a caller, once", r.delivered},
 		{"still pooled at the end", r.pooled},
+		{"pooled in a Redis dataset a wipe threw away", r.dropped},
 		{"wasted (expired unused, stale, or minted with no room)", r.wasted},
 		{"discarded (could not be opened)", r.discarded},
-		{"lost (counted by the daemons)", r.lost},
-		{"dropped with a Redis restart without persistence", r.dropped},
-		{"taken by a replica killed before it answered", r.killed},
+		{"resent to a Redis dataset wiped since, and refused (counted by the daemons)", r.stale},
+		{"taken from the pool and never answered", r.unanswered},
+		{"… of which counted lost by the daemons", r.lost},
 		{"**unaccounted**", r.unaccounted()},
-		{"bound on what the kills -9 took with the processes (see RELIABILITY.md)", r.killBound()},
+		{"bound: mints the killed replicas had in flight when they died (see RELIABILITY.md)", r.killBound()},
 		{"**delivered twice**", r.duplicates},
+		{"pooled in a wiped dataset and seen again", r.resurrected},
 		{"delivered but never minted", r.forged},
 	}
 	for _, row := range rows {
 		fmt.Fprintf(out, "| %s | %d |\n", row.name, row.n)
 	}
+	fmt.Fprintf(out, "\n| replica | kills -9 | minted for it | not delivered, pooled or wiped | of those, minted in the %s before a kill |\n|---|---|---|---|---|\n", killWindow)
+	for _, p := range r.perReplica {
+		fmt.Fprintf(out, "| %d | %d | %d | %d | %d |\n", p.n, p.kills, p.minted, p.orphans, p.inFlight)
+	}
 	fmt.Fprintf(out, "\nAlso: %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
-		"%d mint reservations lapsed, %d were still held at the end and %d were thrown away with a dataset, %d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
-		r.returned, r.direct, r.lapsed, r.leftover, r.wipedRes, r.transport, r.atKill, r.statuses)
+		"%d mint reservations lapsed and %d were thrown away with a dataset, %d duplicates prevented, %d ids pooled without a body, "+
+		"%d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
+		r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.transport, r.atKill, r.statuses)
 	verdict := "The promise held."
 	if !r.holds() {
 		verdict = "The promise did NOT hold."

@@ -11,11 +11,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
-// statsKey holds the counters of the one profile the run uses.
-const statsKey = "tp:{default}:stats"
+// The keys of the one profile the run uses.
+const (
+	statsKey   = "tp:{default}:stats"
+	entriesKey = "tp:{default}:e"
+	mintingKey = "tp:{default}:minting"
+)
 
 // fault is one kind of failure the run injects. run returns once the
 // world is whole again.
@@ -26,14 +33,25 @@ type fault struct {
 }
 
 // accounts is what the run must remember across faults: the counters of
-// Redis datasets a restart without persistence threw away, and the
-// credentials that went with them.
+// Redis datasets a wipe threw away, the credentials that went with them,
+// and when each replica was killed.
 type accounts struct {
 	mu       sync.Mutex
 	epochs   []map[string]int64 // each wiped dataset's stats counters
-	dropped  int64              // entries pooled in a wiped dataset
+	wiped    map[string]bool    // tokens pooled in a wiped dataset
 	wipedRes int64              // mint reservations held in a wiped dataset
+	kills    []kill
 	faults   map[string]int
+}
+
+// kill is one kill -9 of replica n.
+type kill struct {
+	n  int
+	at time.Time
+}
+
+func newAccounts() *accounts {
+	return &accounts{faults: map[string]int{}, wiped: map[string]bool{}}
 }
 
 // killFault names the fault that kills a replica: what it takes with the
@@ -43,10 +61,16 @@ const killFault = "kill -9 a replica, restart it"
 // burst is how long a burst fault lasts.
 const burst = 2 * time.Second
 
+// outage outlasts the daemons' 10 s claim TTL, so takes whose replies it
+// holds are recovered too late to tell and counted lost.
+const outage = 12 * time.Second
+
 var faults = []fault{
 	{killFault, 3, killReplica},
 	{"restart Redis (kill -9), AOF kept", 1, restartRedis(false)},
-	{"restart Redis (kill -9) without persistence", 1, restartRedis(true)},
+	{"restart Redis (kill -9) without persistence, writes paused first", 1, restartRedis(true)},
+	{"wipe Redis under load (FLUSHALL, every connection cut, nothing paused)", 1, wipeRedis},
+	{"hold every Redis reply 12 s (past the 10 s claim TTL)", 1, holdRedis},
 	{"delay Redis replies 800 ms (past the 500 ms read timeout) for 2 s", 1, delayRedis},
 	{"delay takes' replies 800 ms (each retry too) for 2 s", 2, delayTakes},
 	{"provider answers 500 for 2 s", 2, providerFails},
@@ -94,9 +118,12 @@ func inject(ctx context.Context, w *world, a *accounts, gap time.Duration, rng *
 	}
 }
 
-func killReplica(ctx context.Context, w *world, _ *accounts) error {
+func killReplica(ctx context.Context, w *world, a *accounts) error {
 	r := w.replicas[rand.IntN(len(w.replicas))]
 	r.dying.Store(true)
+	a.mu.Lock()
+	a.kills = append(a.kills, kill{n: r.n, at: time.Now()})
+	a.mu.Unlock()
 	_ = w.stopReplica(r, syscall.SIGKILL)
 	time.Sleep(100 * time.Millisecond) // requests cut by the kill fail by now
 	r.dying.Store(false)
@@ -116,19 +143,19 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 				c.Close()
 				return err
 			}
-			st, err := c.HGetAll(ctx, statsKey).Result()
+			var stats, entries *redis.MapStringStringCmd
+			var held *redis.IntCmd
+			_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+				stats, entries, held = p.HGetAll(ctx, statsKey), p.HGetAll(ctx, entriesKey), p.ZCard(ctx, mintingKey)
+				return nil
+			})
+			c.Close()
 			if err != nil {
-				c.Close()
 				return err
 			}
-			pooled := c.ZCard(ctx, "tp:{default}:ready").Val()
-			held := c.ZCard(ctx, "tp:{default}:minting").Val()
-			c.Close()
-			a.mu.Lock()
-			a.epochs = append(a.epochs, counters(st))
-			a.dropped += pooled
-			a.wipedRes += held
-			a.mu.Unlock()
+			if err := a.wipedDataset(w, stats.Val(), entries.Val(), held.Val()); err != nil {
+				return err
+			}
 		}
 		w.killRedis()
 		if wipe {
@@ -142,6 +169,63 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 		time.Sleep(300 * time.Millisecond)
 		return w.startRedis(ctx)
 	}
+}
+
+// wipeRedis throws the dataset away under load, as a restart without
+// persistence does, without pausing anything: one transaction records it,
+// flushes it and cuts every connection, so commands that ran just before
+// lose their replies and the daemons' retries meet the empty dataset.
+func wipeRedis(ctx context.Context, w *world, a *accounts) error {
+	c := w.redisClient()
+	defer c.Close()
+	var stats, entries *redis.MapStringStringCmd
+	var held *redis.IntCmd
+	_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		stats, entries, held = p.HGetAll(ctx, statsKey), p.HGetAll(ctx, entriesKey), p.ZCard(ctx, mintingKey)
+		p.FlushAll(ctx)
+		p.Do(ctx, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return a.wipedDataset(w, stats.Val(), entries.Val(), held.Val())
+}
+
+// wipedDataset records a dataset about to be thrown away: its counters,
+// the tokens pooled in it, and the reservations it held.
+func (a *accounts) wipedDataset(w *world, stats, entries map[string]string, held int64) error {
+	w.mu.Lock()
+	sealer, err := pool.NewSealer(w.keys)
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	rdb := w.redisClient()
+	defer rdb.Close()
+	store := pool.NewStore(rdb, pool.StoreConfig{Sealer: sealer})
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, body := range entries {
+		c, err := store.OpenEntry("default", id, body)
+		if err != nil {
+			return fmt.Errorf("a pooled entry the run cannot open: %w", err)
+		}
+		a.wiped[c.Token] = true
+	}
+	a.epochs = append(a.epochs, counters(stats))
+	a.wipedRes += held
+	return nil
+}
+
+// holdRedis holds every Redis reply for longer than a claim lives:
+// commands run, their replies come too late for anyone, and takes are
+// recovered only after their claims expired.
+func holdRedis(_ context.Context, w *world, _ *accounts) error {
+	w.proxy.DelayReplies(outage)
+	time.Sleep(outage)
+	w.proxy.DelayReplies(0)
+	return nil
 }
 
 func counters(m map[string]string) map[string]int64 {
@@ -173,23 +257,25 @@ func delayTakes(_ context.Context, w *world, _ *accounts) error {
 }
 
 func providerFails(_ context.Context, w *world, _ *accounts) error {
-	w.sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 1 })
+	w.simUpdate(func(c *upstreamtest.Config) { c.FailureRate = 1 })
 	time.Sleep(burst)
-	w.sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 0 })
+	w.simUpdate(func(c *upstreamtest.Config) { c.FailureRate = 0 })
 	return nil
 }
 
 func providerThrottles(_ context.Context, w *world, _ *accounts) error {
-	w.sim.ThrottleNext(burst)
+	for _, sim := range w.sims {
+		sim.ThrottleNext(burst)
+	}
 	time.Sleep(burst)
 	return nil
 }
 
 func providerHangs(_ context.Context, w *world, _ *accounts) error {
-	var was time.Duration
-	w.sim.Update(func(c *upstreamtest.Config) { was, c.Latency = c.Latency, time.Minute })
+	was := w.cfg.SimLatency
+	w.simUpdate(func(c *upstreamtest.Config) { c.Latency = time.Minute })
 	time.Sleep(burst)
-	w.sim.Update(func(c *upstreamtest.Config) { c.Latency = was })
+	w.simUpdate(func(c *upstreamtest.Config) { c.Latency = was })
 	return nil
 }
 

@@ -12,6 +12,7 @@
 //	tokenpool-chaos -handouts 1000000          the chaos run of RELIABILITY.md
 //	tokenpool-chaos -duration 30s              a short run
 //	tokenpool-chaos -soak 30m -rate 200        the soak: no faults, 2 replicas, samples every minute
+//	tokenpool-chaos -duration 55s -inject drop-take   with a bug injected: the run must fail
 //
 // Run it from the repository root (it builds ./cmd/tokenpoold unless given
 // -tokenpoold). It exits 1 when a credential was delivered twice or is
@@ -55,6 +56,7 @@ type options struct {
 	soak       time.Duration
 	rate       float64
 	sample     time.Duration
+	inject     string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -74,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.soak, "soak", 0, "run the soak for this long instead: no faults, steady -rate")
 	fs.Float64Var(&o.rate, "rate", 200, "handouts per second during the soak")
 	fs.DurationVar(&o.sample, "sample", time.Minute, "how often the soak samples the processes")
+	fs.StringVar(&o.inject, "inject", "", "run daemons with this bug injected (leave-pooled, drop-take, drop-recovery; built with -tags chaosbug): the run must fail")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -97,7 +100,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if o.tokenpoold == "" {
 		o.tokenpoold = filepath.Join(o.dir, "tokenpoold")
-		if out, err := exec.Command("go", "build", "-o", o.tokenpoold, "./cmd/tokenpoold").CombinedOutput(); err != nil {
+		build := []string{"build", "-o", o.tokenpoold}
+		if o.inject != "" {
+			build = append(build, "-tags", "chaosbug")
+		}
+		if out, err := exec.Command("go", append(build, "./cmd/tokenpoold")...).CombinedOutput(); err != nil {
 			fmt.Fprintf(stderr, "go build ./cmd/tokenpoold (run from the repository root, or give -tokenpoold): %v\n%s", err, out)
 			return 1
 		}
@@ -136,10 +143,14 @@ var daemonEnv = []string{
 // chaos runs the chaos run and prints its report. ok is false when the
 // promise did not hold.
 func chaos(ctx context.Context, o options, stdout, progress io.Writer) (ok bool, err error) {
+	env := daemonEnv
+	if o.inject != "" {
+		env = append(append([]string{}, daemonEnv...), "TOKENPOOL_CHAOSBUG="+o.inject)
+	}
 	w, err := startWorld(ctx, worldConfig{
 		Replicas: o.replicas, Tokenpoold: o.tokenpoold, Dir: o.dir,
 		AOFDir:     aofDir(o.dir),
-		SimLatency: 20 * time.Millisecond, Env: daemonEnv,
+		SimLatency: 20 * time.Millisecond, Env: env,
 	})
 	if err != nil {
 		return false, err
@@ -154,7 +165,7 @@ func chaos(ctx context.Context, o options, stdout, progress io.Writer) (ok bool,
 		defer stopRun()
 	}
 	got := newReceived()
-	acc := &accounts{faults: map[string]int{}}
+	acc := newAccounts()
 	rng := rand.New(rand.NewPCG(o.seed, o.seed^0x9e3779b97f4a7c15))
 
 	faultsDone := make(chan error, 1)

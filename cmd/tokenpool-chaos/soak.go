@@ -85,11 +85,87 @@ func soak(ctx context.Context, o options, stdout io.Writer) (bool, error) {
 	for _, n := range got.tokens {
 		dups += int64(n - 1)
 	}
-	printSoak(stdout, o, samples, got, dups)
-	return dups == 0, nil
+	v := judge(samples)
+	printSoak(stdout, o, samples, got, dups, v)
+	return dups == 0 && v.ok(), nil
 }
 
-func printSoak(out io.Writer, o options, samples []sample, got *received, dups int64) {
+// warmUp is how long the fleet takes to settle: the pool fills, and the
+// handout ledger grows for as long as a credential lives (the
+// simulator's 120 s tokens). Slopes are fitted from the first sample
+// after it.
+const warmUp = 3 * time.Minute
+
+// leakBounds are the slopes per minute (all replicas together) above which
+// the soak reports a leak and fails: a tenth of what one leaked object per
+// request would add at the soak's 200 handouts per second (a 1 KiB buffer
+// per request is 11.7 MiB a minute, a goroutine per thousand requests 12),
+// and above the noise of the runs in RELIABILITY.md (RSS ±0.04 MiB,
+// goroutines ±0.3, Redis ±0.012 MiB a minute).
+var leakBounds = slopes{rss: 0.2, goroutines: 1, fds: 0.2, redis: 0.05}
+
+// slopes are least-squares slopes per minute: RSS and Redis memory in
+// MiB, goroutines and open files in units.
+type slopes struct{ rss, goroutines, fds, redis float64 }
+
+// verdict is the soak's judgement of its samples.
+type verdict struct {
+	from   time.Duration // the first sample fitted
+	n      int           // samples fitted
+	slopes slopes
+	leaks  []string // the figures whose slope is over its bound
+}
+
+// minFitted is the fewest samples after the warm-up a verdict needs.
+const minFitted = 3
+
+func (v verdict) ok() bool { return v.n >= minFitted && len(v.leaks) == 0 }
+
+// judge fits the slopes of the samples after the warm-up and compares
+// them with leakBounds.
+func judge(samples []sample) verdict {
+	var from []sample
+	for _, s := range samples {
+		if s.at >= warmUp-time.Second {
+			from = append(from, s)
+		}
+	}
+	v := verdict{n: len(from)}
+	if len(from) == 0 {
+		return v
+	}
+	v.from = from[0].at
+	fit := func(f func(sample) float64) float64 {
+		xs, ys := make([]float64, len(from)), make([]float64, len(from))
+		for i, s := range from {
+			xs[i], ys[i] = s.at.Minutes(), f(s)
+		}
+		return slope(xs, ys)
+	}
+	const mib = 1 << 20
+	v.slopes = slopes{
+		rss:        fit(func(s sample) float64 { return float64(s.rss) / mib }),
+		goroutines: fit(func(s sample) float64 { return float64(s.goroutines) }),
+		fds:        fit(func(s sample) float64 { return float64(s.fds) }),
+		redis:      fit(func(s sample) float64 { return float64(s.redisMem) / mib }),
+	}
+	for _, c := range []struct {
+		name       string
+		got, bound float64
+	}{
+		{"replicas' RSS", v.slopes.rss, leakBounds.rss},
+		{"goroutines", v.slopes.goroutines, leakBounds.goroutines},
+		{"open files", v.slopes.fds, leakBounds.fds},
+		{"Redis used_memory", v.slopes.redis, leakBounds.redis},
+	} {
+		if c.got > c.bound {
+			v.leaks = append(v.leaks, fmt.Sprintf("%s grows %+.3f a minute (bound %.3f)", c.name, c.got, c.bound))
+		}
+	}
+	return v
+}
+
+func printSoak(out io.Writer, o options, samples []sample, got *received, dups int64, v verdict) {
 	fmt.Fprintf(out, "## Soak\n\n%s at %.0f handouts/s asked, 2 replicas, %d callers: %d handouts, %d delivered twice, other answers %v.\n\n",
 		o.soak, o.rate, o.callers, got.handouts.Load(), dups, got.statuses)
 	fmt.Fprintf(out, "| minute | handouts | replicas' RSS (MiB) | goroutines | open files | Redis used_memory (MiB) |\n|---|---|---|---|---|---|\n")
@@ -98,25 +174,18 @@ func printSoak(out io.Writer, o options, samples []sample, got *received, dups i
 		fmt.Fprintf(out, "| %.0f | %d | %.1f | %d | %d | %.2f |\n", s.at.Minutes(), s.handouts,
 			float64(s.rss)/mib, s.goroutines, s.fds, float64(s.redisMem)/mib)
 	}
-	// The first minute is warm-up (the pool fills, caches grow): slopes are
-	// fitted from the second sample on.
-	from := samples
-	if len(from) > 2 {
-		from = from[1:]
+	b := leakBounds
+	fmt.Fprintf(out, "\nSlopes per minute (least squares over %d samples from minute %.0f, after the %s warm-up), with the bound over which the soak fails: "+
+		"RSS %+.3f MiB (%.2f), goroutines %+.2f (%.0f), open files %+.2f (%.1f), Redis memory %+.4f MiB (%.2f).\n",
+		v.n, v.from.Minutes(), warmUp, v.slopes.rss, b.rss, v.slopes.goroutines, b.goroutines, v.slopes.fds, b.fds, v.slopes.redis, b.redis)
+	switch {
+	case v.n < minFitted:
+		fmt.Fprintf(out, "\nToo short to judge: %d samples after the warm-up, %d needed. The soak did NOT pass.\n", v.n, minFitted)
+	case len(v.leaks) > 0 || dups > 0:
+		fmt.Fprintf(out, "\nThe soak did NOT pass: %d delivered twice; %s.\n", dups, strings.Join(v.leaks, "; "))
+	default:
+		fmt.Fprintf(out, "\nNo leak: every slope within its bound, nothing delivered twice. The soak passed.\n")
 	}
-	fit := func(f func(sample) float64) float64 {
-		xs, ys := make([]float64, len(from)), make([]float64, len(from))
-		for i, s := range from {
-			xs[i], ys[i] = s.at.Minutes(), f(s)
-		}
-		return slope(xs, ys)
-	}
-	fmt.Fprintf(out, "\nSlopes per minute (least squares, from minute %.0f): RSS %+.3f MiB, goroutines %+.2f, open files %+.2f, Redis memory %+.4f MiB.\n",
-		from[0].at.Minutes(),
-		fit(func(s sample) float64 { return float64(s.rss) / mib }),
-		fit(func(s sample) float64 { return float64(s.goroutines) }),
-		fit(func(s sample) float64 { return float64(s.fds) }),
-		fit(func(s sample) float64 { return float64(s.redisMem) / mib }))
 }
 
 // slope is the least-squares slope of ys over xs.

@@ -38,13 +38,15 @@ type worldConfig struct {
 }
 
 // world is one redis-server behind a proxy (to delay its replies), the
-// simulated provider in this process, and tokenpoold replicas as
-// processes, each of which can be killed and restarted.
+// simulated provider in this process (one endpoint per replica, so every
+// mint is attributed to the replica that asked for it, whatever the
+// daemons count), and tokenpoold replicas as processes, each of which can
+// be killed and restarted.
 type world struct {
 	cfg       worldConfig
 	jwtSecret string
 	adminKey  string
-	sim       *upstreamtest.Server
+	sims      []*upstreamtest.Server // replica n mints from sims[n-1]
 	proxy     *redistest.Proxy
 	redisAddr string // the real one; replicas use the proxy
 	aofDir    string
@@ -104,9 +106,13 @@ func startWorld(ctx context.Context, cfg worldConfig) (*world, error) {
 		w.close()
 		return nil, err
 	}
-	if w.sim, err = upstreamtest.Start(upstreamtest.Config{TTL: cfg.SimTTL, Latency: cfg.SimLatency}); err != nil {
-		w.close()
-		return nil, err
+	for range cfg.Replicas {
+		sim, err := upstreamtest.Start(upstreamtest.Config{TTL: cfg.SimTTL, Latency: cfg.SimLatency})
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		w.sims = append(w.sims, sim)
 	}
 	w.keys = [][]byte{newKey()}
 	for i := range cfg.Replicas {
@@ -141,12 +147,13 @@ func (w *world) sealKeys(n int) string {
 }
 
 // startRedis starts redis-server on its address with an append-only file
-// fsynced on every write, so a restart keeps everything acknowledged; a
-// restart "without persistence" deletes the file first.
+// fsynced every second, as most deployments run it (a process crash keeps
+// what was written; a machine crash would lose up to a second); a restart
+// "without persistence" deletes the file first.
 func (w *world) startRedis(ctx context.Context) error {
 	_, port, _ := net.SplitHostPort(w.redisAddr)
 	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", w.aofDir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction")
+		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redis-server: %w", err)
 	}
@@ -170,6 +177,13 @@ func (w *world) killRedis() {
 	}
 }
 
+// simUpdate changes every simulator's configuration.
+func (w *world) simUpdate(f func(*upstreamtest.Config)) {
+	for _, sim := range w.sims {
+		sim.Update(f)
+	}
+}
+
 // redisClient talks to Redis directly, not through the proxy.
 func (w *world) redisClient() *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: w.redisAddr, MaxRetries: -1, DialTimeout: time.Second})
@@ -182,7 +196,7 @@ func (w *world) env(r *replica) []string {
 		"PATH=" + os.Getenv("PATH"),
 		"TOKENPOOL_ADDR=" + r.addr,
 		"REDIS_URL=redis://" + w.proxy.Addr,
-		"ORGA_API_KEY=" + upstreamtest.DefaultAPIKey, "ORGA_BASE_URL=" + w.sim.URL(),
+		"ORGA_API_KEY=" + upstreamtest.DefaultAPIKey, "ORGA_BASE_URL=" + w.sims[r.n-1].URL(),
 		"TOKENPOOL_JWT_SECRET=" + w.jwtSecret,
 		"TOKENPOOL_ADMIN_KEYS=chaos:" + hex.EncodeToString(sum[:]),
 		"TOKENPOOL_RATE_PER_USER=100000000/m", "TOKENPOOL_RATE_PER_IP=100000000/m",
@@ -264,8 +278,8 @@ func (w *world) close() {
 			r.log.Close()
 		}
 	}
-	if w.sim != nil {
-		_ = w.sim.Close()
+	for _, sim := range w.sims {
+		_ = sim.Close()
 	}
 	if w.proxy != nil {
 		w.proxy.Close()

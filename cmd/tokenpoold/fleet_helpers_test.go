@@ -37,6 +37,7 @@ func startFleet(tb testing.TB, n int, env map[string]string) []*process {
 type outcome struct {
 	status  int
 	token   string
+	source  string // X-Credential-Source
 	latency time.Duration
 	at      time.Time
 }
@@ -87,7 +88,7 @@ func (l *load) run(tb testing.TB, urls []string, callers, total int, stop <-chan
 
 // record keeps one answer.
 func (l *load) record(r reply) {
-	o := outcome{status: r.status, at: r.sent, latency: r.received.Sub(r.sent)}
+	o := outcome{status: r.status, at: r.sent, latency: r.received.Sub(r.sent), source: r.header.Get("X-Credential-Source")}
 	var c credential
 	if json.Unmarshal(r.body, &c) == nil {
 		o.token = c.EphemeralToken

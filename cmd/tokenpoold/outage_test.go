@@ -14,7 +14,7 @@ import (
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
-// TestRedisOutageUnderLoad stops Redis (SIGKILL) under load on a fleet of
+// TestRedisOutageUnderLoad kills Redis (SIGKILL) under load on a fleet of
 // three, then restarts it (with AOF, as a production Redis would have).
 func TestRedisOutageUnderLoad(t *testing.T) {
 	const requestTimeout = 3 * time.Second
@@ -31,34 +31,12 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 
 	killed := time.Now()
 	rs.Stop()
-	poll.Until(t, "every replica to report not ready", 5*time.Second, func() bool {
-		for _, u := range urls {
-			if resp, err := http.Get(u + "/readyz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode != 503 {
-					return false
-				}
-			}
-		}
-		return true
-	})
-	notReadyAfter := time.Since(killed)
+	notReadyAfter := allNotReady(t, urls, killed)
 	time.Sleep(5 * time.Second) // the outage, under load
 
 	restarted := time.Now()
 	rs.Start()
-	var probes []outcome // the probes' credentials count as handed out too
-	poll.Until(t, "every replica to hand out again", 5*time.Second, func() bool {
-		for _, u := range urls {
-			r := fetch(t, u, callerJWT(t, "probe"))
-			if r.status != 200 {
-				return false
-			}
-			probes = append(probes, outcome{status: 200, token: r.credential(t).EphemeralToken})
-		}
-		return true
-	})
-	recovered := time.Since(restarted)
+	probes, recovered := allServing(t, urls, restarted)
 	l.servedAfter(t, 200, restarted.Add(recovered))
 	close(stop)
 	<-done
@@ -68,15 +46,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	checkJSONLines(t, fleet)
 
 	outs := l.snapshot()
-	var during []outcome
-	for _, o := range outs {
-		if o.status != 200 && o.status != 503 {
-			t.Fatalf("answer %d: under a Redis outage every answer is 200 or 503", o.status)
-		}
-		if o.at.After(killed) && o.at.Before(restarted) {
-			during = append(during, o)
-		}
-	}
+	during := between(t, outs, killed, restarted)
 	p99 := percentile(during, 0.99)
 	worst := percentile(during, 1)
 	got := checkTokens(t, sim, append(outs, probes...))
@@ -91,19 +61,155 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	}
 
 	// Nothing minted was lost silently: every credential the provider
-	// issued was handed out, is pooled, or was counted as waste. A take
-	// that ran just as Redis died, its reply lost, is the one exception
-	// (see README "Scaling out"); there are at most as many as callers.
-	rs2 := rs.Client()
-	ctx := context.Background()
-	pooled := rs2.ZCard(ctx, pool.Keys("", "default").Ready()).Val()
-	wasted, _ := rs2.HGet(ctx, pool.Keys("", "default").Stats(), "wasted").Int64()
-	minted := int64(sim.Counts().Minted)
-	unaccounted := minted - int64(got) - pooled - wasted
-	t.Logf("provider minted %d: %d handed out, %d pooled, %d wasted, %d unaccounted", minted, got, pooled, wasted, unaccounted)
-	if unaccounted < 0 || unaccounted > 16 {
-		t.Fatalf("%d minted credentials unaccounted for", unaccounted)
+	// issued was handed out, is pooled, or was counted (wasted, lost). A
+	// take in flight as Redis died may not have run, yet the daemon cannot
+	// tell and counts it lost: at most one per caller is counted twice.
+	a := accountFor(t, rs, sim, got)
+	if a.unaccounted() > 0 || a.unaccounted() < -16 {
+		t.Fatalf("%d minted credentials unaccounted for; want none, and at most one take in flight per caller (16) counted lost that did not run", a.unaccounted())
 	}
+}
+
+// TestRedisStallLongerThanTheClaim freezes Redis (SIGSTOP: a stall, or a
+// partition) for longer than a take's claim lives, under load on a fleet
+// of three, then thaws it. Redis then runs every command it was sent: the
+// takes whose replies nobody awaits any more (too late: they take
+// nothing), and their recoveries. Every credential the provider minted
+// must be accounted for exactly: handed out, pooled, wasted, or taken in
+// Redis and never answered (handed_out less the pooled handouts callers
+// received); and every one of those must be counted lost. (Before takes
+// sent too long ago refused to run, a retry that ran after the stall took
+// a second entry under an expired claim, and the first was lost
+// uncounted.)
+func TestRedisStallLongerThanTheClaim(t *testing.T) {
+	const requestTimeout = 3 * time.Second
+	rs := redistest.StartProcess(t)
+	sim := startSim(t, upstreamtest.Config{Latency: 5 * time.Millisecond})
+	fleet := startFleet(t, 3, fleetEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_POOL_TARGET": "20"}))
+	urls := urlsOf(fleet)
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var l load
+	go func() { l.run(t, urls, 16, 0, stop); close(done) }()
+	l.servedAfter(t, 200, time.Time{})
+
+	frozen := time.Now()
+	rs.Freeze()
+	allNotReady(t, urls, frozen)
+	time.Sleep(12 * time.Second) // the claim TTL is 10 s
+	thawed := time.Now()
+	rs.Thaw()
+	probes, recovered := allServing(t, urls, thawed)
+	l.servedAfter(t, 200, thawed.Add(recovered))
+	close(stop)
+	<-done
+	for _, p := range fleet {
+		p.stop(t)
+	}
+	outs := l.snapshot()
+	during := between(t, outs, frozen, thawed)
+	if p99 := percentile(during, 0.99); p99 >= requestTimeout {
+		t.Fatalf("p99 %v during the stall, at or over the %v request deadline", p99, requestTimeout)
+	}
+	got := checkTokens(t, sim, append(outs, probes...))
+	a := accountFor(t, rs, sim, got)
+	var fromPool int64
+	for _, o := range append(outs, probes...) {
+		if o.status == 200 && o.source == "pool" {
+			fromPool++
+		}
+	}
+	handed, _ := rs.Client().HGet(context.Background(), pool.Keys("", "default").Stats(), "handed_out").Int64()
+	unanswered := handed - fromPool
+	exact := a.minted - a.handedOut - a.pooled - a.wasted - unanswered
+	t.Logf("answers %v (%v during the stall); taken and never answered %d, counted lost %d, unaccounted %d",
+		statuses(outs), statuses(during), unanswered, a.lost, exact)
+	if exact != 0 {
+		t.Fatalf("%d credentials unaccounted for", exact)
+	}
+	if a.lost < unanswered {
+		t.Fatalf("%d taken and never answered, %d counted lost: a loss went uncounted", unanswered, a.lost)
+	}
+}
+
+// accounting is where the credentials the provider minted went, once the
+// fleet has stopped.
+type accounting struct {
+	minted, handedOut, pooled, wasted, lost int64
+}
+
+func (a accounting) unaccounted() int64 { return a.minted - a.handedOut - a.pooled - a.wasted - a.lost }
+
+func accountFor(t *testing.T, rs *redistest.Server, sim *upstreamtest.Server, handedOut int) accounting {
+	t.Helper()
+	ctx := context.Background()
+	c := rs.Client()
+	a := accounting{handedOut: int64(handedOut)}
+	a.pooled = c.ZCard(ctx, pool.Keys("", "default").Ready()).Val()
+	a.wasted, _ = c.HGet(ctx, pool.Keys("", "default").Stats(), "wasted").Int64()
+	a.lost, _ = c.HGet(ctx, pool.Keys("", "default").Stats(), "lost").Int64()
+	for _, m := range sim.Minted() {
+		if m.ICEFetched {
+			a.minted++
+		}
+	}
+	t.Logf("provider minted %d: %d handed out, %d pooled, %d wasted, %d lost, %d unaccounted",
+		a.minted, a.handedOut, a.pooled, a.wasted, a.lost, a.unaccounted())
+	return a
+}
+
+// allNotReady waits until every replica reports not ready, and returns how
+// long after since.
+func allNotReady(t *testing.T, urls []string, since time.Time) time.Duration {
+	t.Helper()
+	poll.Until(t, "every replica to report not ready", 5*time.Second, func() bool {
+		for _, u := range urls {
+			if resp, err := http.Get(u + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != 503 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return time.Since(since)
+}
+
+// allServing waits until every replica hands out again, and returns the
+// probes' answers (their credentials count as handed out) and how long
+// after since.
+func allServing(t *testing.T, urls []string, since time.Time) ([]outcome, time.Duration) {
+	t.Helper()
+	var probes []outcome
+	poll.Until(t, "every replica to hand out again", 5*time.Second, func() bool {
+		for _, u := range urls {
+			r := fetch(t, u, callerJWT(t, "probe"))
+			if r.status != 200 {
+				return false
+			}
+			probes = append(probes, outcome{status: 200, token: r.credential(t).EphemeralToken, source: r.header.Get("X-Credential-Source")})
+		}
+		return true
+	})
+	return probes, time.Since(since)
+}
+
+// between is the answers to requests sent from start to end; every answer
+// must be 200 or 503.
+func between(t *testing.T, outs []outcome, start, end time.Time) []outcome {
+	t.Helper()
+	var during []outcome
+	for _, o := range outs {
+		if o.status != 200 && o.status != 503 {
+			t.Fatalf("answer %d: under a Redis outage every answer is 200 or 503", o.status)
+		}
+		if o.at.After(start) && o.at.Before(end) {
+			during = append(during, o)
+		}
+	}
+	return during
 }
 
 // checkJSONLines checks that every line each process wrote to stderr is

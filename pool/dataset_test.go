@@ -1,0 +1,231 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/internal/poll"
+	"github.com/tokenpool/tokenpool/internal/redistest"
+)
+
+// Issue 20, findings 5 and 8: a Redis dataset that is wiped (a restart
+// without persistence, a FLUSHALL) while replicas hold what they sent
+// there.
+
+// putLoser runs the first put and loses its reply, then refuses every put
+// (without sending it) until let is set: the replica parks the credential.
+type putLoser struct {
+	puts    atomic.Int64
+	let     atomic.Bool
+	replays atomic.Int64 // puts run once let
+}
+
+func isPut(cmd redis.Cmder) bool {
+	a := cmd.Args()
+	if len(a) < 2 {
+		return false
+	}
+	s, _ := a[1].(string)
+	return s == putScript.Hash() || strings.Contains(s, "'surplus'")
+}
+
+func (h *putLoser) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *putLoser) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !isPut(cmd) {
+			return next(ctx, cmd)
+		}
+		if h.let.Load() {
+			err := next(ctx, cmd)
+			if err == nil {
+				h.replays.Add(1)
+			}
+			return err
+		}
+		if h.puts.Load() > 0 {
+			h.puts.Add(1)
+			cmd.SetErr(errRefused)
+			return errRefused
+		}
+		if err := next(ctx, cmd); err != nil {
+			return err // NOSCRIPT: not run
+		}
+		h.puts.Add(1)
+		cmd.SetErr(io.ErrUnexpectedEOF)
+		return io.ErrUnexpectedEOF
+	}
+}
+func (h *putLoser) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// Finding 5: replica A's put runs but its reply is lost, so A parks the
+// credential; replica B takes it and hands it out; the dataset is wiped;
+// A's replay must not pool the credential again (before, it did, and B
+// handed the same token out a second time).
+func TestAPutReplayedAfterAWipeDoesNotRepoolAHandedOutCredential(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartProcess(t)
+	rdb := srv.Client()
+	loser := &putLoser{}
+	rdb.AddHook(loser)
+	a := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
+	m := &fakeMinter{ttl: time.Hour}
+	pa := newTestPool(t, a, m, func(c *Config) {
+		c.Profiles = []Profile{{Name: "default", Minter: m, Target: 1, MinRemaining: time.Second}}
+		c.DirectMints = -1
+		c.Logger = discardLog()
+	})
+	b := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	pa.Open()
+	poll.Until(t, "A's put to run, its reply lost", 10*time.Second, func() bool { return loser.puts.Load() >= 2 })
+	m.setErr(fmt.Errorf("no more mints in this test"))
+	first, err := b.Take(ctx, "default", "b-1", 0)
+	if err != nil {
+		t.Fatalf("B takes what A pooled: %v", err)
+	}
+	waitRounds(t, pa, 2) // A has seen the pool empty
+	if err := srv.Client().FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	loser.let.Store(true)
+	poll.Until(t, "A to replay its put", 10*time.Second, func() bool { return loser.replays.Load() > 0 })
+	for i := range 3 {
+		h, err := b.Take(ctx, "default", fmt.Sprint("b-again-", i), 0)
+		if err == nil && h.Token == first.Token {
+			t.Fatalf("the token B handed out was pooled again after the wipe and handed out a second time")
+		}
+		if err == nil {
+			t.Fatalf("took %q after the wipe; want nothing pooled", h.Token)
+		}
+	}
+	s := mustStats(t, b, "default")
+	if s.Wipes != 1 || s.Dropped != 1 || s.Ready != 0 {
+		t.Fatalf("after the wipe: wipes %d, dropped %d, pooled %d; want 1 wipe, the replayed put dropped (1), nothing pooled", s.Wipes, s.Dropped, s.Ready)
+	}
+}
+
+// A mint whose reservation went with the wipe, put for the first time
+// after it, holds nothing anywhere: it is pooled in the new dataset. Its
+// resend, once the new dataset has it, is the usual idempotent put.
+func TestAFirstPutAfterAWipeIsPooled(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartProcess(t)
+	st := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	res, err := st.reserve(ctx, "default", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: time.Minute})
+	if err != nil || len(res.ids) != 1 {
+		t.Fatalf("reserve: %v %+v", err, res)
+	}
+	if err := srv.Client().FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	a := putArgs{resID: res.ids[0], entryID: "after", retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}
+	pooled, _, err := st.put(ctx, "default", a, 0)
+	if err != nil || !pooled {
+		t.Fatalf("a first put after the wipe: pooled %v, %v; want pooled", pooled, err)
+	}
+	a.sentTo = st.datasets.get("default").epoch // the resend of a lost reply names the old dataset
+	if pooled, _, err := st.put(ctx, "default", a, 0); err != nil || !pooled {
+		t.Fatalf("its resend: pooled %v, %v; want pooled (already)", pooled, err)
+	}
+	if s := mustStats(t, st, "default"); s.Ready != 1 || s.Dropped != 0 {
+		t.Fatalf("stats %+v; want 1 pooled, none dropped", s)
+	}
+}
+
+// Finding 8: the replica that finds its dataset wiped counts the wipe and
+// what it last saw pooled there as dropped, in the shared stats and in
+// its metrics; the other replicas don't count it again.
+func TestAWipedDatasetIsCountedOnce(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartProcess(t)
+	m := &fakeMinter{ttl: time.Hour}
+	var metrics []*Metrics
+	var pools []*Pool
+	for range 2 {
+		st := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+		mt := NewMetrics(prometheus.NewRegistry())
+		pools = append(pools, newTestPool(t, st, m, func(c *Config) {
+			c.Metrics = mt
+			c.Logger = discardLog()
+		}))
+		metrics = append(metrics, mt)
+	}
+	for _, p := range pools {
+		p.Open()
+	}
+	st := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { return mustStats(t, st, "default").Usable == 5 })
+	for _, p := range pools {
+		waitRounds(t, p, 2) // each has seen the 5 pooled
+	}
+	m.setErr(fmt.Errorf("no more mints in this test"))
+	if err := srv.Client().FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pools {
+		waitRounds(t, p, 3)
+	}
+	s := mustStats(t, st, "default")
+	if s.Wipes != 1 || s.Dropped != 5 {
+		t.Fatalf("after a wipe of 5 pooled: wipes %d, dropped %d; want 1, 5", s.Wipes, s.Dropped)
+	}
+	var dropped, wipes float64
+	for _, mt := range metrics {
+		dropped += testutil.ToFloat64(mt.dropped.WithLabelValues("default"))
+		wipes += testutil.ToFloat64(mt.wipes.WithLabelValues("default"))
+	}
+	if dropped != 5 || wipes != 1 {
+		t.Fatalf("metrics over the replicas: dropped %v, wipes %v; want 5, 1", dropped, wipes)
+	}
+}
+
+// Finding 7: replicas that lack the seal key of the pooled entries (one
+// with no keys, one with another key) serve their callers by minting
+// directly, and leave the entries for the replica that can open them:
+// nothing is discarded, and that replica hands every one of them out.
+func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.New(t)
+	k1, k2 := randomKey(t), randomKey(t)
+	owner := sealedStore(t, srv, k1)
+	m := &fakeMinter{ttl: time.Hour}
+	po := newTestPool(t, owner, m, nil)
+	po.Open()
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool { return mustStats(t, owner, "default").Usable == 5 })
+	m.setErr(fmt.Errorf("no more refills in this test"))
+	po.refill.stop(ctx)
+	others := []*Store{NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix}), sealedStore(t, srv, k2)}
+	for i, st := range others {
+		direct := &fakeMinter{ttl: time.Hour}
+		p := newTestPool(t, st, direct, func(c *Config) { c.Logger = discardLog() })
+		p.Open()
+		for j := range 5 {
+			h, err := p.Get(ctx, "default", fmt.Sprint("other-", i, "-", j))
+			if err != nil || h.Source != SourceDirect {
+				t.Fatalf("replica %d, request %d: %v from %q; want a direct mint", i, j, err, h.Source)
+			}
+		}
+		if err := p.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := mustStats(t, owner, "default"); s.Discarded != 0 || s.Ready != 5 {
+		t.Fatalf("after 10 requests to replicas without the key: discarded %d, pooled %d; want 0, 5", s.Discarded, s.Ready)
+	}
+	for j := range 5 {
+		if h, err := po.Get(ctx, "default", fmt.Sprint("owner-", j)); err != nil || h.Source != SourcePool {
+			t.Fatalf("the replica with the key, request %d: %v from %q; want from the pool", j, err, h.Source)
+		}
+	}
+}
