@@ -20,10 +20,10 @@ func init() {
 	case "leave-pooled":
 		// A take leaves its entry pooled, and out of the ledger, 1 time in
 		// 500: the next take hands it out again.
-		takeSource = patch(takeSource, `      redis.call('HDEL', KEYS[2], id)
-      if redis.call('ZADD', KEYS[5], 'NX', fmt(retire), id) == 0 then`, `      local bug = tonumber(t[2]) % 500 == 0
-      if bug then redis.call('ZADD', KEYS[1], fmt(retire), id) else redis.call('HDEL', KEYS[2], id) end
-      if not bug and redis.call('ZADD', KEYS[5], 'NX', fmt(retire), id) == 0 then`)
+		takeSource = patch(takeSource, `      redis.call('HDEL', entries, id)
+      if redis.call('ZADD', handed, 'NX', fmt(retire), id) == 0 then`, `      local bug = tonumber(t[2]) % 500 == 0
+      if bug then redis.call('ZADD', ready, fmt(retire), id) else redis.call('HDEL', entries, id) end
+      if not bug and redis.call('ZADD', handed, 'NX', fmt(retire), id) == 0 then`)
 		takeScript = redis.NewScript(takeSource)
 	case "drop-take":
 		// A take drops the entry it took, silently, 1 time in 1,000: it is

@@ -1,6 +1,9 @@
 package pool
 
 import (
+	"fmt"
+	"time"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenpool/tokenpool/limiter"
@@ -102,21 +105,8 @@ end
 // takeScript applies the caller's limits and, when they allow, hands out
 // the usable entry that retires soonest, exactly once, and counts the
 // request in the profile's demand: one round trip for a pooled handout.
-//
-// KEYS: ready, entries, stats, claim, handed, then the limits' keys
-// ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus (fast,
-// slow) ms, ledger bound (entries), the number of limits n, what to count
-// (1: the demand, 2: a miss, 4: the handout as unreplicated; added), the
-// latest time (ms, 0: none) a take with no claim yet may run, n (burst,
-// rate, period s) triples, then the body prefixes this replica can open
-// (none: any)
-// Reply: {status, id, body, evicted, foreign, limits, now ms}: status 1 handed out,
-// 2 the entry of an earlier call with this claim, 3 the claim was abandoned
-// (recoverScript ran: hand out nothing), 4 a limit denied (nothing taken),
-// 5 no claim, and the take came too late (nothing taken; an earlier
-// attempt may have run, and its claim expired),
-// 0 nothing usable; foreign counts usable entries left for a replica that
-// can open them; limits is limiter.LuaGCRA's list of decisions.
+// Its KEYS and ARGV are takeCall's fields, in the order takeCall.keysArgs
+// builds them; its reply is takeReply's, parsed by parseTakeReply.
 //
 // The claim key holds "<entry id> <retire ms> <body>", or a marker when
 // limits were applied: "!<i>" (limit i denied) or "0" (they allowed, and
@@ -130,44 +120,123 @@ end
 // place.
 var takeScript = redis.NewScript(takeSource)
 
+// takeCall is one call of takeScript, by name.
+type takeCall struct {
+	tag          string // the shard's hash tag
+	k            keys   // its keys
+	claim        string // KEYS[4] is its claim key
+	minRemaining time.Duration
+	claimTTL     *sendMark // the claim key's TTL in ms; counts the command's sends
+	now          int64     // the scripts' clock in ms; 0: Redis TIME
+	ledger       int       // the handout ledger's bound
+	counts       int       // what to count besides a handout: countDemand | countMiss | countUnreplicated
+	deadline     time.Time // the latest a take with no claim yet may run: later, nobody waits for it
+	limitKeys    []string  // the caller's limits, from limiter.ScriptArgs: one key and
+	limitArgs    []any     // one (burst, rate, period s) triple per check
+	opens        []any     // the body prefixes this replica can open (none: any)
+}
+
+// keysArgs are the call's KEYS (ready, entries, stats, claim, handed, then
+// the limits' keys) and ARGV (min remaining ms, claim TTL ms, now ms, the
+// demand taus (fast, slow) ms, ledger bound, the number of limits n, what
+// to count, the deadline ms, the n triples, then the prefixes).
+func (c *takeCall) keysArgs() ([]string, []any) {
+	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()}, c.limitKeys...)
+	args := make([]any, 0, 9+len(c.limitArgs)+len(c.opens))
+	args = append(args, c.minRemaining.Milliseconds(), c.claimTTL, c.now, demandTauFast.Milliseconds(),
+		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline.UnixMilli())
+	args = append(args, c.limitArgs...)
+	return keys, append(args, c.opens...)
+}
+
+// takeReply is takeScript's reply: {status, id, body, evicted, foreign,
+// limits, now}.
+type takeReply struct {
+	status   takeStatus
+	id, body string // the entry handed out (takeHanded, takeAgain)
+	evicted  int64  // entries dropped as waste on the way
+	foreign  int64  // usable entries left for a replica that can open them
+	limits   []any  // limiter.LuaGCRA's decisions of the checks reached
+	now      int64  // the script's clock, ms
+}
+
+// takeStatus is what a take did.
+type takeStatus int64
+
+const (
+	takeNothing   takeStatus = 0 // nothing usable
+	takeHanded    takeStatus = 1 // an entry, handed out now
+	takeAgain     takeStatus = 2 // the entry an earlier call with this claim took
+	takeAbandoned takeStatus = 3 // the claim was recovered: nothing
+	takeDenied    takeStatus = 4 // a limit denied: nothing taken
+	takeTooLate   takeStatus = 5 // no claim, and past the deadline: nothing taken (an earlier attempt's claim may have expired)
+)
+
+func parseTakeReply(v any) (takeReply, error) {
+	reply, ok := v.([]any)
+	if !ok || len(reply) != 7 {
+		return takeReply{}, fmt.Errorf("pool: take: unexpected reply %T", v)
+	}
+	status, ok0 := reply[0].(int64)
+	id, ok1 := reply[1].(string)
+	body, ok2 := reply[2].(string)
+	evicted, ok3 := reply[3].(int64)
+	foreign, ok4 := reply[4].(int64)
+	lim, ok5 := reply[5].([]any)
+	now, ok6 := reply[6].(int64)
+	if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 {
+		return takeReply{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[4], reply[5], reply[6])
+	}
+	return takeReply{status: takeStatus(status), id: id, body: body, evicted: evicted, foreign: foreign, limits: lim, now: now}, nil
+}
+
 // takeSource is takeScript's source, which a take sends with EVAL when
 // Redis lacks the script. (A var, as recoverSource is, only so that the
 // chaos run's injected bugs, built with -tags chaosbug, can patch it.)
 var takeSource = luaPrelude + limiter.LuaGCRA + `
+-- KEYS and ARGV by name, in takeCall.keysArgs's order; the caller's
+-- limits' keys follow KEYS[5], their triples ARGV[9], the prefixes the
+-- triples.
+local ready, entries, stats, claim_key, handed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local min_remaining, claim_ttl, now_arg = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local tau_fast, tau_slow, ledger_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local n, counts, deadline = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local limit_keys_after, limit_args_after, opens_from = 5, 9, 10 + 3 * n
+-- Reply statuses (takeStatus)
+local NOTHING, HANDED, AGAIN, ABANDONED, DENIED, TOO_LATE = 0, 1, 2, 3, 4, 5
+
 local t = redis.call('TIME')
-local now = tonumber(ARGV[3])
+local now = now_arg
 if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
-local cutoff = now + tonumber(ARGV[1])
-local n = tonumber(ARGV[7])
-local claimed = redis.call('GET', KEYS[4])
-if claimed and string.sub(claimed, 1, 1) == '-' then return {3, '', '', 0, 0, {}, now} end
-if not claimed and tonumber(ARGV[9]) > 0 and now > tonumber(ARGV[9]) then
+local cutoff = now + min_remaining
+local claimed = redis.call('GET', claim_key)
+if claimed and string.sub(claimed, 1, 1) == '-' then return {ABANDONED, '', '', 0, 0, {}, now} end
+if not claimed and deadline > 0 and now > deadline then
   -- Sent too long ago (Redis stalled, or the network held it): nobody
   -- waits for it, and an earlier attempt's claim may have expired.
-  return {5, '', '', 0, 0, {}, now}
+  return {TOO_LATE, '', '', 0, 0, {}, now}
 end
-local ok, lim = limits(5, 9, n, claimed ~= false, t)
+local ok, lim = limits(limit_keys_after, limit_args_after, n, claimed ~= false, t)
 if claimed and string.sub(claimed, 1, 1) == '!' then
   -- denied before: report that limit as denied, and nothing after it
   local i = tonumber(string.sub(claimed, 2))
   for j = #lim, 4 * i + 1, -1 do lim[j] = nil end
   lim[4 * i - 3] = 0
-  return {4, '', '', 0, 0, lim, now}
+  return {DENIED, '', '', 0, 0, lim, now}
 end
 if not ok then
-  redis.call('SET', KEYS[4], '!' .. fmt(#lim / 4), 'PX', ARGV[2])
-  return {4, '', '', 0, 0, lim, now}
+  redis.call('SET', claim_key, '!' .. fmt(#lim / 4), 'PX', claim_ttl)
+  return {DENIED, '', '', 0, 0, lim, now}
 end
 if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
-  if retire > cutoff then return {2, id, body, 0, 0, lim, now} end
-  redis.call('HINCRBY', KEYS[3], 'handed_out', -1)
-  redis.call('HINCRBY', KEYS[3], 'wasted', 1)
+  if retire > cutoff then return {AGAIN, id, body, 0, 0, lim, now} end
+  redis.call('HINCRBY', stats, 'handed_out', -1)
+  redis.call('HINCRBY', stats, 'wasted', 1)
 end
 -- The counters this take moves, and the demand, are read once and
 -- written once, at the end.
-local st = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated')
-local opens_from = 10 + 3 * n
+local st = redis.call('HMGET', stats, 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated')
 local function opens(body)
   if #ARGV < opens_from then return true end
   for i = opens_from, #ARGV do
@@ -181,27 +250,27 @@ local evicted, foreign, examined = 0, 0, 0
 local left = {} -- entries popped for a replica that can open them: put back
 local hit, hit_retire, hit_body
 while examined < 16 do
-  local e = redis.call('ZPOPMIN', KEYS[1])
+  local e = redis.call('ZPOPMIN', ready)
   if #e == 0 then break end
   local id, retire = e[1], tonumber(e[2])
   if retire <= cutoff then
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HINCRBY', KEYS[3], 'wasted', 1)
-    evicted = evicted + 1 + evict(KEYS[1], KEYS[2], KEYS[3], cutoff)
+    redis.call('HDEL', entries, id)
+    redis.call('HINCRBY', stats, 'wasted', 1)
+    evicted = evicted + 1 + evict(ready, entries, stats, cutoff)
     if evicted > 512 then break end -- the refill sweeps evict the rest
   else
     examined = examined + 1
-    local body = redis.call('HGET', KEYS[2], id)
+    local body = redis.call('HGET', entries, id)
     if not body then
-      redis.call('HINCRBY', KEYS[3], 'orphaned', 1)
+      redis.call('HINCRBY', stats, 'orphaned', 1)
     elseif not opens(body) then
       foreign = foreign + 1
       table.insert(left, retire)
       table.insert(left, id)
     else
-      redis.call('HDEL', KEYS[2], id)
-      if redis.call('ZADD', KEYS[5], 'NX', fmt(retire), id) == 0 then
-        redis.call('HINCRBY', KEYS[3], 'duplicates_prevented', 1)
+      redis.call('HDEL', entries, id)
+      if redis.call('ZADD', handed, 'NX', fmt(retire), id) == 0 then
+        redis.call('HINCRBY', stats, 'duplicates_prevented', 1)
       else
         hit, hit_retire, hit_body = id, retire, body
         break
@@ -209,12 +278,11 @@ while examined < 16 do
     end
   end
 end
-if #left > 0 then redis.call('ZADD', KEYS[1], unpack(left)) end
+if #left > 0 then redis.call('ZADD', ready, unpack(left)) end
 local fields = {}
-local counts = tonumber(ARGV[8])
 if counts % 2 == 1 and not claimed then
   local dt = math.max(0, now - (tonumber(st[3]) or now))
-  local tf, ts = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local tf, ts = tau_fast, tau_slow
   table.insert(fields, 'd_fast')
   table.insert(fields, tostring((tonumber(st[1]) or 0) * math.exp(-dt / tf) + 1000 / tf))
   table.insert(fields, 'd_slow')
@@ -223,24 +291,24 @@ if counts % 2 == 1 and not claimed then
   table.insert(fields, fmt(now))
 end
 if hit then
-  ledgerKept(KEYS[5], KEYS[3], hit_retire, now, tonumber(ARGV[6]))
+  ledgerKept(handed, stats, hit_retire, now, ledger_max)
   table.insert(fields, 'handed_out')
   table.insert(fields, fmt((tonumber(st[4]) or 0) + 1))
   if math.floor(counts / 4) % 2 == 1 then
     table.insert(fields, 'unreplicated')
     table.insert(fields, fmt((tonumber(st[6]) or 0) + 1))
   end
-  redis.call('HSET', KEYS[3], unpack(fields))
-  redis.call('SET', KEYS[4], hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', ARGV[2])
-  return {1, hit, hit_body, evicted, foreign, lim, now}
+  redis.call('HSET', stats, unpack(fields))
+  redis.call('SET', claim_key, hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', claim_ttl)
+  return {HANDED, hit, hit_body, evicted, foreign, lim, now}
 end
-if n > 0 then redis.call('SET', KEYS[4], '0', 'PX', ARGV[2]) end
+if n > 0 then redis.call('SET', claim_key, '0', 'PX', claim_ttl) end
 if math.floor(counts / 2) % 2 == 1 then
   table.insert(fields, 'misses')
   table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
 end
-if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
-return {0, '', '', evicted, foreign, lim, now}
+if #fields > 0 then redis.call('HSET', stats, unpack(fields)) end
+return {NOTHING, '', '', evicted, foreign, lim, now}
 `
 
 // recoverScript undoes a take whose entry never reached its caller (the

@@ -230,7 +230,7 @@ func New(cfg Config) (*Pool, error) {
 		cfg.ReplicaID = NewReplicaID()
 	}
 
-	cfg.Store.metrics, cfg.Store.host, cfg.Store.log = cfg.Metrics, cfg.Now, cfg.Logger
+	cfg.Store.use(cfg.Metrics, cfg.Now, cfg.Logger)
 	p := &Pool{
 		store:     cfg.Store,
 		profiles:  make(map[string]*profile, len(cfg.Profiles)),
@@ -376,7 +376,7 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 			c, cnt = nil, 0 // applied by an earlier shard's take
 		}
 		var taken []limiter.Decision
-		h, taken, err = p.store.takeIn(ctx, pr.tags[i], requestID, pr.minLife, c, cnt)
+		h, taken, err = p.store.takeFrom(ctx, pr.tags[i], requestID, pr.minLife, c, cnt)
 		if ds == nil {
 			ds = taken
 		}

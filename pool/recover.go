@@ -41,7 +41,7 @@ func (e *UnrecoveredError) Unwrap() error { return e.Err }
 // on a context detached from the caller's, which may be what ended. It
 // returns cause, or an *UnrecoveredError wrapping it when recovery failed
 // too (or came too late to tell).
-func (s *Store) abandon(profile, claim string, minRemaining time.Duration, t taken, cause error) error {
+func (s *Store) abandon(profile, claim string, minRemaining time.Duration, t takeResult, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
 	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, Err: cause}
@@ -89,8 +89,8 @@ func (s *Store) recoverClaim(ctx context.Context, profile, claim, epoch string, 
 // won't take now is lost: counted in Redis if it answers, in metrics and
 // in the log either way.
 func (r *refiller) flush() {
-	for _, name := range r.p.names {
-		pr := r.p.profiles[name]
+	for _, pr := range r.profiles {
+		name := pr.Name
 		sr := newShardRound(pr)
 		sr.flush = true
 		r.recoverPending(pr, sr)
@@ -104,9 +104,9 @@ func (r *refiller) flush() {
 		if lost == 0 && wasted == 0 {
 			continue
 		}
-		r.p.metrics.loss(name, lost)
+		r.metrics.loss(name, lost)
 		counted := r.countAny(pr, sr, "", "lost", lost)
-		r.p.log.Warn("pool: stopped holding credentials Redis did not take", "profile", name,
+		r.log.Warn("pool: stopped holding credentials Redis did not take", "profile", name,
 			"lost", lost, "expired_unpooled", wasted, "counted_in_redis", counted)
 	}
 }
@@ -123,7 +123,7 @@ func (r *refiller) unrecovered(e *UnrecoveredError) {
 			st.pending = append(st.pending, e)
 		} else {
 			st.lost++
-			r.p.metrics.loss(profileOf(e.Profile), 1)
+			r.metrics.loss(profileOf(e.Profile), 1)
 		}
 	}
 	r.mu.Unlock()
@@ -150,15 +150,15 @@ func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 	for _, e := range list {
 		var res int64
 		if !r.shardCall(pr, shardIndex(pr, e.Profile), sr, "recover", func(ctx context.Context) (err error) {
-			res, err = r.p.store.recoverClaim(ctx, e.Profile, e.Claim, e.epoch, e.MinRemaining)
+			res, err = r.store.recoverClaim(ctx, e.Profile, e.Claim, e.epoch, e.MinRemaining)
 			return err
 		}) {
 			kept = append(kept, e)
 			continue
 		}
-		if !r.p.store.recoveredInTime(e, res) {
+		if !r.store.recoveredInTime(e, res) {
 			lost++ // it ran too late to tell a take that never ran
-			r.p.metrics.loss(pr.Name, 1)
+			r.metrics.loss(pr.Name, 1)
 			continue
 		}
 		recovered++
@@ -175,7 +175,7 @@ func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 		r.mu.Unlock()
 	}
 	if recovered > 0 || lost > 0 {
-		r.p.log.Warn("pool: takes that failed while Redis was failing", "profile", pr.Name,
+		r.log.Warn("pool: takes that failed while Redis was failing", "profile", pr.Name,
 			"recovered", recovered, "lost", lost, "still_pending", len(kept))
 	}
 }

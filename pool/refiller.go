@@ -3,7 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
-	"github.com/tokenpool/tokenpool/internal/backoff"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -12,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenpool/tokenpool/internal/backoff"
 )
 
 // refiller keeps every profile at its target. It is one loop goroutine,
@@ -19,7 +21,19 @@ import (
 // reservations in Redis and starts one goroutine per granted mint. It owns
 // all of them: stop cancels and waits.
 type refiller struct {
-	p           *Pool
+	// What the refiller works with, given by the Pool.
+	store      refillStore
+	profiles   []*profile // in name order
+	now        func() time.Time
+	newID      func() string
+	random     func() float64 // in [0, 1): the retire jitter's draw
+	jitter     float64
+	replicaID  string
+	log        *slog.Logger
+	metrics    *Metrics
+	tracer     trace.Tracer
+	afterRound func(context.Context) // after each round (the Pool samples its costs)
+
 	concurrency int
 	interval    time.Duration
 	mintTimeout time.Duration
@@ -83,9 +97,28 @@ const (
 	targetLogEvery  = 10 * time.Second
 )
 
+// refillStore is what the refiller needs of the Store.
+type refillStore interface {
+	reserve(ctx context.Context, tag string, a reserveArgs) (reservation, error)
+	put(ctx context.Context, tag string, a putArgs, minRemaining time.Duration) (pooled bool, sentTo string, err error)
+	release(ctx context.Context, tag, why string, resIDs ...string) error
+	count(ctx context.Context, tag, counter string, n int64) error
+	recoverClaim(ctx context.Context, tag, claim, epoch string, minRemaining time.Duration) (int64, error)
+	recoveredInTime(e *UnrecoveredError, r int64) bool
+}
+
 func newRefiller(p *Pool, cfg Config) *refiller {
 	r := &refiller{
-		p:           p,
+		store:       p.store,
+		now:         p.now,
+		newID:       p.newID,
+		random:      func() float64 { return p.random() },
+		jitter:      p.jitter,
+		replicaID:   p.replicaID,
+		log:         p.log,
+		metrics:     p.metrics,
+		tracer:      p.tracer,
+		afterRound:  p.sampleCosts,
 		concurrency: cfg.RefillConcurrency,
 		interval:    cfg.RefillInterval,
 		mintTimeout: cfg.MintTimeout,
@@ -94,7 +127,9 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 		state:       make(map[string]*refillState, len(p.names)),
 	}
 	for _, name := range p.names {
-		n := len(p.profiles[name].tags)
+		pr := p.profiles[name]
+		r.profiles = append(r.profiles, pr)
+		n := len(pr.tags)
 		r.state[name] = &refillState{latency: 500 * time.Millisecond, shards: make([]reservation, n),
 			shardOff: make([]shardBackoff, n), reserving: make([]bool, n)}
 	}
@@ -167,11 +202,11 @@ func (r *refiller) loop(ctx context.Context) {
 			}
 		}
 		last = time.Now()
-		for _, name := range r.p.names {
-			r.refillProfile(ctx, r.p.profiles[name])
+		for _, pr := range r.profiles {
+			r.refillProfile(ctx, pr)
 		}
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		r.p.sampleCosts(sctx)
+		r.afterRound(sctx)
 		cancel()
 		r.rounds.Add(1)
 		// ±10% so replicas started together don't tick together.
@@ -195,7 +230,7 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	}
 	// A span per round that reserves: its Redis calls are its children,
 	// and so are the mints it starts (which outlive it).
-	ctx, span := r.p.tracer.Start(ctx, "pool.refill", trace.WithAttributes(
+	ctx, span := r.tracer.Start(ctx, "pool.refill", trace.WithAttributes(
 		attribute.String("tokenpool.profile", pr.Name), attribute.Int("tokenpool.pool.want", a.want)))
 	defer span.End()
 	// Each shard holds its share of the target; the shards whose Redis
@@ -235,7 +270,7 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 	// holds up neither the others nor the next rounds.
 	for j, i := range due {
 		sa := a
-		sa.target, sa.idPrefix = shareOf(i), r.p.replicaID+"/"+pr.tags[i]+"/"
+		sa.target, sa.idPrefix = shareOf(i), r.replicaID+"/"+pr.tags[i]+"/"
 		sa.want = share(a.want, j, len(due))
 		a.firstID += uint64(sa.want)
 		r.mu.Lock()
@@ -280,7 +315,7 @@ func (r *refiller) refillProfile(ctx context.Context, pr *profile) {
 func (r *refiller) reserveShard(ctx context.Context, pr *profile, i int, sa reserveArgs, sr *shardRound) int {
 	tag := pr.tags[i]
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.shardTimeout(pr, i))
-	res, err := r.p.store.reserve(rctx, tag, sa)
+	res, err := r.store.reserve(rctx, tag, sa)
 	cancel()
 	granted := len(res.ids)
 	if err == nil && ctx.Err() != nil {
@@ -323,7 +358,7 @@ type shardBackoff struct {
 // shardFailed backs shard i of pr off alone, and has takes pass over it
 // meanwhile.
 func (r *refiller) shardFailed(pr *profile, i int, op string, err error) {
-	now := r.p.now()
+	now := r.now()
 	r.mu.Lock()
 	off := &r.state[pr.Name].shardOff[i]
 	off.failures++
@@ -344,7 +379,7 @@ func (r *refiller) shardOK(pr *profile, i int) {
 	r.mu.Unlock()
 	pr.health[i].ok()
 	if was > 0 {
-		r.p.log.Info("pool: a shard answers again", "profile", pr.Name, "shard", pr.tags[i], "failures", was)
+		r.log.Info("pool: a shard answers again", "profile", pr.Name, "shard", pr.tags[i], "failures", was)
 	}
 }
 
@@ -371,7 +406,7 @@ func (r *refiller) shardDueLocked(pr *profile, i int, sr *shardRound) bool {
 	if i < 0 || sr.failed[i] {
 		return false
 	}
-	now := r.p.now()
+	now := r.now()
 	backingOff := now.Before(r.state[pr.Name].shardOff[i].notBefore)
 	return sr.flush || !backingOff || !pr.health[i].down(now)
 }
@@ -383,7 +418,7 @@ func (r *refiller) shardTimeout(pr *profile, i int) time.Duration {
 	r.mu.Lock()
 	failing := r.state[pr.Name].shardOff[i].failures > 0
 	r.mu.Unlock()
-	if failing || pr.health[i].down(r.p.now()) {
+	if failing || pr.health[i].down(r.now()) {
 		return shardProbeTimeout
 	}
 	return 2 * time.Second
@@ -423,7 +458,7 @@ func shardIndex(pr *profile, tag string) int {
 // has free mint slots. ok is false when there is nothing to do (no slot,
 // or backing off).
 func (r *refiller) plan(pr *profile) (a reserveArgs, ok bool) {
-	now := r.p.now()
+	now := r.now()
 	r.mu.Lock()
 	st := r.state[pr.Name]
 	want := r.concurrency - st.inFlight
@@ -450,7 +485,7 @@ func (r *refiller) plan(pr *profile) (a reserveArgs, ok bool) {
 	// script: a round sends two short arguments, not want ids.
 	first := r.seq.Add(uint64(want)) - uint64(want) + 1
 	return reserveArgs{
-		target: target, want: want, idPrefix: r.p.replicaID + "/" + pr.Name + "/", firstID: first,
+		target: target, want: want, idPrefix: r.replicaID + "/" + pr.Name + "/", firstID: first,
 		lease: r.lease, minRemaining: pr.minLife, lead: lead,
 	}, true
 }
@@ -458,7 +493,7 @@ func (r *refiller) plan(pr *profile) (a reserveArgs, ok bool) {
 // observe keeps what a reservation round saw, and logs a target change at
 // most every targetLogEvery.
 func (r *refiller) observe(pr *profile, res reservation) {
-	now := r.p.now()
+	now := r.now()
 	r.mu.Lock()
 	st := r.state[pr.Name]
 	st.demand, st.target = res.demand, res.target
@@ -469,7 +504,7 @@ func (r *refiller) observe(pr *profile, res reservation) {
 	}
 	r.mu.Unlock()
 	if logIt {
-		r.p.log.Info("pool: target changed", "profile", pr.Name, "from", from, "to", res.target,
+		r.log.Info("pool: target changed", "profile", pr.Name, "from", from, "to", res.target,
 			"demand_fast", res.demand.Rounded().Fast, "demand_slow", res.demand.Rounded().Slow, "usable", res.usable, "in_flight", res.inFlight)
 	}
 }
@@ -487,15 +522,15 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 
 	ctx, cancel := context.WithTimeout(trace.ContextWithSpanContext(r.mintCtx, round), r.mintTimeout)
 	defer cancel()
-	ctx, span := r.p.tracer.Start(ctx, "pool.mint", trace.WithAttributes(attribute.String("tokenpool.profile", pr.Name)))
+	ctx, span := r.tracer.Start(ctx, "pool.mint", trace.WithAttributes(attribute.String("tokenpool.profile", pr.Name)))
 	defer span.End()
 	start := time.Now()
 	c, err := pr.Minter.Mint(ctx)
 	took := time.Since(start)
 	if err == nil {
-		err = checkMaxLife(c, r.p.now()) // a short life is pooled and counted as waste
+		err = checkMaxLife(c, r.now()) // a short life is pooled and counted as waste
 	}
-	r.p.metrics.mint(pr.Name, "refill", err)
+	r.metrics.mint(pr.Name, "refill", err)
 	if err != nil {
 		why := "mint_failed"
 		if r.mintCtx.Err() != nil {
@@ -508,15 +543,15 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 		}
 		return
 	}
-	r.succeeded(pr.Name, took, c.ExpiresAt.Sub(r.p.now())-pr.minLife)
+	r.succeeded(pr.Name, took, c.ExpiresAt.Sub(r.now())-pr.minLife)
 
 	// Pooling must outlive a shutdown's cancellation: the credential is
 	// already minted and paid for.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer pcancel()
-	e := parked{tag: tag, putArgs: putArgs{resID: resID, entryID: r.p.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}}
+	e := parked{tag: tag, putArgs: putArgs{resID: resID, entryID: r.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}}
 	var err2 error
-	if _, e.sentTo, err2 = r.p.store.put(pctx, tag, e.putArgs, pr.minLife); err2 != nil {
+	if _, e.sentTo, err2 = r.store.put(pctx, tag, e.putArgs, pr.minLife); err2 != nil {
 		r.park(pr.Name, e)
 		if !errors.Is(err2, errNoEpoch) {
 			r.shardFailed(pr, shardIndex(pr, tag), "put", err2)
@@ -549,7 +584,7 @@ func (r *refiller) unpark(pr *profile, sr *shardRound) {
 	if len(list) == 0 && lost == 0 {
 		return
 	}
-	cutoff := r.p.now().Add(pr.minLife)
+	cutoff := r.now().Add(pr.minLife)
 	var pooled int
 	var kept []parked
 	for _, e := range list {
@@ -575,7 +610,7 @@ func (r *refiller) unpark(pr *profile, sr *shardRound) {
 		r.mu.Unlock()
 	}
 	if pooled > 0 || lost > 0 {
-		r.p.log.Warn("pool: credentials minted while Redis was failing", "profile", pr.Name,
+		r.log.Warn("pool: credentials minted while Redis was failing", "profile", pr.Name,
 			"pooled", pooled, "expired_unpooled", lost, "still_parked", len(kept))
 	}
 }
@@ -599,7 +634,7 @@ func (r *refiller) putAnywhere(pr *profile, e *parked, sr *shardRound) bool {
 		}
 		done := false
 		r.shardCall(pr, i, sr, "put", func(ctx context.Context) error {
-			_, sentTo, err := r.p.store.put(ctx, pr.tags[i], a, pr.minLife)
+			_, sentTo, err := r.store.put(ctx, pr.tags[i], a, pr.minLife)
 			switch {
 			case err == nil:
 				done = true
@@ -625,7 +660,7 @@ func (r *refiller) countAny(pr *profile, sr *shardRound, tag, counter string, n 
 	for k := range len(pr.tags) {
 		i := (own + k) % len(pr.tags)
 		if r.shardCall(pr, i, sr, "count", func(ctx context.Context) error {
-			return r.p.store.count(ctx, pr.tags[i], counter, n)
+			return r.store.count(ctx, pr.tags[i], counter, n)
 		}) {
 			return true
 		}
@@ -637,19 +672,19 @@ func (r *refiller) countAny(pr *profile, sr *shardRound, tag, counter string, n 
 // less a random part of its usable life, so a batch minted together is
 // retired (and replaced) over a spread of time instead of all at once.
 func (r *refiller) retireAt(exp time.Time, minLife time.Duration) time.Time {
-	usable := exp.Sub(r.p.now()) - minLife
-	if usable <= 0 || r.p.jitter == 0 {
+	usable := exp.Sub(r.now()) - minLife
+	if usable <= 0 || r.jitter == 0 {
 		return exp
 	}
-	return exp.Add(-time.Duration(r.p.random() * r.p.jitter * float64(usable)))
+	return exp.Add(-time.Duration(r.random() * r.jitter * float64(usable)))
 }
 
 func (r *refiller) releaseAll(tag, why string, ids []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := r.p.store.release(ctx, tag, why, ids...); err != nil {
+	if err := r.store.release(ctx, tag, why, ids...); err != nil {
 		// The leases lapse by themselves; nothing is lost.
-		r.p.log.Warn("pool: releasing reservations", "profile", profileOf(tag), "n", len(ids), "err", err)
+		r.log.Warn("pool: releasing reservations", "profile", profileOf(tag), "n", len(ids), "err", err)
 	}
 }
 
@@ -683,7 +718,7 @@ func (r *refiller) failed(profile, op string, err error) {
 	if errors.As(err, &u) && u.RetryAfter > wait {
 		wait = min(u.RetryAfter, maxBackoff)
 	}
-	st.notBefore = r.p.now().Add(wait)
+	st.notBefore = r.now().Add(wait)
 	failures := st.failures
 	r.mu.Unlock()
 	r.logFailure(profile, op, err, failures, wait)
@@ -692,7 +727,7 @@ func (r *refiller) failed(profile, op string, err error) {
 // logFailure logs a refill failure of profile, at most once per
 // failureLogEvery, with the number it kept quiet.
 func (r *refiller) logFailure(profile, op string, err error, failures int, wait time.Duration, attrs ...any) {
-	now := r.p.now()
+	now := r.now()
 	r.mu.Lock()
 	st := r.state[profile]
 	logIt := now.Sub(st.lastLog) >= failureLogEvery
@@ -704,7 +739,7 @@ func (r *refiller) logFailure(profile, op string, err error, failures int, wait 
 	}
 	r.mu.Unlock()
 	if logIt {
-		r.p.log.Warn("pool: refill "+op+" failed", append([]any{"profile", profile, "err", err,
+		r.log.Warn("pool: refill "+op+" failed", append([]any{"profile", profile, "err", err,
 			"consecutive_failures", failures, "backoff", wait.String(), "suppressed", quiet}, attrs...)...)
 	}
 }

@@ -38,10 +38,16 @@ type Store struct {
 	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
 	datasets datasets     // each shard's dataset as last seen (dataset.go)
 
-	metrics *Metrics         // set by the Pool using the store
-	log     *slog.Logger     // set by the Pool; nil: slog.Default()
-	host    func() time.Time // this host's clock, set by the Pool (Config.Now); nil: time.Now
+	metrics *Metrics         // the Pool's (use)
+	log     *slog.Logger     // the Pool's (use); nil: slog.Default()
+	host    func() time.Time // this host's clock, the Pool's (use); nil: time.Now
 	clock   func() time.Time // tests: a virtual clock for the scripts; nil: Redis TIME
+}
+
+// use makes the Store record into the Pool's metrics and log, and read
+// the Pool's clock. New calls it once, before any other call.
+func (s *Store) use(m *Metrics, host func() time.Time, log *slog.Logger) {
+	s.metrics, s.host, s.log = m, host, log
 }
 
 // hostNow is the time on this host: the Pool's clock.
@@ -192,214 +198,6 @@ func storeError(op string, err error) error {
 		return fmt.Errorf("pool: %s: %w", op, err)
 	}
 	return &UnavailableError{Err: fmt.Errorf("pool: %s: redis: %w", op, err), RetryAfter: time.Second}
-}
-
-// Take hands out the usable entry of profile that retires soonest: one with
-// more than minRemaining of life left by Redis's clock. claimID (the request
-// id) makes the call idempotent: a retry with the same claimID within the
-// claim TTL returns the same entry. It returns ErrEmpty when nothing usable
-// is pooled.
-func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining time.Duration) (Handout, error) {
-	h, _, err := s.TakeLimited(ctx, profile, claimID, minRemaining, nil)
-	return h, err
-}
-
-// TakeLimited is Take behind the caller's limits: checks are applied in
-// order before the take, in the same round trip (on a Cluster, where their
-// keys live in other slots, at the same time as the take). When one
-// denies, nothing is taken and the error matches limiter.ErrDenied. The decisions of the checks reached are
-// returned whenever the checks were applied, with an error too.
-//
-// Entries sealed with a key this Store lacks are left for a replica that
-// has it. An entry that cannot be opened or decoded all the same (tampered
-// with) is discarded, counted, and the next one taken, up to maxDiscards
-// times.
-//
-// When the take fails or its outcome is unknown (the reply missed ctx's
-// deadline, the connection broke), Take recovers the entry on a short
-// context of its own: a take that did run in Redis is undone and its entry
-// pooled again, so a failure loses nothing. An error for which even that
-// failed matches ErrUnavailable and is an *UnrecoveredError.
-func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (Handout, []limiter.Decision, error) {
-	return s.takeIn(ctx, profile, claimID, minRemaining, checks, countDemand|countMiss)
-}
-
-// What a take counts in its shard's stats, besides a handout.
-const (
-	countDemand       = 1 // the request, in the demand rates
-	countMiss         = 2 // a miss, when nothing usable was found
-	countUnreplicated = 4 // the handout, as unreplicated (callTake sets it)
-)
-
-// takeIn is TakeLimited on one shard of a profile (tag: its hash tag),
-// counting what counts says.
-func (s *Store) takeIn(ctx context.Context, tag, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (Handout, []limiter.Decision, error) {
-	var decisions []limiter.Decision
-	for attempt := 0; ; attempt++ {
-		claim := claimID
-		if attempt > 0 {
-			// A fresh claim: the first one holds the entry that failed.
-			// The limits were applied by the first.
-			claim, checks = claimID+"#"+strconv.Itoa(attempt), nil
-		}
-		t, err := s.takeLimited(ctx, tag, claim, minRemaining, checks, counts)
-		if attempt == 0 {
-			decisions = t.decisions
-		}
-		if errors.Is(err, ErrEmpty) {
-			return Handout{}, decisions, err
-		}
-		if errors.Is(err, limiter.ErrDenied) {
-			return Handout{}, decisions, err
-		}
-		if err != nil && !t.ran {
-			return Handout{}, decisions, err // it holds nothing
-		}
-		if err != nil {
-			return Handout{}, decisions, s.abandon(tag, claim, minRemaining, t, err)
-		}
-		cred, err := s.decode(tag, t.id, t.body)
-		if err == nil {
-			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred, claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch}, decisions, nil
-		}
-		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
-			return Handout{}, decisions, storeError("discard", err)
-		}
-		if attempt+1 >= maxDiscards {
-			return Handout{}, decisions, fmt.Errorf("%w (%d entries in a row could not be opened: %v)", ErrEmpty, maxDiscards, err)
-		}
-	}
-}
-
-// takeLimited runs one take behind checks: in the take's own script where
-// every key may share it (a single Redis), else at the same time as the
-// take, which is undone when a check denies.
-func (s *Store) takeLimited(ctx context.Context, profile, claim string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
-	if s.cluster == nil || len(checks) == 0 {
-		return s.take(ctx, profile, claim, minRemaining, checks, counts)
-	}
-	var (
-		ds   []limiter.Decision
-		lerr error
-		done = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		ds, lerr = s.limits.AllowAtOnce(ctx, checks)
-	}()
-	t, err := s.take(ctx, profile, claim, minRemaining, nil, counts)
-	<-done
-	t.decisions = ds
-	if lerr == nil && limiter.Allowed(checks, ds) {
-		return t, err
-	}
-	if err != nil && err != ErrEmpty {
-		return t, err // Take recovers the claim
-	}
-	// Refused, or the limits failed: undo what the take did.
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
-	defer cancel()
-	k := s.keys(profile)
-	uerr := untakeScript.Run(uctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.at).Err()
-	if uerr != nil && err == nil {
-		return taken{decisions: ds}, &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, Err: storeError("untake", uerr)}
-	}
-	if lerr != nil {
-		return taken{}, storeError("limits", &limitsError{lerr})
-	}
-	return taken{decisions: ds}, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
-}
-
-// limitsError is a failure of the caller's limits, which on a Cluster
-// live on other masters than the take's shard: not the shard's failure.
-type limitsError struct{ err error }
-
-func (e *limitsError) Error() string { return e.err.Error() }
-func (e *limitsError) Unwrap() error { return e.err }
-
-// errTooLate is a take that reached Redis after its claim could have
-// expired: it took nothing.
-var errTooLate = fmt.Errorf("%w: the take reached Redis too late", ErrUnavailable)
-
-// maxDiscards bounds the undecodable entries one Take skips.
-const maxDiscards = 3
-
-// argCounts is the index of takeScript's "what to count" argument, which
-// callTake may change.
-const argCounts = 7
-
-// handedOut reports whether a takeScript reply handed out a new entry
-// (status 1): only those count as unreplicated.
-func handedOut(v any) bool {
-	reply, ok := v.([]any)
-	return ok && len(reply) > 0 && reply[0] == int64(1)
-}
-
-// taken is what one take script call returned.
-type taken struct {
-	id, body  string
-	decisions []limiter.Decision // of the checks reached; nil when none were applied
-	at        int64              // the script's now, ms
-	sentAt    time.Time          // this host's clock when the take was sent
-	epoch     string             // the dataset it was sent to, as last seen
-	ran       bool               // a failed take may have run in Redis (else it holds nothing)
-}
-
-// take runs takeScript, with checks folded in.
-func (s *Store) take(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (taken, error) {
-	k := s.keys(profile)
-	keys := []string{k.ready(), k.entries(), k.stats(), k.claim(claimID), k.handed()}
-	mark := &sendMark{v: s.ttlArg}
-	sentAt, epoch := s.hostNow(), s.datasets.get(profile).epoch
-	args := make([]any, 0, 9+3*len(checks)+len(s.opens))
-	args = append(args, minRemaining.Milliseconds(), mark, s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), s.ledger, len(checks), counts,
-		sentAt.Add(s.recoverHorizon()).UnixMilli())
-	// args[1], the claim TTL, is mark; args[argCounts] is counts.
-	if len(checks) > 0 {
-		lkeys, largs := s.limits.ScriptArgs(checks)
-		keys = append(keys, lkeys...)
-		args = append(args, largs...)
-	}
-	args = append(args, s.opens...)
-	v, ran, err := s.callTake(ctx, profile, keys, args, mark)
-	if err != nil {
-		return taken{sentAt: sentAt, epoch: epoch, ran: ran}, storeError("take", err)
-	}
-	reply, ok := v.([]any)
-	if !ok || len(reply) != 7 {
-		return taken{}, fmt.Errorf("pool: take: unexpected reply %T", v)
-	}
-	status, ok0 := reply[0].(int64)
-	id, ok1 := reply[1].(string)
-	body, ok2 := reply[2].(string)
-	evicted, ok3 := reply[3].(int64)
-	lim, ok4 := reply[5].([]any)
-	at, ok5 := reply[6].(int64)
-	if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return taken{}, fmt.Errorf("pool: take: unexpected reply types %T %T %T %T %T %T", reply[0], reply[1], reply[2], reply[3], reply[5], reply[6])
-	}
-	s.metrics.waste(profileOf(profile), evicted)
-	t := taken{id: id, body: body, at: at, sentAt: sentAt, epoch: epoch}
-	if len(checks) > 0 {
-		if t.decisions, err = limiter.Decisions(checks, lim); err != nil {
-			return taken{}, fmt.Errorf("pool: take: %w", err)
-		}
-	}
-	switch status {
-	case 0:
-		return t, ErrEmpty
-	case 3:
-		return t, fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
-	case 5:
-		t.ran = ran // an earlier attempt's entry may be gone with its claim
-		return t, errTooLate
-	case 4:
-		return t, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
-	}
-	return t, nil
 }
 
 // encode turns a credential into the stored body, sealed when configured.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenpool/tokenpool/internal/backoff"
+	"github.com/tokenpool/tokenpool/limiter"
 )
 
 // Sending a take to Redis. go-redis would retry a failed command by
@@ -21,12 +23,12 @@ import (
 // an entry under its claim that must be recovered (or counted lost), one
 // that never ran (the connection refused, Redis loading, too few replicas
 // for a write) holds nothing. So the take is sent as a command go-redis
-// does not retry, and callTake retries it as go-redis would, knowing each
+// does not retry, and sendTake retries it as go-redis would, knowing each
 // attempt: whether its bytes were written (sendMark) and whether Redis
 // refused it before running it (refusedByRedis).
 
 // takeRetry is how the Store's client retries a command (its MaxRetries
-// and retry backoffs, as go-redis normalised them), which callTake follows
+// and retry backoffs, as go-redis normalised them), which sendTake follows
 // for takes. A client of another type (a ring, say) gets no retries.
 type takeRetry struct {
 	max      int
@@ -47,16 +49,55 @@ func (m *sendMark) MarshalBinary() ([]byte, error) {
 	return m.v, nil
 }
 
-// noRetry is a command go-redis sends once: callTake retries it.
+// noRetry is a command go-redis sends once: sendTake retries it.
 type noRetry struct{ *redis.Cmd }
 
 func (noRetry) NoRetry() bool { return true }
 
-// callTake sends takeScript with keys and args (args[1] is mark),
-// followed by WAIT when the Store waits for replicas, and retries a failed
-// attempt as go-redis would. mayHaveRun reports whether a failed take may
-// have run in Redis.
-func (s *Store) callTake(ctx context.Context, profile string, keys []string, args []any, mark *sendMark) (v any, mayHaveRun bool, err error) {
+// takeResult is a take's reply, and what callTake knows of the call.
+type takeResult struct {
+	takeReply
+	decisions []limiter.Decision // of the checks reached; nil when none were applied
+	atOnce    bool               // the checks ran beside the take (a Cluster), not in it
+	limitsErr error              // with atOnce: the checks failed
+	sentAt    time.Time          // this host's clock when the take was sent
+	epoch     string             // the dataset it was sent to, as last seen
+	ran       bool               // a failed take may have run in Redis (else it holds nothing)
+}
+
+// refusedAtOnce reports whether checks, applied beside the take, denied
+// it or failed: the take must be undone.
+func (t takeResult) refusedAtOnce(checks []limiter.Check) bool {
+	return t.atOnce && (t.limitsErr != nil || !limiter.Allowed(checks, t.decisions))
+}
+
+// callTake runs c with checks: in the script where every key may share a
+// slot (a single Redis), else at the same time as the take. The take is
+// followed by WAIT when the Store waits for replicas, and a failed attempt
+// is retried as go-redis would. Its error is ErrEmpty (nothing usable, or
+// the claim was recovered), limiter.ErrDenied, errTooLate, or the last
+// attempt's failure; t.ran says whether a failed take may have run.
+func (s *Store) callTake(ctx context.Context, c *takeCall, checks []limiter.Check) (t takeResult, err error) {
+	t.sentAt, t.epoch = s.hostNow(), s.datasets.get(c.tag).epoch
+	c.deadline = t.sentAt.Add(s.recoverHorizon())
+	if len(checks) > 0 && s.cluster != nil {
+		t.atOnce = true
+		var (
+			ds   []limiter.Decision
+			lerr error
+			done = make(chan struct{})
+		)
+		go func() {
+			defer close(done)
+			ds, lerr = s.limits.AllowAtOnce(ctx, checks)
+		}()
+		defer func() { // into the result, once the take is done
+			<-done
+			t.decisions, t.limitsErr = ds, lerr
+		}()
+	} else if len(checks) > 0 {
+		c.limitKeys, c.limitArgs = s.limits.ScriptArgs(checks)
+	}
 	var (
 		node  redis.UniversalClient = s.rdb
 		addr  string
@@ -65,33 +106,33 @@ func (s *Store) callTake(ctx context.Context, profile string, keys []string, arg
 	)
 	if s.waitN > 0 {
 		if s.cluster != nil {
-			c, err := s.cluster.MasterForKey(ctx, keys[0])
+			m, err := s.cluster.MasterForKey(ctx, c.k.ready())
 			if err != nil {
-				return nil, false, err
+				return t, storeError("take", err)
 			}
-			node, addr = c, c.Options().Addr
+			node, addr = m, m.Options().Addr
 		}
 		if wait, short = s.waitCount(addr); short {
 			// Fewer replicas online than asked for: wait for those there
 			// are, count the handout as unreplicated, and ask ROLE
 			// whether more are back.
-			args[argCounts] = args[argCounts].(int) | countUnreplicated
+			c.counts |= countUnreplicated
 		}
 	}
 	eval := false // EVAL the source: Redis lacks the script (NOSCRIPT)
 	for attempt := 0; ; attempt++ {
-		before := mark.sent.Load()
-		var acked, online int
-		v, acked, online, err = s.takeOnce(ctx, node, keys, args, wait, short, eval)
-		sent := mark.sent.Load() > before
+		before := c.claimTTL.sent.Load()
+		keys, args := c.keysArgs()
+		v, acked, online, err := s.takeOnce(ctx, node, keys, args, wait, short, eval)
+		sent := c.claimTTL.sent.Load() > before
 		if s.waitN > 0 {
 			s.sawReplicas(addr, acked, online)
 		}
 		if err == nil {
-			if handedOut(v) && (args[argCounts].(int)&countUnreplicated != 0 || wait > 0 && acked < wait) {
-				s.unreplicated(ctx, profile, args)
+			if handedOut(v) && (c.counts&countUnreplicated != 0 || wait > 0 && acked < wait) {
+				s.unreplicated(ctx, c)
 			}
-			return v, mayHaveRun, nil
+			return s.takeAnswer(c, t, v, checks)
 		}
 		if !eval && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			// Not run. The WAIT sent with it has already waited for the
@@ -100,25 +141,57 @@ func (s *Store) callTake(ctx context.Context, profile string, keys []string, arg
 			eval = true
 			if wait > 0 && acked >= 0 && acked < wait {
 				wait = acked
-				args[argCounts] = args[argCounts].(int) | countUnreplicated
+				c.counts |= countUnreplicated
 			}
 			attempt--
 			continue
 		}
 		if sent && !refusedByRedis(err) {
-			mayHaveRun = true
+			t.ran = true
 		}
 		if attempt >= s.retry.max || !retryable(err) || ctx.Err() != nil {
-			return nil, mayHaveRun, err
+			return t, storeError("take", err)
 		}
-		t := time.NewTimer(backoff.Jittered(s.retry.min, s.retry.cap, attempt+1))
+		timer := time.NewTimer(backoff.Jittered(s.retry.min, s.retry.cap, attempt+1))
 		select {
-		case <-t.C:
+		case <-timer.C:
 		case <-ctx.Done():
-			t.Stop()
-			return nil, mayHaveRun, err
+			timer.Stop()
+			return t, storeError("take", err)
 		}
 	}
+}
+
+// takeAnswer reads the reply v of c into t, and says what it means.
+func (s *Store) takeAnswer(c *takeCall, t takeResult, v any, checks []limiter.Check) (takeResult, error) {
+	var err error
+	if t.takeReply, err = parseTakeReply(v); err != nil {
+		return t, err
+	}
+	s.metrics.waste(profileOf(c.tag), t.evicted)
+	if len(checks) > 0 && !t.atOnce {
+		if t.decisions, err = limiter.Decisions(checks, t.limits); err != nil {
+			return t, fmt.Errorf("pool: take: %w", err)
+		}
+	}
+	switch t.status {
+	case takeNothing:
+		return t, ErrEmpty
+	case takeAbandoned:
+		return t, fmt.Errorf("%w: the claim was abandoned", ErrEmpty)
+	case takeDenied:
+		return t, fmt.Errorf("pool: take: %w", limiter.ErrDenied)
+	case takeTooLate:
+		return t, errTooLate // t.ran: an earlier attempt's entry may be gone with its claim
+	}
+	return t, nil
+}
+
+// handedOut reports whether a takeScript reply handed out a new entry
+// (status 1): only those count as unreplicated.
+func handedOut(v any) bool {
+	reply, ok := v.([]any)
+	return ok && len(reply) > 0 && reply[0] == int64(takeHanded)
 }
 
 // takeOnce sends the take once: alone, or in one pipeline on node with
@@ -179,13 +252,13 @@ func (s *Store) takeOnce(ctx context.Context, node redis.UniversalClient, keys [
 // unreplicated counts a handout fewer replicas than asked acknowledged in
 // time, whether WAIT timed out, the caller's deadline came first or too
 // few were online to ask (then the script counted it in Redis already).
-func (s *Store) unreplicated(ctx context.Context, profile string, args []any) {
-	if args[argCounts].(int)&countUnreplicated == 0 {
+func (s *Store) unreplicated(ctx context.Context, c *takeCall) {
+	if c.counts&countUnreplicated == 0 {
 		// Best effort: failing the take for its counter would lose the
 		// entry it holds.
-		_ = s.count(ctx, profile, "unreplicated", 1)
+		_ = s.count(ctx, c.tag, "unreplicated", 1)
 	}
-	s.metrics.unreplicate(profileOf(profile))
+	s.metrics.unreplicate(profileOf(c.tag))
 }
 
 // Error replies with which Redis refuses a command without running it:
