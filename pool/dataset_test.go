@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -227,5 +228,64 @@ func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 		if h, err := po.Get(ctx, "default", fmt.Sprint("owner-", j)); err != nil || h.Source != SourcePool {
 			t.Fatalf("the replica with the key, request %d: %v from %q; want from the pool", j, err, h.Source)
 		}
+	}
+}
+
+// betweenAttempts runs the first take under the claim "w" and loses its
+// reply, calling between before the retry is sent.
+type betweenAttempts struct {
+	between func()
+	takes   atomic.Int64
+}
+
+func (h *betweenAttempts) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *betweenAttempts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if len(a) < 7 || !strings.HasSuffix(fmt.Sprint(a[6]), ":claim:w") || h.takes.Load() > 0 {
+			return next(ctx, cmd)
+		}
+		if err := next(ctx, cmd); err != nil {
+			return err // NOSCRIPT: not run
+		}
+		h.takes.Add(1)
+		h.between()
+		cmd.SetErr(io.ErrUnexpectedEOF)
+		return io.ErrUnexpectedEOF
+	}
+}
+func (h *betweenAttempts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A take whose reply was lost, retried after the dataset was wiped and
+// refilled, takes nothing from the new dataset: the first attempt's entry
+// went with the wipe, and the take fails as unrecovered (counted lost by
+// the refiller) instead of handing out a second entry with the first one
+// lost uncounted.
+func TestATakeRetriedAfterAWipeTakesNothing(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartProcess(t)
+	direct := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	putOne(t, direct, "default", "x", time.Now().Add(time.Hour))
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: 2, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
+	if _, err := st.reserve(ctx, "default", reserveArgs{target: 1}); err != nil { // st sees the dataset
+		t.Fatal(err)
+	}
+	rdb.AddHook(&betweenAttempts{between: func() {
+		if err := srv.Client().FlushAll(ctx).Err(); err != nil {
+			t.Error(err)
+		}
+		putOne(t, direct, "default", "y", time.Now().Add(time.Hour)) // a new dataset, refilled
+	}})
+	h, err := st.Take(ctx, "default", "w", 0)
+	var ue *UnrecoveredError
+	if !errors.As(err, &ue) {
+		t.Fatalf("take = %q, %v; want it unrecovered", h.ID, err)
+	}
+	if s := mustStats(t, direct, "default"); s.Ready != 1 || s.HandedOut != 0 {
+		t.Fatalf("the new dataset: pooled %d, handed out %d; want y still pooled", s.Ready, s.HandedOut)
 	}
 }

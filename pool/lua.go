@@ -130,7 +130,8 @@ type takeCall struct {
 	now          int64     // the scripts' clock in ms; 0: Redis TIME
 	ledger       int       // the handout ledger's bound
 	counts       int       // what to count besides a handout: countDemand | countMiss | countUnreplicated
-	deadline     time.Time // the latest a take with no claim yet may run: later, nobody waits for it
+	deadline     int64     // by Redis's clock, ms: the latest a take with no claim yet may run (later, nobody waits for it); 0: none
+	epoch        string    // the dataset the take is sent to, as last seen ("": any); a take with no claim in another takes nothing
 	limitKeys    []string  // the caller's limits, from limiter.ScriptArgs: one key and
 	limitArgs    []any     // one (burst, rate, period s) triple per check
 	opens        []any     // the body prefixes this replica can open (none: any)
@@ -139,12 +140,13 @@ type takeCall struct {
 // keysArgs are the call's KEYS (ready, entries, stats, claim, handed, then
 // the limits' keys) and ARGV (min remaining ms, claim TTL ms, now ms, the
 // demand taus (fast, slow) ms, ledger bound, the number of limits n, what
-// to count, the deadline ms, the n triples, then the prefixes).
+// to count, the deadline ms, the epoch, the n triples, then the
+// prefixes).
 func (c *takeCall) keysArgs() ([]string, []any) {
 	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()}, c.limitKeys...)
-	args := make([]any, 0, 9+len(c.limitArgs)+len(c.opens))
+	args := make([]any, 0, 10+len(c.limitArgs)+len(c.opens))
 	args = append(args, c.minRemaining.Milliseconds(), c.claimTTL, c.now, demandTauFast.Milliseconds(),
-		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline.UnixMilli())
+		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline, c.epoch)
 	args = append(args, c.limitArgs...)
 	return keys, append(args, c.opens...)
 }
@@ -169,7 +171,7 @@ const (
 	takeAgain     takeStatus = 2 // the entry an earlier call with this claim took
 	takeAbandoned takeStatus = 3 // the claim was recovered: nothing
 	takeDenied    takeStatus = 4 // a limit denied: nothing taken
-	takeTooLate   takeStatus = 5 // no claim, and past the deadline: nothing taken (an earlier attempt's claim may have expired)
+	takeTooLate   takeStatus = 5 // no claim, and past the deadline or in another dataset: nothing taken (an earlier attempt's claim may be gone)
 )
 
 func parseTakeReply(v any) (takeReply, error) {
@@ -200,8 +202,8 @@ var takeSource = luaPrelude + limiter.LuaGCRA + `
 local ready, entries, stats, claim_key, handed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local min_remaining, claim_ttl, now_arg = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local tau_fast, tau_slow, ledger_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local n, counts, deadline = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local limit_keys_after, limit_args_after, opens_from = 5, 9, 10 + 3 * n
+local n, counts, deadline, epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local limit_keys_after, limit_args_after, opens_from = 5, 10, 11 + 3 * n
 -- Reply statuses (takeStatus)
 local NOTHING, HANDED, AGAIN, ABANDONED, DENIED, TOO_LATE = 0, 1, 2, 3, 4, 5
 
@@ -211,9 +213,10 @@ if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[
 local cutoff = now + min_remaining
 local claimed = redis.call('GET', claim_key)
 if claimed and string.sub(claimed, 1, 1) == '-' then return {ABANDONED, '', '', 0, 0, {}, now} end
-if not claimed and deadline > 0 and now > deadline then
-  -- Sent too long ago (Redis stalled, or the network held it): nobody
-  -- waits for it, and an earlier attempt's claim may have expired.
+if not claimed and (deadline > 0 and now > deadline or epoch ~= '' and redis.call('HGET', stats, 'epoch') ~= epoch) then
+  -- Sent too long ago (Redis stalled, or the network held it), or to a
+  -- dataset since wiped: nobody waits for it, and an earlier attempt's
+  -- claim may be gone.
   return {TOO_LATE, '', '', 0, 0, {}, now}
 end
 local ok, lim = limits(limit_keys_after, limit_args_after, n, claimed ~= false, t)
@@ -319,10 +322,12 @@ return {NOTHING, '', '', evicted, foreign, lim, now}
 //
 // KEYS: ready, entries, stats, claim, handed
 // ARGV: min remaining ms, the tombstone's TTL ms, now ms (0: TIME), the
-// epoch the take was sent to ("": any)
+// epoch the take was sent to ("": any), the take's deadline by Redis's
+// clock ms (0: unknown)
 // Reply: 0 nothing had been taken, 1 the entry is pooled again, 2 it was
 // no longer usable and counts as waste, 3 no claim, and the take's
-// dataset is gone (wiped): nobody can tell whether it ran.
+// dataset is gone (wiped), 4 no claim, past the take's deadline (its claim
+// may have expired): for 3 and 4 nobody can tell whether it ran.
 var recoverScript = redis.NewScript(recoverSource)
 
 var recoverSource = luaPrelude + `
@@ -333,6 +338,8 @@ end
 local r = 0
 if not claimed and ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[4] then
   r = 3
+elseif not claimed and tonumber(ARGV[5]) > 0 and clock(ARGV[3]) > tonumber(ARGV[5]) then
+  r = 4 -- nothing, found after the take's claim may have expired
 elseif claimed and claimed ~= '0' and string.sub(claimed, 1, 1) ~= '!' then
   r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
   if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
@@ -353,6 +360,7 @@ return r
 // Reply: as recoverScript's.
 var untakeScript = redis.NewScript(luaPrelude + `
 local claimed = redis.call('GET', KEYS[4])
+if claimed and string.sub(claimed, 1, 1) == '-' then return 0 end -- recovered: nothing to undo
 redis.call('SET', KEYS[4], '-', 'PX', ARGV[2])
 local v = redis.call('HMGET', KEYS[3], 'd_fast', 'd_slow', 'd_at')
 local at = tonumber(v[3])

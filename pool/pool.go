@@ -434,8 +434,8 @@ func (p *Pool) Return(h Handout) {
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
-		e := &UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: h.sentAt, epoch: h.epoch}
-		r, err := p.store.recoverClaim(ctx, h.tag, h.claim, h.epoch, pr.minLife)
+		e := &UnrecoveredError{Profile: h.tag, Claim: h.claim, MinRemaining: pr.minLife, At: h.sentAt, epoch: h.epoch, deadline: h.deadline}
+		r, err := p.store.recoverClaim(ctx, e)
 		if err != nil || !p.store.recoveredInTime(e, r) {
 			e.Err = cmp.Or(err, errors.New("pool: return: recovered too late to tell"))
 			p.refill.unrecovered(e)

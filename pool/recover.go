@@ -27,9 +27,10 @@ type UnrecoveredError struct {
 	MinRemaining   time.Duration
 	// At is when the take was sent, by this host's clock: its claim, if
 	// it ran, lives at least the claim TTL from then.
-	At    time.Time
-	Err   error  // the take's error
-	epoch string // the dataset the take was sent to
+	At       time.Time
+	Err      error  // the take's error
+	epoch    string // the dataset the take was sent to
+	deadline int64  // by Redis's clock, ms: after it the take's claim may have expired; 0: unknown
 }
 
 func (e *UnrecoveredError) Error() string { return e.Err.Error() }
@@ -44,8 +45,8 @@ func (e *UnrecoveredError) Unwrap() error { return e.Err }
 func (s *Store) abandon(profile, claim string, minRemaining time.Duration, t takeResult, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, Err: cause}
-	if r, err := s.recoverClaim(ctx, profile, claim, t.epoch, minRemaining); err != nil || !s.recoveredInTime(e, r) {
+	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, deadline: t.deadline, Err: cause}
+	if r, err := s.recoverClaim(ctx, e); err != nil || !s.recoveredInTime(e, r) {
 		return e
 	}
 	return cause
@@ -61,7 +62,13 @@ func (s *Store) recoverHorizon() time.Duration { return s.claimTTL - time.Second
 // (0) from a recovery that may have run after the claim expired says
 // nothing.
 func (s *Store) recoveredInTime(e *UnrecoveredError, r int64) bool {
-	return r == 1 || r == 2 || r == 0 && s.hostNow().Sub(e.At) < s.recoverHorizon()
+	switch r {
+	case 1, 2:
+		return true
+	case 0: // judged in time by the script against the deadline, or here when there was none
+		return e.deadline > 0 || s.hostNow().Sub(e.At) < s.recoverHorizon()
+	}
+	return false
 }
 
 // tombstoneTTL is how long a recovery's tombstone keeps what it did, so
@@ -74,10 +81,10 @@ const tombstoneTTL = 5 * time.Minute
 // nothing. The script counts what it did (returned, wasted); its reply
 // is 0 when no take had run (or its claim expired), 1 pooled, 2 wasted, 3
 // the dataset epoch (the one the take was sent to) is gone.
-func (s *Store) recoverClaim(ctx context.Context, profile, claim, epoch string, minRemaining time.Duration) (int64, error) {
-	k := s.keys(profile)
-	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(claim), k.handed()},
-		minRemaining.Milliseconds(), max(s.claimTTL, tombstoneTTL).Milliseconds(), s.now(), epoch).Int64()
+func (s *Store) recoverClaim(ctx context.Context, e *UnrecoveredError) (int64, error) {
+	k := s.keys(e.Profile)
+	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(e.Claim), k.handed()},
+		e.MinRemaining.Milliseconds(), max(s.claimTTL, tombstoneTTL).Milliseconds(), s.now(), e.epoch, e.deadline).Int64()
 	if err != nil {
 		return 0, storeError("recover", err)
 	}
@@ -150,7 +157,7 @@ func (r *refiller) recoverPending(pr *profile, sr *shardRound) {
 	for _, e := range list {
 		var res int64
 		if !r.shardCall(pr, shardIndex(pr, e.Profile), sr, "recover", func(ctx context.Context) (err error) {
-			res, err = r.store.recoverClaim(ctx, e.Profile, e.Claim, e.epoch, e.MinRemaining)
+			res, err = r.store.recoverClaim(ctx, e)
 			return err
 		}) {
 			kept = append(kept, e)

@@ -103,7 +103,7 @@ type refillStore interface {
 	put(ctx context.Context, tag string, a putArgs, minRemaining time.Duration) (pooled bool, sentTo string, err error)
 	release(ctx context.Context, tag, why string, resIDs ...string) error
 	count(ctx context.Context, tag, counter string, n int64) error
-	recoverClaim(ctx context.Context, tag, claim, epoch string, minRemaining time.Duration) (int64, error)
+	recoverClaim(ctx context.Context, e *UnrecoveredError) (int64, error)
 	recoveredInTime(e *UnrecoveredError, r int64) bool
 }
 
@@ -434,7 +434,9 @@ func (r *refiller) shardCall(pr *profile, i int, sr *shardRound, op string, call
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.shardTimeout(pr, i))
 	defer cancel()
-	if err := call(ctx); err != nil {
+	if err := call(ctx); errors.Is(err, errNoEpoch) {
+		return false // nothing sent: the shard is not down, just not seen yet
+	} else if err != nil {
 		sr.failed[i] = true
 		r.shardFailed(pr, i, op, err)
 		return false
@@ -640,8 +642,6 @@ func (r *refiller) putAnywhere(pr *profile, e *parked, sr *shardRound) bool {
 				done = true
 			case sentTo != "":
 				e.tag, e.resID, e.sentTo = pr.tags[i], a.resID, sentTo
-			case errors.Is(err, errNoEpoch):
-				return nil // nothing sent: the shard is not down, just not seen yet
 			}
 			return err
 		})

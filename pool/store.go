@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,8 @@ type Store struct {
 	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
 	datasets datasets     // each shard's dataset as last seen (dataset.go)
 
+	redisAhead atomic.Int64 // Redis's clock less this host's, ms, as the last take reply showed it
+
 	metrics *Metrics         // the Pool's (use)
 	log     *slog.Logger     // the Pool's (use); nil: slog.Default()
 	host    func() time.Time // this host's clock, the Pool's (use); nil: time.Now
@@ -48,6 +51,24 @@ type Store struct {
 // the Pool's clock. New calls it once, before any other call.
 func (s *Store) use(m *Metrics, host func() time.Time, log *slog.Logger) {
 	s.metrics, s.host, s.log = m, host, log
+}
+
+// sawRedisClock notes Redis's clock, now ms by a take's reply, against
+// this host's.
+func (s *Store) sawRedisClock(now int64) {
+	s.redisAhead.Store(now - s.hostNow().UnixMilli())
+}
+
+// redisDeadline is, by Redis's clock, when a take sent at sentAt has
+// outlived its recovery horizon: its claim, had it run, may have expired.
+// Until a take reply has shown Redis's clock, this host's stands in (a
+// take refused because Redis's runs far ahead teaches it).
+func (s *Store) redisDeadline(sentAt time.Time) int64 {
+	h := s.recoverHorizon()
+	if h <= 0 {
+		return 0
+	}
+	return sentAt.UnixMilli() + s.redisAhead.Load() + h.Milliseconds()
 }
 
 // hostNow is the time on this host: the Pool's clock.

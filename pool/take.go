@@ -85,7 +85,7 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 		if attempt == 0 {
 			decisions = t.decisions
 		}
-		if t.refusedAtOnce(checks) && (err == nil || errors.Is(err, ErrEmpty)) {
+		if t.refusedAtOnce(checks) && (err == nil || t.status == takeNothing) {
 			return Handout{}, decisions, s.untake(ctx, c, t, err)
 		}
 		switch {
@@ -99,7 +99,7 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 		cred, err := s.decode(tag, t.id, t.body)
 		if err == nil {
 			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred,
-				claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch}, decisions, nil
+				claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch, deadline: t.deadline}, decisions, nil
 		}
 		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
@@ -122,7 +122,7 @@ func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now).Err()
 	if uerr != nil && err == nil {
 		return &UnrecoveredError{Profile: c.tag, Claim: c.claim, MinRemaining: c.minRemaining, At: t.sentAt,
-			epoch: t.epoch, Err: storeError("untake", uerr)}
+			epoch: t.epoch, deadline: t.deadline, Err: storeError("untake", uerr)}
 	}
 	if t.limitsErr != nil {
 		return storeError("limits", &limitsError{t.limitsErr})

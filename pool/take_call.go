@@ -62,6 +62,7 @@ type takeResult struct {
 	limitsErr error              // with atOnce: the checks failed
 	sentAt    time.Time          // this host's clock when the take was sent
 	epoch     string             // the dataset it was sent to, as last seen
+	deadline  int64              // by Redis's clock, ms: after it, its claim may have expired; 0: unknown
 	ran       bool               // a failed take may have run in Redis (else it holds nothing)
 }
 
@@ -79,7 +80,8 @@ func (t takeResult) refusedAtOnce(checks []limiter.Check) bool {
 // attempt's failure; t.ran says whether a failed take may have run.
 func (s *Store) callTake(ctx context.Context, c *takeCall, checks []limiter.Check) (t takeResult, err error) {
 	t.sentAt, t.epoch = s.hostNow(), s.datasets.get(c.tag).epoch
-	c.deadline = t.sentAt.Add(s.recoverHorizon())
+	t.deadline = s.redisDeadline(t.sentAt)
+	c.deadline, c.epoch = t.deadline, t.epoch
 	if len(checks) > 0 && s.cluster != nil {
 		t.atOnce = true
 		var (
@@ -168,8 +170,9 @@ func (s *Store) takeAnswer(c *takeCall, t takeResult, v any, checks []limiter.Ch
 	if t.takeReply, err = parseTakeReply(v); err != nil {
 		return t, err
 	}
+	s.sawRedisClock(t.now)
 	s.metrics.waste(profileOf(c.tag), t.evicted)
-	if len(checks) > 0 && !t.atOnce {
+	if len(checks) > 0 && !t.atOnce && t.status != takeAbandoned && t.status != takeTooLate {
 		if t.decisions, err = limiter.Decisions(checks, t.limits); err != nil {
 			return t, fmt.Errorf("pool: take: %w", err)
 		}
