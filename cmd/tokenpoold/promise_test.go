@@ -206,7 +206,8 @@ func TestPromiseLostIsReported(t *testing.T) {
 	// The take runs; its reply is held past the request's deadline.
 	proxy.DelayRepliesMatching(15*time.Second, func(b []byte) bool { return bytes.HasPrefix(b, []byte("*7\r\n:1\r\n")) })
 	done := make(chan reply, 1)
-	go func() { done <- fetch(t, d.url, callerJWT(t, "alice")) }()
+	alice := callerJWT(t, "alice")
+	go func() { done <- fetch(t, d.url, alice) }()
 	poll.Until(t, "the take to run", 5*time.Second, func() bool {
 		n, _ := rs.HGet(ctx, stats, "handed_out").Int64()
 		return n == 1
