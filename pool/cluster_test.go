@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -251,4 +252,38 @@ func clusterSnapshot(tb testing.TB, rdb redis.UniversalClient, tag string) snap 
 	}
 	delete(stats, "d_at")
 	return snap{keys: []any{ready, handed, bodies, stats}, demand: demand, at: at}
+}
+
+// On a Cluster, where the limits run beside the take, a take under a
+// claim already recovered (a library caller reusing a request id) that a
+// limit denies is denied cleanly: the recovered claim is left as it is,
+// and nothing is untaken (before, the untake read the tombstone as a
+// claim and the script failed).
+func TestOnAClusterADeniedTakeUnderARecoveredClaimIsDenied(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	st := NewStore(clusterClient(t, nodes, nil), StoreConfig{})
+	ctx := context.Background()
+	for i := range 3 {
+		putOne(t, st, "default", fmt.Sprint("e", i), time.Now().Add(time.Hour))
+	}
+	if _, err := st.Take(ctx, "default", "c", 0); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.recoverClaim(ctx, &UnrecoveredError{Profile: "default", Claim: "c"}); err != nil || r != 1 {
+		t.Fatalf("recover: %d %v; want the entry pooled again", r, err)
+	}
+	none, _ := limiter.Parse("1/h")
+	checks := []limiter.Check{{Policy: "user", Key: "user:bob", Limit: none}}
+	if _, _, err := st.TakeLimited(ctx, "default", "spend", 0, checks); err != nil { // spends bob's one
+		t.Fatal(err)
+	}
+	before := clusterSnapshot(t, clusterClient(t, nodes, nil), "default")
+	_, ds, err := st.TakeLimited(ctx, "default", "c", 0, checks)
+	if !errors.Is(err, limiter.ErrDenied) || len(ds) != 1 || ds[0].Allowed {
+		t.Fatalf("take under the recovered claim, over the limit: %+v %v; want denied", ds, err)
+	}
+	after := clusterSnapshot(t, clusterClient(t, nodes, nil), "default")
+	if fmt.Sprint(before.keys) != fmt.Sprint(after.keys) {
+		t.Fatalf("the denied take changed the pool:\nbefore %v\nafter  %v", before.keys, after.keys)
+	}
 }

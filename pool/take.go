@@ -85,8 +85,13 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 		if attempt == 0 {
 			decisions = t.decisions
 		}
-		if t.refusedAtOnce(checks) && (err == nil || t.status == takeNothing) {
-			return Handout{}, decisions, s.untake(ctx, c, t, err)
+		if t.refusedAtOnce(checks) {
+			switch {
+			case err == nil || t.status == takeNothing:
+				return Handout{}, decisions, s.untake(ctx, c, t, err)
+			case t.status == takeAbandoned:
+				return Handout{}, decisions, t.refusal() // nothing taken, nothing to undo
+			}
 		}
 		switch {
 		case errors.Is(err, ErrEmpty), errors.Is(err, limiter.ErrDenied):
@@ -124,6 +129,11 @@ func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error
 		return &UnrecoveredError{Profile: c.tag, Claim: c.claim, MinRemaining: c.minRemaining, At: t.sentAt,
 			epoch: t.epoch, deadline: t.deadline, Err: storeError("untake", uerr)}
 	}
+	return t.refusal()
+}
+
+// refusal is the error of a take its limits, applied beside it, refused.
+func (t takeResult) refusal() error {
 	if t.limitsErr != nil {
 		return storeError("limits", &limitsError{t.limitsErr})
 	}
