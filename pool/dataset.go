@@ -43,5 +43,8 @@ func (d *datasets) set(tag string, s dataset) {
 	d.seen[tag] = s
 }
 
+// seen reports whether a reservation has seen shard tag's dataset.
+func (s *Store) seen(tag string) bool { return s.datasets.get(tag).epoch != "" }
+
 // newEpoch is a fresh dataset id.
 func newEpoch() string { return rand.Text() }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,53 +20,6 @@ import (
 // without persistence, a FLUSHALL) while replicas hold what they sent
 // there.
 
-// putLoser runs the first put and loses its reply, then refuses every put
-// (without sending it) until let is set: the replica parks the credential.
-type putLoser struct {
-	puts    atomic.Int64
-	let     atomic.Bool
-	replays atomic.Int64 // puts run once let
-}
-
-func isPut(cmd redis.Cmder) bool {
-	a := cmd.Args()
-	if len(a) < 2 {
-		return false
-	}
-	s, _ := a[1].(string)
-	return s == putScript.Hash() || strings.Contains(s, "'surplus'")
-}
-
-func (h *putLoser) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *putLoser) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if !isPut(cmd) {
-			return next(ctx, cmd)
-		}
-		if h.let.Load() {
-			err := next(ctx, cmd)
-			if err == nil {
-				h.replays.Add(1)
-			}
-			return err
-		}
-		if h.puts.Load() > 0 {
-			h.puts.Add(1)
-			cmd.SetErr(errRefused)
-			return errRefused
-		}
-		if err := next(ctx, cmd); err != nil {
-			return err // NOSCRIPT: not run
-		}
-		h.puts.Add(1)
-		cmd.SetErr(io.ErrUnexpectedEOF)
-		return io.ErrUnexpectedEOF
-	}
-}
-func (h *putLoser) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // Finding 5: replica A's put runs but its reply is lost, so A parks the
 // credential; replica B takes it and hands it out; the dataset is wiped;
 // A's replay must not pool the credential again (before, it did, and B
@@ -77,8 +28,21 @@ func TestAPutReplayedAfterAWipeDoesNotRepoolAHandedOutCredential(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.StartProcess(t)
 	rdb := srv.Client()
-	loser := &putLoser{}
-	rdb.AddHook(loser)
+	// A's first put runs and its reply is lost; its resends are refused
+	// (A parks the credential) until let.
+	var resent, replays atomic.Int64
+	var let atomic.Bool
+	rdb.AddHook(&lostReply{match: isPut, later: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if !let.Load() {
+			resent.Add(1)
+			return refused(ctx, cmd, next)
+		}
+		err := next(ctx, cmd)
+		if err == nil {
+			replays.Add(1)
+		}
+		return err
+	}})
 	a := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
 	m := &fakeMinter{ttl: time.Hour}
 	pa := newTestPool(t, a, m, func(c *Config) {
@@ -88,7 +52,7 @@ func TestAPutReplayedAfterAWipeDoesNotRepoolAHandedOutCredential(t *testing.T) {
 	})
 	b := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
 	pa.Open()
-	poll.Until(t, "A's put to run, its reply lost", 10*time.Second, func() bool { return loser.puts.Load() >= 2 })
+	poll.Until(t, "A's put to run, its reply lost, and A to park it", 10*time.Second, func() bool { return resent.Load() > 0 })
 	m.setErr(fmt.Errorf("no more mints in this test"))
 	first, err := b.Take(ctx, "default", "b-1", 0)
 	if err != nil {
@@ -98,8 +62,8 @@ func TestAPutReplayedAfterAWipeDoesNotRepoolAHandedOutCredential(t *testing.T) {
 	if err := srv.Client().FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	loser.let.Store(true)
-	poll.Until(t, "A to replay its put", 10*time.Second, func() bool { return loser.replays.Load() > 0 })
+	let.Store(true)
+	poll.Until(t, "A to replay its put", 10*time.Second, func() bool { return replays.Load() > 0 })
 	for i := range 3 {
 		h, err := b.Take(ctx, "default", fmt.Sprint("b-again-", i), 0)
 		if err == nil && h.Token == first.Token {
@@ -231,33 +195,6 @@ func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 	}
 }
 
-// betweenAttempts runs the first take under the claim "w" and loses its
-// reply, calling between before the retry is sent.
-type betweenAttempts struct {
-	between func()
-	takes   atomic.Int64
-}
-
-func (h *betweenAttempts) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *betweenAttempts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		if len(a) < 7 || !strings.HasSuffix(fmt.Sprint(a[6]), ":claim:w") || h.takes.Load() > 0 {
-			return next(ctx, cmd)
-		}
-		if err := next(ctx, cmd); err != nil {
-			return err // NOSCRIPT: not run
-		}
-		h.takes.Add(1)
-		h.between()
-		cmd.SetErr(io.ErrUnexpectedEOF)
-		return io.ErrUnexpectedEOF
-	}
-}
-func (h *betweenAttempts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A take whose reply was lost, retried after the dataset was wiped and
 // refilled, takes nothing from the new dataset: the first attempt's entry
 // went with the wipe, and the take fails as unrecovered (counted lost by
@@ -274,7 +211,7 @@ func TestATakeRetriedAfterAWipeTakesNothing(t *testing.T) {
 	if _, err := st.reserve(ctx, "default", reserveArgs{target: 1}); err != nil { // st sees the dataset
 		t.Fatal(err)
 	}
-	rdb.AddHook(&betweenAttempts{between: func() {
+	rdb.AddHook(&lostReply{match: takeUnder("w"), ran: func() { // before the retry is sent
 		if err := srv.Client().FlushAll(ctx).Err(); err != nil {
 			t.Error(err)
 		}

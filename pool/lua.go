@@ -213,7 +213,10 @@ if not now or now <= 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[
 local cutoff = now + min_remaining
 local claimed = redis.call('GET', claim_key)
 if claimed and string.sub(claimed, 1, 1) == '-' then return {ABANDONED, '', '', 0, 0, {}, now} end
-if not claimed and (deadline > 0 and now > deadline or epoch ~= '' and redis.call('HGET', stats, 'epoch') ~= epoch) then
+-- The counters this take moves, and the demand, are read once (with the
+-- dataset's epoch) and written once, at the end.
+local st = redis.call('HMGET', stats, 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated', 'epoch')
+if not claimed and (deadline > 0 and now > deadline or epoch ~= '' and st[7] ~= epoch) then
   -- Sent too long ago (Redis stalled, or the network held it), or to a
   -- dataset since wiped: nobody waits for it, and an earlier attempt's
   -- claim may be gone.
@@ -234,12 +237,9 @@ end
 if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
   if retire > cutoff then return {AGAIN, id, body, 0, 0, lim, now} end
-  redis.call('HINCRBY', stats, 'handed_out', -1)
+  st[4] = redis.call('HINCRBY', stats, 'handed_out', -1) -- st is written back at the end
   redis.call('HINCRBY', stats, 'wasted', 1)
 end
--- The counters this take moves, and the demand, are read once and
--- written once, at the end.
-local st = redis.call('HMGET', stats, 'd_fast', 'd_slow', 'd_at', 'handed_out', 'misses', 'unreplicated')
 local function opens(body)
   if #ARGV < opens_from then return true end
   for i = opens_from, #ARGV do

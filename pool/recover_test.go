@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,42 +199,6 @@ func TestATakeRecoveredTooLateIsCountedLost(t *testing.T) {
 	}
 }
 
-// recoverLoser loses the reply of the take under the claim "taken" and of
-// the first recovery (both run), then refuses recoveries, unsent, until
-// open.
-type recoverLoser struct {
-	recovers atomic.Int64
-	open     atomic.Bool
-}
-
-func (h *recoverLoser) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *recoverLoser) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		isRecover := len(a) > 1 && (a[1] == recoverScript.Hash() || a[1] == recoverSource)
-		isTake := len(a) > 6 && a[1] == takeScript.Hash() && strings.HasSuffix(fmt.Sprint(a[6]), ":claim:taken")
-		lose := isTake
-		if isRecover && !h.open.Load() {
-			if h.recovers.Load() > 0 {
-				cmd.SetErr(errRefused)
-				return errRefused
-			}
-			lose = true
-		}
-		if err := next(ctx, cmd); err != nil || !lose {
-			return err // NOSCRIPT: it did not run
-		}
-		if isRecover {
-			h.recovers.Add(1)
-		}
-		cmd.SetErr(io.ErrUnexpectedEOF)
-		return io.ErrUnexpectedEOF
-	}
-}
-func (h *recoverLoser) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A take whose reply was lost is recovered, but the recovery's reply is
 // lost too, and Redis is out of reach until the claim expired: the
 // recovery sent again learns from its tombstone that the entry was pooled
@@ -250,8 +213,16 @@ func TestARecoverySentAgainLearnsWhatTheFirstDid(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
-	hook := &recoverLoser{}
-	rdb.AddHook(hook)
+	// The take's reply is lost, and the first recovery's; later
+	// recoveries are refused until open.
+	var open atomic.Bool
+	rdb.AddHook(&lostReply{match: takeUnder("taken")})
+	rdb.AddHook(&lostReply{match: isRecover, later: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if open.Load() {
+			return next(ctx, cmd)
+		}
+		return refused(ctx, cmd, next)
+	}})
 	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, ClaimTTL: 2 * time.Second})
 	m := &fakeMinter{ttl: time.Hour}
 	m.setErr(fmt.Errorf("no mints in this test"))
@@ -268,7 +239,7 @@ func TestARecoverySentAgainLearnsWhatTheFirstDid(t *testing.T) {
 	}
 	p.Open()
 	time.Sleep(2500 * time.Millisecond) // past the claim, and the horizon
-	hook.open.Store(true)
+	open.Store(true)
 	poll.Until(t, "the refiller to recover the take", 10*time.Second, func() bool {
 		p.refill.mu.Lock()
 		defer p.refill.mu.Unlock()
@@ -278,35 +249,6 @@ func TestARecoverySentAgainLearnsWhatTheFirstDid(t *testing.T) {
 	if s.Lost != 0 || s.Returned != 1 || s.Ready != 1 {
 		t.Fatalf("lost %d, returned %d, pooled %d; want 0, 1, 1: the entry is back in the pool", s.Lost, s.Returned, s.Ready)
 	}
-}
-
-// lateRetry runs the first take under the claim "late" and loses its
-// reply, then holds its retry for hold before sending it.
-type lateRetry struct {
-	hold  time.Duration
-	takes atomic.Int64
-}
-
-func (h *lateRetry) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *lateRetry) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		if len(a) < 7 || !strings.HasSuffix(fmt.Sprint(a[6]), ":claim:late") {
-			return next(ctx, cmd)
-		}
-		if h.takes.Add(1) > 1 {
-			time.Sleep(h.hold)
-			return next(ctx, cmd)
-		}
-		if err := next(ctx, cmd); err != nil {
-			return err
-		}
-		cmd.SetErr(io.ErrUnexpectedEOF)
-		return io.ErrUnexpectedEOF
-	}
-}
-func (h *lateRetry) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A take whose reply was lost and whose retry reaches Redis only after
@@ -326,7 +268,12 @@ func TestARetryAfterItsClaimExpiredTakesNothing(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: 2, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: time.Millisecond})
 	t.Cleanup(func() { rdb.Close() })
-	rdb.AddHook(&lateRetry{hold: 2500 * time.Millisecond})
+	// The first attempt runs and its reply is lost; the retry is held
+	// until the first attempt's claim (2 s) has expired.
+	rdb.AddHook(&lostReply{match: takeUnder("late"), later: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		time.Sleep(2500 * time.Millisecond)
+		return next(ctx, cmd)
+	}})
 	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, ClaimTTL: 2 * time.Second})
 	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

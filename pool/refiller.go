@@ -105,6 +105,7 @@ type refillStore interface {
 	count(ctx context.Context, tag, counter string, n int64) error
 	recoverClaim(ctx context.Context, e *UnrecoveredError) (int64, error)
 	recoveredInTime(e *UnrecoveredError, r int64) bool
+	seen(tag string) bool
 }
 
 func newRefiller(p *Pool, cfg Config) *refiller {
@@ -434,9 +435,7 @@ func (r *refiller) shardCall(pr *profile, i int, sr *shardRound, op string, call
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.shardTimeout(pr, i))
 	defer cancel()
-	if err := call(ctx); errors.Is(err, errNoEpoch) {
-		return false // nothing sent: the shard is not down, just not seen yet
-	} else if err != nil {
+	if err := call(ctx); err != nil {
 		sr.failed[i] = true
 		r.shardFailed(pr, i, op, err)
 		return false
@@ -630,6 +629,9 @@ func (r *refiller) putAnywhere(pr *profile, e *parked, sr *shardRound) bool {
 			return false
 		}
 		i := (own + k) % n
+		if !r.store.seen(pr.tags[i]) {
+			continue // no reservation has seen its dataset: a put could not name it
+		}
 		a := e.putArgs
 		if pr.tags[i] != e.tag {
 			a.resID = "" // held nowhere here: pooled only if the shard has room

@@ -216,7 +216,7 @@ func (r *report) print(out io.Writer) {
 		{"discarded (could not be opened)", r.discarded},
 		{"resent to a Redis dataset wiped since, and refused (counted by the daemons)", r.stale},
 		{"taken from the pool and never answered", r.unanswered},
-		{"… of which counted lost by the daemons", r.lost},
+		{"counted lost by the daemons (may include takes in flight that never ran)", r.lost},
 		{"**unaccounted**", r.unaccounted()},
 		{"bound: mints the killed replicas had in flight when they died (see RELIABILITY.md)", r.killBound()},
 		{"**delivered twice**", r.duplicates},
