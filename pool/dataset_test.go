@@ -158,7 +158,8 @@ func TestAWipedDatasetIsCountedOnce(t *testing.T) {
 // Finding 7: replicas that lack the seal key of the pooled entries (one
 // with no keys, one with another key) serve their callers by minting
 // directly, and leave the entries for the replica that can open them:
-// nothing is discarded, and that replica hands every one of them out.
+// nothing is discarded, and that replica (which can open only its own)
+// hands 5 out from the pool.
 func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.New(t)
@@ -185,8 +186,9 @@ func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s := mustStats(t, owner, "default"); s.Discarded != 0 || s.Ready != 5 {
-		t.Fatalf("after 10 requests to replicas without the key: discarded %d, pooled %d; want 0, 5", s.Discarded, s.Ready)
+	// (The other replicas' refills may have pooled entries of their own.)
+	if s := mustStats(t, owner, "default"); s.Discarded != 0 || s.Ready < 5 {
+		t.Fatalf("after 10 requests to replicas without the key: discarded %d, pooled %d; want 0, at least the owner's 5", s.Discarded, s.Ready)
 	}
 	for j := range 5 {
 		if h, err := po.Get(ctx, "default", fmt.Sprint("owner-", j)); err != nil || h.Source != SourcePool {
