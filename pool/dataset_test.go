@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,10 +157,10 @@ func TestAWipedDatasetIsCountedOnce(t *testing.T) {
 }
 
 // Finding 7: replicas that lack the seal key of the pooled entries (one
-// with no keys, one with another key) serve their callers by minting
-// directly, and leave the entries for the replica that can open them:
-// nothing is discarded, and that replica (which can open only its own)
-// hands 5 out from the pool.
+// with no keys, one with another key) serve their callers with their own
+// mints (direct, or pooled by their refills), and leave the entries for
+// the replica that can open them: nothing is discarded, and that replica
+// (which can open only its own) hands 5 out from the pool.
 func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.New(t)
@@ -173,20 +174,21 @@ func TestReplicasWithoutTheSealKeyLeaveEntriesForThoseWithIt(t *testing.T) {
 	po.refill.stop(ctx)
 	others := []*Store{NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix}), sealedStore(t, srv, k2)}
 	for i, st := range others {
-		direct := &fakeMinter{ttl: time.Hour}
-		p := newTestPool(t, st, direct, func(c *Config) { c.Logger = discardLog() })
+		// Their refills may pool entries of their own while the test
+		// runs, which they may hand out; never one of the owner's.
+		own := &namedMinter{Minter: &fakeMinter{ttl: time.Hour}, prefix: fmt.Sprint("replica-", i, "-")}
+		p := newTestPool(t, st, own, func(c *Config) { c.Logger = discardLog() })
 		p.Open()
 		for j := range 5 {
 			h, err := p.Get(ctx, "default", fmt.Sprint("other-", i, "-", j))
-			if err != nil || h.Source != SourceDirect {
-				t.Fatalf("replica %d, request %d: %v from %q; want a direct mint", i, j, err, h.Source)
+			if err != nil || !strings.HasPrefix(h.Token, own.prefix) {
+				t.Fatalf("replica %d, request %d: %v, %q from %q; want one of its own mints", i, j, err, h.Token, h.Source)
 			}
 		}
 		if err := p.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// (The other replicas' refills may have pooled entries of their own.)
 	if s := mustStats(t, owner, "default"); s.Discarded != 0 || s.Ready < 5 {
 		t.Fatalf("after 10 requests to replicas without the key: discarded %d, pooled %d; want 0, at least the owner's 5", s.Discarded, s.Ready)
 	}
@@ -227,4 +229,16 @@ func TestATakeRetriedAfterAWipeTakesNothing(t *testing.T) {
 	if s := mustStats(t, direct, "default"); s.Ready != 1 || s.HandedOut != 0 {
 		t.Fatalf("the new dataset: pooled %d, handed out %d; want y still pooled", s.Ready, s.HandedOut)
 	}
+}
+
+// namedMinter mints as Minter does, with prefix before every token.
+type namedMinter struct {
+	Minter
+	prefix string
+}
+
+func (m *namedMinter) Mint(ctx context.Context) (Credential, error) {
+	c, err := m.Minter.Mint(ctx)
+	c.Token = m.prefix + c.Token
+	return c, err
 }
