@@ -42,6 +42,7 @@ type report struct {
 	wipedRes    int64 // reservations thrown away with a dataset
 	returned    int64 // takes undone and pooled again
 	direct      int64 // answers minted for their request
+	unrepl      int64 // handouts no replica acknowledged in time (counted by the daemons)
 	prevented   int64 // ids popped again after being handed out, dropped (duplicates_prevented)
 	orphaned    int64 // ids pooled without a body
 	perReplica  []replicaReport
@@ -54,6 +55,7 @@ type replicaReport struct {
 	minted   int64
 	orphans  int64 // not delivered, pooled or wiped: counted (wasted, lost, …) or gone with a kill
 	inFlight int64 // of those, minted in the killWindow before one of its kills
+	atCrash  int64 // of the others, minted in the killWindow before a crash of the primary Redis
 }
 
 // killWindow is how long before a kill -9 a mint the provider answered can
@@ -69,12 +71,14 @@ func (r *report) unaccounted() int64 {
 
 // killBound bounds what the kills -9 took with the processes: mints a
 // killed replica's simulator answered in the killWindow before a kill and
-// that went nowhere anyone can see. Every other replica's credentials, and
-// the killed ones' older ones, must all be accounted for.
+// that went nowhere anyone can see, and mints any simulator answered in
+// the killWindow before the primary Redis crashed (a put its replica had
+// not received is gone with the failover). Every other credential must be
+// accounted for.
 func (r *report) killBound() int64 {
 	var n int64
 	for _, p := range r.perReplica {
-		n += p.inFlight
+		n += p.inFlight + p.atCrash
 	}
 	return n
 }
@@ -151,9 +155,21 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 				continue
 			}
 			pr.orphans++
+			within := func(at time.Time) bool { return !m.MintedAt.Before(at.Add(-killWindow)) && !m.MintedAt.After(at) }
+			killed := false
 			for _, k := range acc.kills {
-				if k.n == pr.n && !m.MintedAt.Before(k.at.Add(-killWindow)) && !m.MintedAt.After(k.at) {
-					pr.inFlight++
+				if k.n == pr.n && within(k.at) {
+					killed = true
+					break
+				}
+			}
+			if killed {
+				pr.inFlight++
+				continue
+			}
+			for _, at := range acc.crashes {
+				if within(at) {
+					pr.atCrash++
 					break
 				}
 			}
@@ -182,7 +198,7 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	r.wasted, r.discarded, r.lost = sum("wasted"), sum("discarded"), sum("lost")
 	r.stale, r.wipedRes = sum("stale_replays"), acc.wipedRes
 	r.lapsed, r.returned, r.direct = sum("lapsed"), sum("returned"), sum("direct")
-	r.prevented, r.orphaned = sum("duplicates_prevented"), sum("orphaned")
+	r.prevented, r.orphaned, r.unrepl = sum("duplicates_prevented"), sum("orphaned"), sum("unreplicated")
 	// Every take the pool counted as handed out reached a caller, or was
 	// drained here, or was never answered: lost, or cut by a kill -9.
 	r.unanswered = sum("handed_out") - got.fromPool - r.pooled
@@ -218,7 +234,7 @@ func (r *report) print(out io.Writer) {
 		{"taken from the pool and never answered", r.unanswered},
 		{"counted lost by the daemons (may include takes in flight that never ran)", r.lost},
 		{"**unaccounted**", r.unaccounted()},
-		{"bound: mints the killed replicas had in flight when they died (see RELIABILITY.md)", r.killBound()},
+		{"bound: mints the killed replicas had in flight when they died, and mints answered just before the primary Redis crashed (see RELIABILITY.md)", r.killBound()},
 		{"**delivered twice**", r.duplicates},
 		{"pooled in a wiped dataset and seen again", r.resurrected},
 		{"delivered but never minted", r.forged},
@@ -226,14 +242,15 @@ func (r *report) print(out io.Writer) {
 	for _, row := range rows {
 		fmt.Fprintf(out, "| %s | %d |\n", row.name, row.n)
 	}
-	fmt.Fprintf(out, "\n| replica | kills -9 | minted for it | not delivered, pooled or wiped | of those, minted in the %s before a kill |\n|---|---|---|---|---|\n", killWindow)
+	fmt.Fprintf(out, "\n| replica | kills -9 | minted for it | not delivered, pooled or wiped | of those, minted in the %s before its kill | … before a crash of the primary Redis |\n|---|---|---|---|---|---|\n", killWindow)
 	for _, p := range r.perReplica {
-		fmt.Fprintf(out, "| %d | %d | %d | %d | %d |\n", p.n, p.kills, p.minted, p.orphans, p.inFlight)
+		fmt.Fprintf(out, "| %d | %d | %d | %d | %d | %d |\n", p.n, p.kills, p.minted, p.orphans, p.inFlight, p.atCrash)
 	}
 	fmt.Fprintf(out, "\nAlso: %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
 		"%d mint reservations lapsed and %d were thrown away with a dataset, %d duplicates prevented, %d ids pooled without a body, "+
+		"%d handouts no Redis replica acknowledged in time (`unreplicated`), "+
 		"%d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
-		r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.transport, r.atKill, r.statuses)
+		r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.unrepl, r.transport, r.atKill, r.statuses)
 	verdict := "The promise held."
 	if !r.holds() {
 		verdict = "The promise did NOT hold."

@@ -13,7 +13,7 @@ import (
 
 // ciRun are the flags of the CI run: every kind of fault in turn, one a
 // second on average, against 3 replicas.
-var ciRun = []string{"-duration", "55s", "-fault-every", "1s", "-cycle", "-callers", "16"}
+var ciRun = []string{"-duration", "75s", "-fault-every", "1s", "-cycle", "-callers", "16"}
 
 // chaosRun builds tokenpoold (with tags) and runs the chaos run with args
 // on top of ciRun.
@@ -39,7 +39,7 @@ func chaosRun(t *testing.T, tags string, args ...string) (code int, stdout strin
 }
 
 // TestChaosShortRun is the chaos run of RELIABILITY.md, short: every kind
-// of fault in turn for 55 s against 3 replicas, and every credential the
+// of fault in turn for 75 s against 3 replicas, and every credential the
 // provider minted accounted for, none delivered twice.
 func TestChaosShortRun(t *testing.T) {
 	code, out := chaosRun(t, "")
@@ -58,7 +58,7 @@ func TestChaosShortRun(t *testing.T) {
 
 // TestChaosRunFailsWithABugInjected: with a take that leaves its entry
 // pooled 1 time in 500 (RELIABILITY.md has the other injected bugs, each
-// over the full 55 s), the same run, shortened to 20 s, must fail.
+// over the full 75 s), the same run, shortened to 20 s, must fail.
 func TestChaosRunFailsWithABugInjected(t *testing.T) {
 	code, out := chaosRun(t, "chaosbug", "-inject", "leave-pooled", "-duration", "20s")
 	if code != 1 || !strings.Contains(out, "The promise did NOT hold.") {

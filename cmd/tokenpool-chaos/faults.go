@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
@@ -41,6 +42,7 @@ type accounts struct {
 	wiped    map[string]bool    // tokens pooled in a wiped dataset
 	wipedRes int64              // mint reservations held in a wiped dataset
 	kills    []kill
+	crashes  []time.Time // kills -9 of the primary Redis, failed over
 	faults   map[string]int
 }
 
@@ -68,6 +70,8 @@ const outage = 12 * time.Second
 var faults = []fault{
 	{killFault, 3, killReplica},
 	{"restart Redis (kill -9), AOF kept", 1, restartRedis(false)},
+	{"kill -9 the primary Redis: Sentinel promotes its replica, the old primary rejoins as a replica", 1, crashPrimary},
+	{"fail over (SENTINEL FAILOVER) with the primary drained first", 1, failover},
 	{"restart Redis (kill -9) without persistence, writes paused first", 1, restartRedis(true)},
 	{"wipe Redis under load (FLUSHALL, every connection cut, nothing paused)", 1, wipeRedis},
 	{"hold every Redis reply 12 s (past the 10 s claim TTL)", 1, holdRedis},
@@ -157,18 +161,98 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 				return err
 			}
 		}
-		w.killRedis()
+		node := w.primaryNode()
+		w.killRedis(node)
 		if wipe {
-			if err := os.RemoveAll(w.aofDir); err != nil {
-				return err
-			}
-			if err := os.MkdirAll(w.aofDir, 0o755); err != nil {
+			if err := os.RemoveAll(node.aofDir); err != nil {
 				return err
 			}
 		}
 		time.Sleep(300 * time.Millisecond)
-		return w.startRedis(ctx)
+		if err := w.startRedis(ctx, node, ""); err != nil {
+			return err
+		}
+		return w.whole(ctx) // its replica, if any, has synced again (emptied, without persistence)
 	}
+}
+
+// crashPrimary kills the primary Redis and lets Sentinel fail over: the
+// proxy sends the daemons to the dead primary until Sentinel promotes the
+// replica (down after 3 s), then to the new primary; the old one comes back
+// with its append-only file as the new one's replica. Writes the replica
+// had not received when the primary died (a few milliseconds of
+// replication) are gone: a refill's put among them. The daemons wait for
+// the replica on every take (WAIT 1) and count a handout it did not
+// acknowledge in time as unreplicated.
+func crashPrimary(ctx context.Context, w *world, a *accounts) error {
+	if !w.cfg.Replicated {
+		return nil
+	}
+	old := w.primaryNode()
+	a.mu.Lock()
+	a.crashes = append(a.crashes, time.Now())
+	a.mu.Unlock()
+	w.killRedis(old)
+	promoted, err := w.promoted(ctx, old)
+	if err != nil {
+		return err
+	}
+	if err := w.startRedis(ctx, old, promoted.addr); err != nil {
+		return err
+	}
+	return w.whole(ctx)
+}
+
+// failover asks Sentinel to fail over, with the primary drained first as a
+// load balancer does for a planned switch: the proxy refuses the daemons
+// until the replica is promoted, then sends them to it, and the old
+// primary becomes its replica.
+func failover(ctx context.Context, w *world, _ *accounts) error {
+	if !w.cfg.Replicated {
+		return nil
+	}
+	old := w.primaryNode()
+	w.proxy.Retarget("")
+	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	defer sc.Close()
+	var last error
+	if err := poll.Wait(ctx, 30*time.Second, func() bool {
+		// NOGOODSLAVE until the Sentinel has seen the replica since its
+		// last sync, INPROG while an earlier failover ends.
+		last = sc.Failover(ctx, sentinelMaster).Err()
+		return last == nil
+	}); err != nil {
+		return fmt.Errorf("sentinel failover: %w (%v)", err, last)
+	}
+	if _, err := w.promoted(ctx, old); err != nil {
+		return err
+	}
+	return w.whole(ctx)
+}
+
+// promoted waits until the Sentinel names a primary other than old, and
+// sends the daemons to it.
+func (w *world) promoted(ctx context.Context, old *redisNode) (*redisNode, error) {
+	var next *redisNode
+	if err := poll.Wait(ctx, 60*time.Second, func() bool {
+		at, err := w.sentinelPrimary(ctx)
+		if err != nil || at == old.addr {
+			return false
+		}
+		for _, n := range w.nodes {
+			if n.addr == at {
+				next = n
+			}
+		}
+		return next != nil
+	}); err != nil {
+		return nil, fmt.Errorf("waiting for Sentinel to promote the replica: %w", err)
+	}
+	w.mu.Lock()
+	w.primary = next
+	w.mu.Unlock()
+	w.proxy.Retarget(next.addr)
+	return next, nil
 }
 
 // wipeRedis throws the dataset away under load, as a restart without
@@ -244,15 +328,20 @@ func delayRedis(_ context.Context, w *world, _ *accounts) error {
 }
 
 // delayTakes holds back only the replies of takes that hand out an entry
-// ({1|2, id, body, …}), so requests get past the limits and lose the
-// take's reply: go-redis retries it under the same claim, the retries'
-// replies are late too, and the take must be undone.
+// ({1|2, id, body, …}, seven elements), so requests get past the limits
+// and lose the take's reply: go-redis retries it under the same claim, the
+// retries' replies are late too, and the take must be undone. A burst that
+// delayed no reply fails the run: the take's reply has changed shape.
 func delayTakes(_ context.Context, w *world, _ *accounts) error {
+	before := w.proxy.Delayed()
 	w.proxy.DelayRepliesMatching(800*time.Millisecond, func(b []byte) bool {
-		return bytes.HasPrefix(b, []byte("*5\r\n:1\r\n$")) || bytes.HasPrefix(b, []byte("*5\r\n:2\r\n$"))
+		return bytes.HasPrefix(b, []byte("*7\r\n:1\r\n$")) || bytes.HasPrefix(b, []byte("*7\r\n:2\r\n$"))
 	})
 	time.Sleep(burst)
 	w.proxy.DelayReplies(0)
+	if w.proxy.Delayed() == before {
+		return fmt.Errorf("no take's reply was delayed in %s: does the match still fit the take's reply?", burst)
+	}
 	return nil
 }
 

@@ -1,18 +1,20 @@
 // Command tokenpool-chaos runs the real thing under faults and accounts
 // for every credential the provider minted: tokenpoold replicas as
-// processes, a real redis-server behind a proxy that can delay its
-// replies, the simulated provider keeping a ledger of what it minted, and
-// callers that record what they received. Meanwhile it kills and restarts
-// replicas (kill -9), restarts Redis with and without persistence, delays
-// Redis past request deadlines, makes the provider fail (500, 429, hangs)
-// in bursts, and rotates seal keys across rolling restarts. At the end
-// every minted credential must be delivered exactly once, still pooled, or
-// counted (wasted, discarded, lost). See RELIABILITY.md.
+// processes, a real redis-server primary with a replica and a Sentinel,
+// behind a proxy that follows the primary and can delay its replies, the
+// simulated provider keeping a ledger of what it minted, and callers that
+// record what they received. Meanwhile it kills and restarts replicas
+// (kill -9), restarts and wipes Redis, crashes the primary and fails
+// over, delays Redis past request deadlines and past the claim TTL, makes
+// the provider fail (500, 429, hangs) in bursts, and rotates seal keys
+// across rolling restarts. At the end every minted credential must be
+// delivered exactly once, still pooled, or counted (wasted, discarded,
+// lost, dropped). See RELIABILITY.md.
 //
 //	tokenpool-chaos -handouts 1000000          the chaos run of RELIABILITY.md
 //	tokenpool-chaos -duration 30s              a short run
 //	tokenpool-chaos -soak 30m -rate 200        the soak: no faults, 2 replicas, samples every minute
-//	tokenpool-chaos -duration 55s -inject drop-take   with a bug injected: the run must fail
+//	tokenpool-chaos -duration 75s -inject drop-take   with a bug injected: the run must fail
 //
 // Run it from the repository root (it builds ./cmd/tokenpoold unless given
 // -tokenpoold). It exits 1 when a credential was delivered twice or is
@@ -150,7 +152,7 @@ func chaos(ctx context.Context, o options, stdout, progress io.Writer) (ok bool,
 	w, err := startWorld(ctx, worldConfig{
 		Replicas: o.replicas, Tokenpoold: o.tokenpoold, Dir: o.dir,
 		AOFDir:     aofDir(o.dir),
-		SimLatency: 20 * time.Millisecond, Env: env,
+		SimLatency: 20 * time.Millisecond, Env: env, Replicated: true,
 	})
 	if err != nil {
 		return false, err

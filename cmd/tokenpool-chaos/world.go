@@ -35,28 +35,46 @@ type worldConfig struct {
 	SimLatency time.Duration
 	SimTTL     time.Duration
 	Env        []string // on top of the defaults
+	// Replicated gives the primary a replica and a Sentinel that monitors
+	// them, and the daemons wait for the replica on every take
+	// (TOKENPOOL_REDIS_WAIT_REPLICAS=1).
+	Replicated bool
 }
 
-// world is one redis-server behind a proxy (to delay its replies), the
-// simulated provider in this process (one endpoint per replica, so every
-// mint is attributed to the replica that asked for it, whatever the
-// daemons count), and tokenpoold replicas as processes, each of which can
-// be killed and restarted.
+// world is a redis-server primary (with Replicated, a replica of it and a
+// Sentinel that fails over between them) behind a proxy that delays
+// replies and follows the primary, as a load balancer in front of a
+// Sentinel-managed Redis does; the simulated provider in this process (one
+// endpoint per replica, so every mint is attributed to the replica that
+// asked for it, whatever the daemons count); and tokenpoold replicas as
+// processes, each of which can be killed and restarted.
 type world struct {
-	cfg       worldConfig
-	jwtSecret string
-	adminKey  string
-	sims      []*upstreamtest.Server // replica n mints from sims[n-1]
-	proxy     *redistest.Proxy
-	redisAddr string // the real one; replicas use the proxy
-	aofDir    string
+	cfg          worldConfig
+	jwtSecret    string
+	adminKey     string
+	sims         []*upstreamtest.Server // replica n mints from sims[n-1]
+	proxy        *redistest.Proxy
+	nodes        []*redisNode // the primary and, with Replicated, its replica; the daemons use the proxy
+	sentinelAddr string       // with Replicated
+	sentinel     *exec.Cmd
+	aofDir       string
 
 	replicas []*replica // fixed once started; each one's process comes and goes
 
-	mu    sync.Mutex
-	redis *exec.Cmd // guarded by mu
-	keys  [][]byte  // guarded by mu: every seal key ever used, oldest first
+	mu      sync.Mutex
+	primary *redisNode // guarded by mu
+	keys    [][]byte   // guarded by mu: every seal key ever used, oldest first
 }
+
+// redisNode is one redis-server of the world.
+type redisNode struct {
+	addr   string
+	aofDir string
+	cmd    *exec.Cmd // guarded by the world's mu; nil while down
+}
+
+// sentinelMaster is the name the Sentinel monitors the primary by.
+const sentinelMaster = "chaos"
 
 // replica is one tokenpoold process.
 type replica struct {
@@ -95,14 +113,38 @@ func startWorld(ctx context.Context, cfg worldConfig) (*world, error) {
 	if err := os.MkdirAll(w.aofDir, 0o755); err != nil {
 		return nil, err
 	}
+	n := 1
+	if cfg.Replicated {
+		n = 2
+	}
+	for i := range n {
+		node := &redisNode{aofDir: filepath.Join(w.aofDir, strconv.Itoa(i))}
+		addr, err := freeAddr()
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		node.addr = addr
+		w.nodes = append(w.nodes, node)
+		replicaOf := ""
+		if i > 0 {
+			replicaOf = w.nodes[0].addr
+		}
+		if err := w.startRedis(ctx, node, replicaOf); err != nil {
+			w.close()
+			return nil, err
+		}
+	}
+	w.primary = w.nodes[0]
+	if cfg.Replicated {
+		if err := w.startSentinel(ctx); err != nil {
+			w.close()
+			return nil, err
+		}
+		w.cfg.Env = append([]string{"TOKENPOOL_REDIS_WAIT_REPLICAS=1"}, cfg.Env...)
+	}
 	var err error
-	if w.redisAddr, err = freeAddr(); err != nil {
-		return nil, err
-	}
-	if err := w.startRedis(ctx); err != nil {
-		return nil, err
-	}
-	if w.proxy, err = redistest.StartProxy(w.redisAddr); err != nil {
+	if w.proxy, err = redistest.StartProxy(w.nodes[0].addr); err != nil {
 		w.close()
 		return nil, err
 	}
@@ -146,35 +188,133 @@ func (w *world) sealKeys(n int) string {
 	return strings.Join(out, ",")
 }
 
-// startRedis starts redis-server on its address with an append-only file
-// fsynced every second, as most deployments run it (a process crash keeps
-// what was written; a machine crash would lose up to a second); a restart
-// "without persistence" deletes the file first.
-func (w *world) startRedis(ctx context.Context) error {
-	_, port, _ := net.SplitHostPort(w.redisAddr)
-	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", w.aofDir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+// startRedis starts node's redis-server, a replica of replicaOf unless
+// that is empty, with an append-only file fsynced every second, as most
+// deployments run it (a process crash keeps what was written; a machine
+// crash would lose up to a second); a restart "without persistence"
+// deletes the file first.
+func (w *world) startRedis(ctx context.Context, node *redisNode, replicaOf string) error {
+	if err := os.MkdirAll(node.aofDir, 0o755); err != nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(node.addr)
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--dir", node.aofDir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+		"--repl-diskless-sync-delay", "0"}
+	if replicaOf != "" {
+		host, port, _ := net.SplitHostPort(replicaOf)
+		args = append(args, "--replicaof", host, port)
+	}
+	cmd := exec.Command("redis-server", args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redis-server: %w", err)
 	}
 	w.mu.Lock()
-	w.redis = cmd
+	node.cmd = cmd
 	w.mu.Unlock()
-	c := w.redisClient()
+	c := redis.NewClient(&redis.Options{Addr: node.addr, MaxRetries: -1, DialTimeout: time.Second})
 	defer c.Close()
 	return poll.Wait(ctx, 20*time.Second, func() bool { return c.Ping(ctx).Err() == nil })
 }
 
-// killRedis kills redis-server (SIGKILL, like a crash) and waits.
-func (w *world) killRedis() {
+// killRedis kills node's redis-server (SIGKILL, like a crash) and waits.
+func (w *world) killRedis(node *redisNode) {
 	w.mu.Lock()
-	cmd := w.redis
-	w.redis = nil
+	cmd := node.cmd
+	node.cmd = nil
 	w.mu.Unlock()
 	if cmd != nil && cmd.Process != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}
+}
+
+// primaryNode is the node the proxy sends the daemons to.
+func (w *world) primaryNode() *redisNode {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.primary
+}
+
+// startSentinel starts a Sentinel that monitors the primary (quorum 1,
+// down after 3 s: longer than a restart of Redis takes, so only a primary
+// that stays down is failed over) and waits until it knows the replica.
+func (w *world) startSentinel(ctx context.Context) error {
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	w.sentinelAddr = addr
+	_, port, _ := net.SplitHostPort(addr)
+	host, pport, _ := net.SplitHostPort(w.nodes[0].addr)
+	dir := filepath.Join(w.cfg.Dir, "sentinel")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := fmt.Sprintf("port %s\nbind 127.0.0.1\ndir %s\n"+
+		"sentinel monitor %s %s %s 1\n"+
+		"sentinel down-after-milliseconds %[3]s 3000\n"+
+		"sentinel failover-timeout %[3]s 3000\n", port, dir, sentinelMaster, host, pport)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		return err
+	}
+	w.sentinel = exec.Command("redis-server", conf, "--sentinel")
+	if err := w.sentinel.Start(); err != nil {
+		return fmt.Errorf("redis-server --sentinel: %w", err)
+	}
+	return w.whole(ctx)
+}
+
+// sentinelPrimary is the primary's address as the Sentinel names it.
+func (w *world) sentinelPrimary(ctx context.Context) (string, error) {
+	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	defer sc.Close()
+	a, err := sc.GetMasterAddrByName(ctx, sentinelMaster).Result()
+	if err != nil {
+		return "", err
+	}
+	if len(a) != 2 {
+		return "", fmt.Errorf("sentinel get-master-addr-by-name: %v", a)
+	}
+	return net.JoinHostPort(a[0], a[1]), nil
+}
+
+// whole waits, with Replicated, until the primary has its replica online
+// and the Sentinel names it the primary and knows the replica: a failover
+// can then promote the replica.
+func (w *world) whole(ctx context.Context) error {
+	if !w.cfg.Replicated {
+		return nil
+	}
+	pc := w.redisClient()
+	defer pc.Close()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	defer sc.Close()
+	primary := w.primaryNode().addr
+	var last string
+	err := poll.Wait(ctx, 60*time.Second, func() bool {
+		info, err := pc.Info(ctx, "replication").Result()
+		if err != nil || !strings.Contains(info, "role:master") || !strings.Contains(info, "state=online") {
+			last = fmt.Sprintf("the primary's replication: %q, %v", info, err)
+			return false
+		}
+		at, err := w.sentinelPrimary(ctx)
+		if err != nil || at != primary {
+			last = fmt.Sprintf("the sentinel names %q as the primary (%v), not %s", at, err, primary)
+			return false
+		}
+		rs, err := sc.Replicas(ctx, sentinelMaster).Result()
+		if err != nil || len(rs) != 1 || rs[0]["flags"] != "slave" || rs[0]["master-link-status"] != "ok" {
+			last = fmt.Sprintf("the sentinel's replicas: %v, %v", rs, err)
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("Redis with its replica and Sentinel: %w (%s)", err, last)
+	}
+	return nil
 }
 
 // simUpdate changes every simulator's configuration.
@@ -184,9 +324,9 @@ func (w *world) simUpdate(f func(*upstreamtest.Config)) {
 	}
 }
 
-// redisClient talks to Redis directly, not through the proxy.
+// redisClient talks to the primary directly, not through the proxy.
 func (w *world) redisClient() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: w.redisAddr, MaxRetries: -1, DialTimeout: time.Second})
+	return redis.NewClient(&redis.Options{Addr: w.primaryNode().addr, MaxRetries: -1, DialTimeout: time.Second})
 }
 
 // env is a replica's environment.
@@ -284,7 +424,13 @@ func (w *world) close() {
 	if w.proxy != nil {
 		w.proxy.Close()
 	}
-	w.killRedis()
+	for _, node := range w.nodes {
+		w.killRedis(node)
+	}
+	if w.sentinel != nil && w.sentinel.Process != nil {
+		_ = w.sentinel.Process.Kill()
+		_ = w.sentinel.Wait()
+	}
 	if strings.HasPrefix(w.aofDir, "/dev/shm/") {
 		_ = os.RemoveAll(w.aofDir)
 	}

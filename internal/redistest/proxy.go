@@ -19,14 +19,15 @@ type Proxy struct {
 	// Addr is where clients connect.
 	Addr string
 
-	target   string
 	ln       net.Listener
 	dropNext atomic.Bool
 	dropped  atomic.Int64
+	delayed  atomic.Int64
 	delay    atomic.Int64                      // nanoseconds each reply is held back
 	match    atomic.Pointer[func([]byte) bool] // which replies; nil: all
 
 	mu     sync.Mutex
+	target string     // guarded by mu; "": down
 	conns  []net.Conn // guarded by mu
 	closed bool       // guarded by mu: Close has run; no connection is kept
 	wg     sync.WaitGroup
@@ -74,6 +75,9 @@ func (p *Proxy) DelayRepliesMatching(d time.Duration, match func(reply []byte) b
 // Dropped is how many replies were swallowed.
 func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
 
+// Delayed is how many replies were held back.
+func (p *Proxy) Delayed() int64 { return p.delayed.Load() }
+
 func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
@@ -81,12 +85,26 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		s, err := net.Dial("tcp", p.target)
+		p.mu.Lock()
+		target := p.target
+		p.mu.Unlock()
+		if target == "" { // down
+			c.Close()
+			continue
+		}
+		s, err := net.Dial("tcp", target)
 		if err != nil {
 			c.Close()
 			continue
 		}
 		p.mu.Lock()
+		if p.target != target {
+			// Retargeted while it dialled: not a connection to keep.
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			continue
+		}
 		if p.closed {
 			// Accepted as Close ran: it would never close these, and
 			// their copies would hold its Wait for ever.
@@ -116,6 +134,7 @@ func (p *Proxy) replies(client, server net.Conn) {
 		}
 		if d := time.Duration(p.delay.Load()); n > 0 && d > 0 {
 			if m := p.match.Load(); m == nil || *m == nil || (*m)(buf[:n]) {
+				p.delayed.Add(1)
 				time.Sleep(d)
 			}
 		}
@@ -127,6 +146,21 @@ func (p *Proxy) replies(client, server net.Conn) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// Retarget sends new connections to target and cuts every connection
+// open through the proxy, as a load balancer in front of a
+// Sentinel-managed primary does when its health check finds another
+// primary. An empty target is down: connections are accepted and closed.
+func (p *Proxy) Retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
 	}
 }
 
