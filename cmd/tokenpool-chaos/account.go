@@ -43,6 +43,7 @@ type report struct {
 	returned    int64 // takes undone and pooled again
 	direct      int64 // answers minted for their request
 	unrepl      int64 // handouts no replica acknowledged in time (counted by the daemons)
+	delayed     int64 // takes' replies held back by the delayTakes faults
 	prevented   int64 // ids popped again after being handed out, dropped (duplicates_prevented)
 	orphaned    int64 // ids pooled without a body
 	perReplica  []replicaReport
@@ -199,6 +200,7 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	r.stale, r.wipedRes = sum("stale_replays"), acc.wipedRes
 	r.lapsed, r.returned, r.direct = sum("lapsed"), sum("returned"), sum("direct")
 	r.prevented, r.orphaned, r.unrepl = sum("duplicates_prevented"), sum("orphaned"), sum("unreplicated")
+	r.delayed = acc.delayed
 	// Every take the pool counted as handed out reached a caller, or was
 	// drained here, or was never answered: lost, or cut by a kill -9.
 	r.unanswered = sum("handed_out") - got.fromPool - r.pooled
@@ -246,11 +248,11 @@ func (r *report) print(out io.Writer) {
 	for _, p := range r.perReplica {
 		fmt.Fprintf(out, "| %d | %d | %d | %d | %d | %d |\n", p.n, p.kills, p.minted, p.orphans, p.inFlight, p.atCrash)
 	}
-	fmt.Fprintf(out, "\nAlso: %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
+	fmt.Fprintf(out, "\nAlso: %d takes' replies delayed by the faults that delay them, %d takes undone and pooled again (`returned`), %d answers minted for their request, "+
 		"%d mint reservations lapsed and %d were thrown away with a dataset, %d duplicates prevented, %d ids pooled without a body, "+
 		"%d handouts no Redis replica acknowledged in time (`unreplicated`), "+
 		"%d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
-		r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.unrepl, r.transport, r.atKill, r.statuses)
+		r.delayed, r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.unrepl, r.transport, r.atKill, r.statuses)
 	verdict := "The promise held."
 	if !r.holds() {
 		verdict = "The promise did NOT hold."

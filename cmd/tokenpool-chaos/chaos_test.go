@@ -54,6 +54,9 @@ func TestChaosShortRun(t *testing.T) {
 	if !strings.Contains(out, "The promise held.") {
 		t.Fatal("no verdict")
 	}
+	if strings.Contains(out, "Also: 0 takes' replies delayed") {
+		t.Error("the fault that delays takes' replies delayed none: does its match still fit the take's reply?")
+	}
 }
 
 // TestChaosRunFailsWithABugInjected: with a take that leaves its entry

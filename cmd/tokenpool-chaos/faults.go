@@ -43,6 +43,7 @@ type accounts struct {
 	wipedRes int64              // mint reservations held in a wiped dataset
 	kills    []kill
 	crashes  []time.Time // kills -9 of the primary Redis, failed over
+	delayed  int64       // takes' replies the delayTakes faults held back
 	faults   map[string]int
 }
 
@@ -330,18 +331,19 @@ func delayRedis(_ context.Context, w *world, _ *accounts) error {
 // delayTakes holds back only the replies of takes that hand out an entry
 // ({1|2, id, body, …}, seven elements), so requests get past the limits
 // and lose the take's reply: go-redis retries it under the same claim, the
-// retries' replies are late too, and the take must be undone. A burst that
-// delayed no reply fails the run: the take's reply has changed shape.
-func delayTakes(_ context.Context, w *world, _ *accounts) error {
+// retries' replies are late too, and the take must be undone. The report
+// says how many it delayed (none over a run: the take's reply has changed
+// shape, and TestChaosShortRun fails).
+func delayTakes(_ context.Context, w *world, a *accounts) error {
 	before := w.proxy.Delayed()
 	w.proxy.DelayRepliesMatching(800*time.Millisecond, func(b []byte) bool {
 		return bytes.HasPrefix(b, []byte("*7\r\n:1\r\n$")) || bytes.HasPrefix(b, []byte("*7\r\n:2\r\n$"))
 	})
 	time.Sleep(burst)
 	w.proxy.DelayReplies(0)
-	if w.proxy.Delayed() == before {
-		return fmt.Errorf("no take's reply was delayed in %s: does the match still fit the take's reply?", burst)
-	}
+	a.mu.Lock()
+	a.delayed += w.proxy.Delayed() - before
+	a.mu.Unlock()
 	return nil
 }
 
