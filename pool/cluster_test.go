@@ -303,3 +303,105 @@ func TestOnAClusterADeniedTakeUnderARecoveredClaimIsDenied(t *testing.T) {
 		t.Fatalf("the denied take changed the pool:\nbefore %v\nafter  %v", before.keys, after.keys)
 	}
 }
+
+// refusing fails every command match accepts without sending it.
+type refusing struct{ match func(args []any) bool }
+
+func (h refusing) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h refusing) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.match(cmd.Args()) {
+			return refused(ctx, cmd, next)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h refusing) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func isUntake(args []any) bool {
+	return scriptCall(args, untakeScript.Hash(), "recovered: nothing to undo")
+}
+
+// On a Cluster, a take its limits deny whose own call failed after it ran
+// (its reply lost, its retry refused) is recovered like any failed take.
+// Before, it was undone with the untake script, and when that failed too
+// the entry stayed under its claim, neither pooled nor counted lost.
+func TestOnAClusterADeniedTakeThatFailedIsRecovered(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	cc := clusterClient(t, nodes, nil)
+	st := NewStore(cc, StoreConfig{})
+	ctx := context.Background()
+	for i := range 3 {
+		putOne(t, st, "default", fmt.Sprint("e", i), time.Now().Add(time.Hour))
+	}
+	one, _ := limiter.Parse("1/h")
+	checks := []limiter.Check{{Policy: "user", Key: "user:bob", Limit: one}}
+	if _, _, err := st.TakeLimited(ctx, "default", "spend", 0, checks); err != nil { // spends bob's one
+		t.Fatal(err)
+	}
+	cc.AddHook(&lostReply{match: takeUnder("lost"), later: refused})
+	cc.AddHook(refusing{match: isUntake})
+	_, ds, err := st.TakeLimited(ctx, "default", "lost", 0, checks)
+	if err == nil || len(ds) != 1 || ds[0].Allowed {
+		t.Fatalf("a take over bob's limit: %+v %v; want denied", ds, err)
+	}
+	if s := mustStats(t, st, "default"); s.Ready != 2 || s.HandedOut != 1 {
+		t.Fatalf("after the denied take: pooled %d, handed out %d; want 2 and 1 (the entry it took pooled again)", s.Ready, s.HandedOut)
+	}
+}
+
+// On a Cluster, a request its limits deny is never served by another
+// shard, even when undoing the denied take failed (the entry is then
+// recovered later, by the refiller). Before, the failed undo read as a
+// failing shard, and the next shard handed out a credential to a caller
+// that was answered 429: taken, and never delivered.
+func TestOnAClusterADeniedRequestIsNeverServedByAnotherShard(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	cc := clusterClient(t, nodes, nil)
+	m := &fakeMinter{ttl: time.Hour}
+	p := newTestPool(t, NewStore(cc, StoreConfig{}), m, func(c *Config) {
+		c.Profiles = []Profile{{Name: "default", Minter: m, Target: 6, MaxTarget: 6, MinRemaining: time.Second, Shards: 3}}
+		c.Logger = discardLog()
+	})
+	p.Open()
+	ctx := context.Background()
+	poll.Until(t, "the pool to fill", 10*time.Second, func() bool {
+		st, err := p.Stats(ctx, "default")
+		return err == nil && st.Usable == 6
+	})
+	one, _ := limiter.Parse("1/h")
+	checks := []limiter.Check{{Policy: "user", Key: "user:bob", Limit: one}}
+	if h, _, err := p.GetLimited(ctx, "default", "spend", checks); err != nil || h.Source != SourcePool {
+		t.Fatalf("bob's one: %v from %q", err, h.Source)
+	}
+	cc.AddHook(refusing{match: isUntake})
+	for i := range 5 {
+		h, ds, err := p.GetLimited(ctx, "default", fmt.Sprint("over-", i), checks)
+		if h.ID != "" || err == nil || len(ds) != 1 || ds[0].Allowed {
+			t.Fatalf("request %d over bob's limit: handout %q from %q, %+v, %v; want denied, nothing handed out", i, h.ID, h.Source, ds, err)
+		}
+	}
+}
+
+// On a Cluster, undoing a denied take that found nothing takes back a miss
+// only when the take counted one: a sharded profile's takes count their
+// miss once, after every shard (before, each denied one took a miss back,
+// and the count went below zero).
+func TestOnAClusterADeniedTakeUncountsOnlyAMissItCounted(t *testing.T) {
+	nodes := redistest.StartCluster(t, 3)
+	st := NewStore(clusterClient(t, nodes, nil), StoreConfig{})
+	ctx := context.Background()
+	one, _ := limiter.Parse("1/h")
+	checks := []limiter.Check{{Policy: "user", Key: "user:bob", Limit: one}}
+	if _, _, err := st.TakeLimited(ctx, "default", "spend", 0, checks); !errors.Is(err, ErrEmpty) { // spends bob's one, counts a miss
+		t.Fatalf("a take from an empty pool: %v; want ErrEmpty", err)
+	}
+	if _, ds, err := st.takeFrom(ctx, "default", "over", 0, checks, countDemand); err == nil || len(ds) != 1 || ds[0].Allowed {
+		t.Fatalf("a take of a sharded profile over bob's limit: %+v %v; want denied", ds, err)
+	}
+	if s := mustStats(t, st, "default"); s.Misses != 1 {
+		t.Fatalf("misses %d; want 1 (the first take's)", s.Misses)
+	}
+}

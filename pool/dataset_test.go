@@ -242,3 +242,25 @@ func (m *namedMinter) Mint(ctx context.Context) (Credential, error) {
 	c.Token = m.prefix + c.Token
 	return c, err
 }
+
+// A replica whose reservations have not yet seen a new dataset (after a
+// wipe another replica refilled) serves takes from it at once: only a
+// resend names the dataset its first send went to. Before, every take
+// was refused as sent to a wiped dataset until this replica's own
+// reservation learned the new epoch, up to its refill backoff.
+func TestAFirstTakeAfterAWipeServesFromTheNewDataset(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.New(t)
+	st := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	if _, err := st.reserve(ctx, "default", reserveArgs{target: 1}); err != nil { // st sees the dataset
+		t.Fatal(err)
+	}
+	if err := srv.Client().FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	other := NewStore(srv.Client(), StoreConfig{KeyPrefix: srv.Prefix})
+	putOne(t, other, "default", "y", time.Now().Add(time.Hour)) // a new dataset, refilled by another replica
+	if h, err := st.Take(ctx, "default", "first", 0); err != nil || h.ID != "y" {
+		t.Fatalf("take = %q, %v; want y from the new dataset", h.ID, err)
+	}
+}

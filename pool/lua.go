@@ -197,7 +197,7 @@ func parseTakeReply(v any) (takeReply, error) {
 // chaos run's injected bugs, built with -tags chaosbug, can patch it.)
 var takeSource = luaPrelude + limiter.LuaGCRA + `
 -- KEYS and ARGV by name, in takeCall.keysArgs's order; the caller's
--- limits' keys follow KEYS[5], their triples ARGV[9], the prefixes the
+-- limits' keys follow KEYS[5], their triples ARGV[10], the prefixes the
 -- triples.
 local ready, entries, stats, claim_key, handed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local min_remaining, claim_ttl, now_arg = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
@@ -350,13 +350,13 @@ return r
 
 // untakeScript undoes a take that ran at the same time as the caller's
 // limits (on a Cluster) when a limit denied it: the entry, if one was
-// taken, is pooled again, a miss is uncounted, and the request's demand is
-// taken out of the rates, so a denied request leaves the pool as it was.
-// The claim is left as a tombstone.
+// taken, is pooled again, a miss it counted is uncounted, and the
+// request's demand is taken out of the rates, so a denied request leaves
+// the pool as it was. The claim is left as a tombstone.
 //
 // KEYS: ready, entries, stats, claim, handed
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus
-// (fast, slow) ms, the take's now ms
+// (fast, slow) ms, the take's now ms, 1 if the take counted a miss
 // Reply: as recoverScript's.
 var untakeScript = redis.NewScript(luaPrelude + `
 local claimed = redis.call('GET', KEYS[4])
@@ -371,7 +371,7 @@ if at then
   redis.call('HSET', KEYS[3], 'd_fast', tostring(math.max(fast, 0)), 'd_slow', tostring(math.max(slow, 0)))
 end
 if not claimed then
-  redis.call('HINCRBY', KEYS[3], 'misses', -1)
+  if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[3], 'misses', -1) end
   return 0
 end
 return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))

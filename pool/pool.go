@@ -385,6 +385,8 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 			p.refill.unrecovered(ue)
 		}
 		switch {
+		case len(c) > 0 && taken != nil && !limiter.Allowed(c, taken):
+			return false // denied: whatever this take's own outcome, no other shard may serve
 		case err == nil:
 			pr.health[i].ok()
 			return false

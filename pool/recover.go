@@ -80,7 +80,8 @@ const tombstoneTTL = 5 * time.Minute
 // tombstone so that a take under it that reaches Redis later hands out
 // nothing. The script counts what it did (returned, wasted); its reply
 // is 0 when no take had run (or its claim expired), 1 pooled, 2 wasted, 3
-// the dataset epoch (the one the take was sent to) is gone.
+// the dataset epoch (the one the take was sent to) is gone, 4 no claim and
+// Redis's clock past the take's deadline (it may have expired: unknown).
 func (s *Store) recoverClaim(ctx context.Context, e *UnrecoveredError) (int64, error) {
 	k := s.keys(e.Profile)
 	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(e.Claim), k.handed()},

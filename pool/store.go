@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,7 @@ type Store struct {
 	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
 	datasets datasets     // each shard's dataset as last seen (dataset.go)
 
-	redisAhead atomic.Int64 // Redis's clock less this host's, ms, as the last take reply showed it
+	redisAhead sync.Map // by shard tag: *atomic.Int64, its Redis's clock less this host's, ms, as its last take reply showed it
 
 	metrics *Metrics         // the Pool's (use)
 	log     *slog.Logger     // the Pool's (use); nil: slog.Default()
@@ -53,22 +54,31 @@ func (s *Store) use(m *Metrics, host func() time.Time, log *slog.Logger) {
 	s.metrics, s.host, s.log = m, host, log
 }
 
-// sawRedisClock notes Redis's clock, now ms by a take's reply, against
-// this host's.
-func (s *Store) sawRedisClock(now int64) {
-	s.redisAhead.Store(now - s.hostNow().UnixMilli())
+// sawRedisClock notes the clock of shard tag's Redis, now ms by a take's
+// reply, against this host's. Per shard: on a Cluster each master has a
+// clock of its own. A reply that arrives late makes Redis's clock seem
+// behind, which only makes deadlines earlier (a take refused as too late
+// teaches the clock again), never later than its claim.
+func (s *Store) sawRedisClock(tag string, now int64) {
+	v, _ := s.redisAhead.LoadOrStore(tag, new(atomic.Int64))
+	v.(*atomic.Int64).Store(now - s.hostNow().UnixMilli())
 }
 
-// redisDeadline is, by Redis's clock, when a take sent at sentAt has
-// outlived its recovery horizon: its claim, had it run, may have expired.
-// Until a take reply has shown Redis's clock, this host's stands in (a
-// take refused because Redis's runs far ahead teaches it).
-func (s *Store) redisDeadline(sentAt time.Time) int64 {
+// redisDeadline is, by the clock of shard tag's Redis, when a take sent at
+// sentAt has outlived its recovery horizon: its claim, had it run, may
+// have expired. Until a take reply has shown that Redis's clock, this
+// host's stands in (a take refused because Redis's runs far ahead teaches
+// it).
+func (s *Store) redisDeadline(tag string, sentAt time.Time) int64 {
 	h := s.recoverHorizon()
 	if h <= 0 {
 		return 0
 	}
-	return sentAt.UnixMilli() + s.redisAhead.Load() + h.Milliseconds()
+	var ahead int64
+	if v, ok := s.redisAhead.Load(tag); ok {
+		ahead = v.(*atomic.Int64).Load()
+	}
+	return sentAt.UnixMilli() + ahead + h.Milliseconds()
 }
 
 // hostNow is the time on this host: the Pool's clock.

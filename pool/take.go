@@ -86,8 +86,10 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 			decisions = t.decisions
 		}
 		if t.refusedAtOnce(checks) {
+			// A take that failed is recovered below like any other: the
+			// caller learns the denial from the decisions.
 			switch {
-			case err == nil || t.status == takeNothing:
+			case err == nil || errors.Is(err, ErrEmpty) && t.status == takeNothing:
 				return Handout{}, decisions, s.untake(ctx, c, t, err)
 			case t.status == takeAbandoned:
 				return Handout{}, decisions, t.refusal() // nothing taken, nothing to undo
@@ -124,7 +126,7 @@ func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error
 	defer cancel()
 	uerr := untakeScript.Run(uctx, s.rdb, []string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()},
 		c.minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now).Err()
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now, c.counts&countMiss).Err()
 	if uerr != nil && err == nil {
 		return &UnrecoveredError{Profile: c.tag, Claim: c.claim, MinRemaining: c.minRemaining, At: t.sentAt,
 			epoch: t.epoch, deadline: t.deadline, Err: storeError("untake", uerr)}

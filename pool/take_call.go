@@ -80,8 +80,8 @@ func (t takeResult) refusedAtOnce(checks []limiter.Check) bool {
 // attempt's failure; t.ran says whether a failed take may have run.
 func (s *Store) callTake(ctx context.Context, c *takeCall, checks []limiter.Check) (t takeResult, err error) {
 	t.sentAt, t.epoch = s.hostNow(), s.datasets.get(c.tag).epoch
-	t.deadline = s.redisDeadline(t.sentAt)
-	c.deadline, c.epoch = t.deadline, t.epoch
+	t.deadline = s.redisDeadline(c.tag, t.sentAt)
+	c.deadline = t.deadline
 	if len(checks) > 0 && s.cluster != nil {
 		t.atOnce = true
 		var (
@@ -123,6 +123,15 @@ func (s *Store) callTake(ctx context.Context, c *takeCall, checks []limiter.Chec
 	}
 	eval := false // EVAL the source: Redis lacks the script (NOSCRIPT)
 	for attempt := 0; ; attempt++ {
+		// A resend names the dataset the take was first sent to, which
+		// refuses it if it was wiped since (an earlier attempt's claim
+		// went with it). A first send takes from whatever dataset it
+		// finds: after a wipe, before this Store's reservations have seen
+		// the new one, it serves from it.
+		c.epoch = ""
+		if t.ran {
+			c.epoch = t.epoch
+		}
 		before := c.claimTTL.sent.Load()
 		keys, args := c.keysArgs()
 		v, acked, online, err := s.takeOnce(ctx, node, keys, args, wait, short, eval)
@@ -170,7 +179,7 @@ func (s *Store) takeAnswer(c *takeCall, t takeResult, v any, checks []limiter.Ch
 	if t.takeReply, err = parseTakeReply(v); err != nil {
 		return t, err
 	}
-	s.sawRedisClock(t.now)
+	s.sawRedisClock(c.tag, t.now)
 	s.metrics.waste(profileOf(c.tag), t.evicted)
 	if len(checks) > 0 && !t.atOnce && t.status != takeAbandoned && t.status != takeTooLate {
 		if t.decisions, err = limiter.Decisions(checks, t.limits); err != nil {
