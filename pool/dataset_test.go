@@ -74,7 +74,12 @@ func TestAPutReplayedAfterAWipeDoesNotRepoolAHandedOutCredential(t *testing.T) {
 			t.Fatalf("took %q after the wipe; want nothing pooled", h.Token)
 		}
 	}
-	s := mustStats(t, b, "default")
+	// A's next reservation writes the new dataset's epoch and counts the
+	// wipe: after its refill backoff, maybe.
+	var s Stats
+	if err := poll.Wait(ctx, 10*time.Second, func() bool { s = mustStats(t, b, "default"); return s.Wipes > 0 }); err != nil {
+		t.Fatal("the wipe was never counted")
+	}
 	if s.Wipes != 1 || s.Dropped != 1 || s.Ready != 0 {
 		t.Fatalf("after the wipe: wipes %d, dropped %d, pooled %d; want 1 wipe, the replayed put dropped (1), nothing pooled", s.Wipes, s.Dropped, s.Ready)
 	}

@@ -163,6 +163,12 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 			}
 		}
 		node := w.primaryNode()
+		// A restart is not a failover: Sentinel waits for it however long
+		// it takes (else the replica, holding the dataset just recorded
+		// as wiped, could be promoted meanwhile).
+		if err := w.sentinelDownAfter(ctx, time.Hour); err != nil {
+			return err
+		}
 		w.killRedis(node)
 		if wipe {
 			if err := os.RemoveAll(node.aofDir); err != nil {
@@ -173,7 +179,10 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 		if err := w.startRedis(ctx, node, ""); err != nil {
 			return err
 		}
-		return w.whole(ctx) // its replica, if any, has synced again (emptied, without persistence)
+		if err := w.whole(ctx); err != nil { // its replica, if any, has synced again (emptied, without persistence)
+			return err
+		}
+		return w.sentinelDownAfter(ctx, downAfter)
 	}
 }
 

@@ -237,8 +237,9 @@ func (w *world) primaryNode() *redisNode {
 }
 
 // startSentinel starts a Sentinel that monitors the primary (quorum 1,
-// down after 3 s: longer than a restart of Redis takes, so only a primary
-// that stays down is failed over) and waits until it knows the replica.
+// down after downAfter; the faults that restart Redis lengthen it while
+// they do, so only a primary that crashes for good is failed over) and
+// waits until it knows the replica.
 func (w *world) startSentinel(ctx context.Context) error {
 	addr, err := freeAddr()
 	if err != nil {
@@ -254,8 +255,8 @@ func (w *world) startSentinel(ctx context.Context) error {
 	conf := filepath.Join(dir, "sentinel.conf")
 	body := fmt.Sprintf("port %s\nbind 127.0.0.1\ndir %s\n"+
 		"sentinel monitor %s %s %s 1\n"+
-		"sentinel down-after-milliseconds %[3]s 3000\n"+
-		"sentinel failover-timeout %[3]s 3000\n", port, dir, sentinelMaster, host, pport)
+		"sentinel down-after-milliseconds %[3]s %[6]d\n"+
+		"sentinel failover-timeout %[3]s 3000\n", port, dir, sentinelMaster, host, pport, downAfter.Milliseconds())
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		return err
 	}
@@ -264,6 +265,21 @@ func (w *world) startSentinel(ctx context.Context) error {
 		return fmt.Errorf("redis-server --sentinel: %w", err)
 	}
 	return w.whole(ctx)
+}
+
+// downAfter is how long the Sentinel waits for a primary that does not
+// answer before it fails over.
+const downAfter = 3 * time.Second
+
+// sentinelDownAfter sets how long the Sentinel waits for the primary
+// before it fails over; without Replicated, nothing.
+func (w *world) sentinelDownAfter(ctx context.Context, d time.Duration) error {
+	if !w.cfg.Replicated {
+		return nil
+	}
+	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	defer sc.Close()
+	return sc.Set(ctx, sentinelMaster, "down-after-milliseconds", strconv.FormatInt(d.Milliseconds(), 10)).Err()
 }
 
 // sentinelPrimary is the primary's address as the Sentinel names it.

@@ -173,13 +173,17 @@ func TestPromiseAnIsolatedPrimaryRefusesTakes(t *testing.T) {
 	if n, _ := c.ZCard(ctx, pool.Keys("", "default").Ready()).Result(); n != 2 {
 		t.Fatalf("pooled %d after the refused takes; want the 2 untouched", n)
 	}
+	// Isolated past the refused takes' claim TTL (10 s): a recovery queued
+	// for them could run only after their claims may have expired, find
+	// nothing, and count them lost.
+	time.Sleep(11 * time.Second)
 	if err := c.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if r := fetch(t, d.url, callerJWT(t, "back")); r.status != http.StatusOK {
 		t.Fatalf("after the replica is back: %d %s", r.status, r.body)
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second) // a refill round or two: any recovery queued has run
 	if lost, _ := c.HGet(ctx, stats, "lost").Int64(); lost != 0 {
 		t.Fatalf("lost %d: takes refused before they ran hold nothing", lost)
 	}
