@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// The samples of the soak in RELIABILITY.md (minutes 0 to 29): replicas'
+// The samples of an earlier soak (commit cd7b480; RELIABILITY.md has a later one), minutes 0 to 29: replicas'
 // RSS (MiB), goroutines, open files, Redis used_memory (MiB).
 var measured = [][4]float64{
 	{40.0, 121, 85, 2.96}, {60.8, 183, 178, 6.77}, {61.3, 182, 178, 8.30}, {61.7, 205, 178, 8.16},
