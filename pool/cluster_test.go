@@ -398,6 +398,9 @@ func TestOnAClusterADeniedTakeUncountsOnlyAMissItCounted(t *testing.T) {
 	if _, _, err := st.TakeLimited(ctx, "default", "spend", 0, checks); !errors.Is(err, ErrEmpty) { // spends bob's one, counts a miss
 		t.Fatalf("a take from an empty pool: %v; want ErrEmpty", err)
 	}
+	if _, ds, err := st.TakeLimited(ctx, "default", "denied", 0, checks); err == nil || len(ds) != 1 || ds[0].Allowed { // counts a miss and takes it back
+		t.Fatalf("a take over bob's limit: %+v %v; want denied", ds, err)
+	}
 	if _, ds, err := st.takeFrom(ctx, "default", "over", 0, checks, countDemand); err == nil || len(ds) != 1 || ds[0].Allowed {
 		t.Fatalf("a take of a sharded profile over bob's limit: %+v %v; want denied", ds, err)
 	}

@@ -60,7 +60,10 @@ func (s *Store) use(m *Metrics, host func() time.Time, log *slog.Logger) {
 // behind, which only makes deadlines earlier (a take refused as too late
 // teaches the clock again), never later than its claim.
 func (s *Store) sawRedisClock(tag string, now int64) {
-	v, _ := s.redisAhead.LoadOrStore(tag, new(atomic.Int64))
+	v, ok := s.redisAhead.Load(tag)
+	if !ok {
+		v, _ = s.redisAhead.LoadOrStore(tag, new(atomic.Int64))
+	}
 	v.(*atomic.Int64).Store(now - s.hostNow().UnixMilli())
 }
 

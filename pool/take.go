@@ -124,9 +124,13 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error) error {
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
 	defer cancel()
+	missed := 0 // the take counted a miss
+	if c.counts&countMiss != 0 {
+		missed = 1
+	}
 	uerr := untakeScript.Run(uctx, s.rdb, []string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()},
 		c.minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
-		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now, c.counts&countMiss).Err()
+		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now, missed).Err()
 	if uerr != nil && err == nil {
 		return &UnrecoveredError{Profile: c.tag, Claim: c.claim, MinRemaining: c.minRemaining, At: t.sentAt,
 			epoch: t.epoch, deadline: t.deadline, Err: storeError("untake", uerr)}

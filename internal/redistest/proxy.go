@@ -68,6 +68,11 @@ func (p *Proxy) DelayReplies(d time.Duration) { p.DelayRepliesMatching(d, nil) }
 // server, which is one reply under request-response traffic) for which
 // match reports true.
 func (p *Proxy) DelayRepliesMatching(d time.Duration, match func(reply []byte) bool) {
+	if d == 0 { // the delay first: never every reply delayed in between
+		p.delay.Store(0)
+		p.match.Store(&match)
+		return
+	}
 	p.match.Store(&match)
 	p.delay.Store(int64(d))
 }
