@@ -285,11 +285,10 @@ if #left > 0 then redis.call('ZADD', ready, unpack(left)) end
 local fields = {}
 if counts % 2 == 1 and not claimed then
   local dt = math.max(0, now - (tonumber(st[3]) or now))
-  local tf, ts = tau_fast, tau_slow
   table.insert(fields, 'd_fast')
-  table.insert(fields, tostring((tonumber(st[1]) or 0) * math.exp(-dt / tf) + 1000 / tf))
+  table.insert(fields, tostring((tonumber(st[1]) or 0) * math.exp(-dt / tau_fast) + 1000 / tau_fast))
   table.insert(fields, 'd_slow')
-  table.insert(fields, tostring((tonumber(st[2]) or 0) * math.exp(-dt / ts) + 1000 / ts))
+  table.insert(fields, tostring((tonumber(st[2]) or 0) * math.exp(-dt / tau_slow) + 1000 / tau_slow))
   table.insert(fields, 'd_at')
   table.insert(fields, fmt(now))
 end

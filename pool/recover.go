@@ -45,7 +45,7 @@ func (e *UnrecoveredError) Unwrap() error { return e.Err }
 func (s *Store) abandon(profile, claim string, minRemaining time.Duration, t takeResult, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	e := &UnrecoveredError{Profile: profile, Claim: claim, MinRemaining: minRemaining, At: t.sentAt, epoch: t.epoch, deadline: t.deadline, Err: cause}
+	e := t.unrecovered(profile, claim, minRemaining, cause)
 	if r, err := s.recoverClaim(ctx, e); err != nil || !s.recoveredInTime(e, r) {
 		return e
 	}

@@ -132,10 +132,16 @@ func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error
 		c.minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now, missed).Err()
 	if uerr != nil && err == nil {
-		return &UnrecoveredError{Profile: c.tag, Claim: c.claim, MinRemaining: c.minRemaining, At: t.sentAt,
-			epoch: t.epoch, deadline: t.deadline, Err: storeError("untake", uerr)}
+		return t.unrecovered(c.tag, c.claim, c.minRemaining, storeError("untake", uerr))
 	}
 	return t.refusal()
+}
+
+// unrecovered is t, under claim in shard tag, failed with err and its
+// entry still to recover.
+func (t takeResult) unrecovered(tag, claim string, minRemaining time.Duration, err error) *UnrecoveredError {
+	return &UnrecoveredError{Profile: tag, Claim: claim, MinRemaining: minRemaining, At: t.sentAt,
+		epoch: t.epoch, deadline: t.deadline, Err: err}
 }
 
 // refusal is the error of a take its limits, applied beside it, refused.

@@ -223,7 +223,7 @@ func failover(ctx context.Context, w *world, _ *accounts) error {
 	}
 	old := w.primaryNode()
 	w.proxy.Retarget("")
-	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	sc := w.sentinelClient()
 	defer sc.Close()
 	var last error
 	if err := poll.Wait(ctx, 30*time.Second, func() bool {
@@ -243,9 +243,11 @@ func failover(ctx context.Context, w *world, _ *accounts) error {
 // promoted waits until the Sentinel names a primary other than old, and
 // sends the daemons to it.
 func (w *world) promoted(ctx context.Context, old *redisNode) (*redisNode, error) {
+	sc := w.sentinelClient()
+	defer sc.Close()
 	var next *redisNode
 	if err := poll.Wait(ctx, 60*time.Second, func() bool {
-		at, err := w.sentinelPrimary(ctx)
+		at, err := sentinelPrimary(ctx, sc)
 		if err != nil || at == old.addr {
 			return false
 		}

@@ -212,7 +212,7 @@ func (w *world) startRedis(ctx context.Context, node *redisNode, replicaOf strin
 	w.mu.Lock()
 	node.cmd = cmd
 	w.mu.Unlock()
-	c := redis.NewClient(&redis.Options{Addr: node.addr, MaxRetries: -1, DialTimeout: time.Second})
+	c := nodeClient(node.addr)
 	defer c.Close()
 	return poll.Wait(ctx, 20*time.Second, func() bool { return c.Ping(ctx).Err() == nil })
 }
@@ -277,15 +277,13 @@ func (w *world) sentinelDownAfter(ctx context.Context, d time.Duration) error {
 	if !w.cfg.Replicated {
 		return nil
 	}
-	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	sc := w.sentinelClient()
 	defer sc.Close()
 	return sc.Set(ctx, sentinelMaster, "down-after-milliseconds", strconv.FormatInt(d.Milliseconds(), 10)).Err()
 }
 
-// sentinelPrimary is the primary's address as the Sentinel names it.
-func (w *world) sentinelPrimary(ctx context.Context) (string, error) {
-	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
-	defer sc.Close()
+// sentinelPrimary is the primary's address as the Sentinel sc names it.
+func sentinelPrimary(ctx context.Context, sc *redis.SentinelClient) (string, error) {
 	a, err := sc.GetMasterAddrByName(ctx, sentinelMaster).Result()
 	if err != nil {
 		return "", err
@@ -305,7 +303,7 @@ func (w *world) whole(ctx context.Context) error {
 	}
 	pc := w.redisClient()
 	defer pc.Close()
-	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
+	sc := w.sentinelClient()
 	defer sc.Close()
 	primary := w.primaryNode().addr
 	var last string
@@ -315,7 +313,7 @@ func (w *world) whole(ctx context.Context) error {
 			last = fmt.Sprintf("the primary's replication: %q, %v", info, err)
 			return false
 		}
-		at, err := w.sentinelPrimary(ctx)
+		at, err := sentinelPrimary(ctx, sc)
 		if err != nil || at != primary {
 			last = fmt.Sprintf("the sentinel names %q as the primary (%v), not %s", at, err, primary)
 			return false
@@ -341,8 +339,16 @@ func (w *world) simUpdate(f func(*upstreamtest.Config)) {
 }
 
 // redisClient talks to the primary directly, not through the proxy.
-func (w *world) redisClient() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: w.primaryNode().addr, MaxRetries: -1, DialTimeout: time.Second})
+func (w *world) redisClient() *redis.Client { return nodeClient(w.primaryNode().addr) }
+
+// nodeClient talks to the redis-server at addr directly, with no retries.
+func nodeClient(addr string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+}
+
+// sentinelClient talks to the Sentinel, with no retries.
+func (w *world) sentinelClient() *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
 }
 
 // env is a replica's environment.
