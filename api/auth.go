@@ -66,7 +66,7 @@ type caller struct {
 	kind    string         // "jwt" or "api_key"
 	keyName string         // the API key's name
 	claims  map[string]any // the JWT's claims
-	email   string         // the JWT's email claim, if a string
+	email   string         // the JWT's email claim, when a string and verified (see emailOf)
 	// viaCookie: the JWT came in the cookie, which a browser attaches to
 	// requests another site makes too, so the request's origin is checked.
 	viaCookie bool
@@ -82,6 +82,9 @@ type authenticator struct {
 	issuers *keySets // nil: no identity providers
 	keys    []APIKey
 	cookie  string
+	// assumeEmailVerified: an HS256 token without email_verified counts
+	// as verified (Config.JWTAssumeEmailVerified).
+	assumeEmailVerified bool
 }
 
 // parserOptions are what every JWT is held to, whoever signed it: exp
@@ -106,7 +109,10 @@ func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &authenticator{secret: cfg.JWTSecret, hs256: jwt.NewParser(opts...), issuers: issuers, keys: cfg.APIKeys, cookie: cfg.JWTCookie}, nil
+	return &authenticator{
+		secret: cfg.JWTSecret, hs256: jwt.NewParser(opts...), issuers: issuers, keys: cfg.APIKeys, cookie: cfg.JWTCookie,
+		assumeEmailVerified: cfg.JWTAssumeEmailVerified,
+	}, nil
 }
 
 var (
@@ -162,6 +168,7 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 		claims    jwt.MapClaims
 		userClaim = "sub"
 		prefix    = "user:"
+		assume    = a.assumeEmailVerified
 		err       error
 	)
 	if alg == jwt.SigningMethodHS256.Alg() {
@@ -181,7 +188,7 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 			return caller{}, errBadCredentials
 		}
 		claims, err = k.verify(ctx, token)
-		userClaim = k.issuer.UserClaim
+		userClaim, assume = k.issuer.UserClaim, k.issuer.AssumeEmailVerified
 		if k.issuer.Name != "" {
 			prefix = "idp:" + k.issuer.Name + ":"
 		}
@@ -190,7 +197,7 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 	if err != nil || user == "" || len(user) > 256 {
 		return caller{}, errBadCredentials
 	}
-	return caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims)}, nil
+	return caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims, assume)}, nil
 }
 
 // algOf reads the alg of a JWT's header, which picks its verifier, without
@@ -213,11 +220,20 @@ func algOf(token string) (string, bool) {
 	return h.Alg, true
 }
 
-// emailOf is the email claim, unless the token says it is not verified:
-// a per-caller profile mints under it.
-func emailOf(claims jwt.MapClaims) string {
+// emailOf is the email claim when the token says it is verified: a
+// per-caller profile mints under it. Only true or "true" (as Apple and
+// some Cognito and Keycloak mappers send it) is verified; "false", any
+// other value, and no email_verified at all are not, unless the issuer is
+// configured to assume it (its tokens never carry the claim). Minting
+// under an email nobody verified is the "nOAuth" account takeover.
+func emailOf(claims jwt.MapClaims, assumeVerified bool) string {
 	email, _ := claims["email"].(string)
-	if verified, ok := claims["email_verified"].(bool); ok && !verified {
+	switch v, ok := claims["email_verified"]; {
+	case !ok:
+		if !assumeVerified {
+			return ""
+		}
+	case v != true && v != "true":
 		return ""
 	}
 	return email

@@ -44,6 +44,12 @@ type Issuer struct {
 	Algorithms []string
 	// UserClaim names the claim that identifies the user. default: "sub"
 	UserClaim string
+	// AssumeEmailVerified counts a token's email as verified when the
+	// token has no email_verified claim, for an issuer that verifies every
+	// email it puts in a token and never sends the claim. An explicit
+	// false (or "false") is still unverified. default: false, an email is
+	// verified only by email_verified true or "true"
+	AssumeEmailVerified bool
 	// Refresh is how often the keys are fetched again. default: 10m
 	Refresh time.Duration
 	// MinRefetch is how often, at most, a token whose kid no key has makes

@@ -80,6 +80,10 @@ type Config struct {
 	// equal to JWTIssuer, aud holding one of JWTAudiences.
 	JWTIssuer    string
 	JWTAudiences []string
+	// JWTAssumeEmailVerified counts an HS256 token's email as verified
+	// without an email_verified claim (see Issuer.AssumeEmailVerified).
+	// default: false
+	JWTAssumeEmailVerified bool
 	// Issuers are identity providers whose JWTs are verified against the
 	// keys they publish. default: none
 	Issuers []Issuer

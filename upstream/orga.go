@@ -110,7 +110,7 @@ func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
 		c, _ := pool.CallerFrom(ctx)
 		if c.Email == "" {
 			return pool.Credential{}, &pool.Error{Code: pool.CodeForbidden,
-				Message: "this profile mints for one caller and needs an email claim in the caller's JWT"}
+				Message: "this profile mints for one caller and needs a verified email in the caller's JWT: an email claim with email_verified true"}
 		}
 		email = c.Email
 	}

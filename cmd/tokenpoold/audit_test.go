@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenpool/tokenpool/internal/idptest"
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/upstream"
@@ -396,7 +400,7 @@ profiles:
       per_caller_email: true
       base_url: `+closed+`
 `))
-	tok := claimsJWT(t, map[string]any{"sub": "dave", "email": "dave.doe+tp@example.com"})
+	tok := claimsJWT(t, map[string]any{"sub": "dave", "email": "dave.doe+tp@example.com", "email_verified": true})
 	code, body := call(t, "POST", d.url+"/v1/session-config", "", "Authorization", "Bearer "+tok)
 	if code < 500 {
 		t.Fatalf("%d %v; want a provider failure", code, body)
@@ -456,5 +460,73 @@ func TestAuditOnDemandAnswersSayOnDemand(t *testing.T) {
 	}
 	if !strings.Contains(d.logsNow(), `"source":"on_demand"`) {
 		t.Fatal("the access log does not say on_demand")
+	}
+}
+
+// Round two: the findings of a second audit against running daemons, and
+// of a real browser (issue "Trust at the edges, round two").
+
+// Finding 2.1: a per-caller Orga profile minted under an email whose
+// token said "email_verified": "false" (a string, as Apple and some
+// Cognito and Keycloak mappers send it), or said nothing about it.
+func TestAuditUnverifiedEmailsAreNotMintedUnder(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	idp := idptest.Start(t)
+	perCaller := `
+auth:
+  issuers:
+    - name: apple
+      issuer: %s
+      jwks_url: %s
+      audiences: [` + testAudience + `]
+      assume_email_verified: true
+profiles:
+  default:
+    provider: orga
+    orga:
+      per_caller_email: true
+`
+	d := startDaemon(t, rs, sim, profileEnv(t, sim, fmt.Sprintf(perCaller, idp.URL(), idp.JWKSURL())))
+	poll.Until(t, "the issuer's keys", 10*time.Second, func() bool { return readyz(t, d.url) == 200 })
+	hs256 := func(verified any) string {
+		c := map[string]any{"sub": "mallory", "email": "victim@example.com"}
+		if verified != nil {
+			c["email_verified"] = verified
+		}
+		return claimsJWT(t, c)
+	}
+	viaIssuer := func(verified any) string {
+		c := jwt.MapClaims{"sub": "mallory", "aud": testAudience, "email": "victim@example.com"}
+		if verified != nil {
+			c["email_verified"] = verified
+		}
+		return idp.Sign(t, "ES256", c)
+	}
+	for _, c := range []struct {
+		name, token string
+		status      int
+	}{
+		{`"false", a string`, hs256("false"), 403},
+		{"false", hs256(false), 403},
+		{"no email_verified at all", hs256(nil), 403},
+		{`"FALSE"`, hs256("FALSE"), 403},
+		{"0", hs256(0), 403},
+		{`"yes"`, hs256("yes"), 403},
+		{`"false" from an issuer that never sends the claim`, viaIssuer("false"), 403},
+		{"true", hs256(true), 200},
+		{`"true"`, hs256("true"), 200},
+		{"no claim from an issuer that says it never sends one", viaIssuer(nil), 200},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := len(sim.Emails())
+			code, body := call(t, "POST", d.url+"/v1/session-config", "", "Authorization", "Bearer "+c.token)
+			if code != c.status {
+				t.Fatalf("%d %v; want %d", code, body, c.status)
+			}
+			if minted := len(sim.Emails()) - before; (c.status == 200) != (minted == 1) {
+				t.Fatalf("the provider saw %d mints under the email", minted)
+			}
+		})
 	}
 }

@@ -50,6 +50,10 @@ type Config struct {
 	JWTIssuer    string   // TOKENPOOL_JWT_ISSUER
 	JWTAudiences []string // TOKENPOOL_JWT_AUDIENCE, comma-separated
 	JWTCookie    string   // TOKENPOOL_JWT_COOKIE
+	// JWTAssumeEmailVerified is TOKENPOOL_JWT_ASSUME_EMAIL_VERIFIED: HS256
+	// tokens and the environment's issuer's count an email as verified
+	// without an email_verified claim.
+	JWTAssumeEmailVerified bool
 	// Issuers are the identity providers whose JWTs are verified against
 	// their JWKS: one from TOKENPOOL_JWKS_URL and its variables, and those
 	// of the TOKENPOOL_CONFIG file's auth.issuers.
@@ -92,45 +96,46 @@ const minJWTSecret = 32
 func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 	e := envReader{get: getenv}
 	cfg := Config{
-		Demo:                demo,
-		Addr:                e.str("TOKENPOOL_ADDR", ":8080"),
-		RedisURL:            e.redisURL("REDIS_URL"),
-		RedisClusterAddrs:   e.addrs("REDIS_CLUSTER_ADDRS"),
-		RedisSentinelAddrs:  e.addrs("REDIS_SENTINEL_ADDRS"),
-		RedisSentinelMaster: e.str("REDIS_SENTINEL_MASTER", ""),
-		RedisUsername:       e.str("REDIS_USERNAME", ""),
-		RedisPassword:       e.str("REDIS_PASSWORD", ""),
-		RedisSentinelPass:   e.str("REDIS_SENTINEL_PASSWORD", ""),
-		RedisTLS:            e.boolean("REDIS_TLS"),
-		RedisWaitReplicas:   e.intIn("TOKENPOOL_REDIS_WAIT_REPLICAS", 0, 0, 16),
-		RedisWaitTimeout:    e.duration("TOKENPOOL_REDIS_WAIT_TIMEOUT", pool.DefaultWaitTimeout),
-		SealKeys:            e.sealKeys("TOKENPOOL_SEAL_KEYS"),
-		UpstreamRate:        e.optionalLimit("TOKENPOOL_UPSTREAM_RATE"),
-		MintTimeout:         e.duration("TOKENPOOL_MINT_TIMEOUT", pool.DefaultMintTimeout),
-		OrgaAPIKey:          e.str("ORGA_API_KEY", ""),
-		OrgaBaseURL:         e.baseURL("ORGA_BASE_URL", upstream.DefaultOrgaBaseURL),
-		OpenAIBaseURL:       e.baseURL("OPENAI_BASE_URL", upstream.DefaultOpenAIBaseURL),
-		ConfigFile:          e.str("TOKENPOOL_CONFIG", ""),
-		JWTSecret:           []byte(e.str("TOKENPOOL_JWT_SECRET", "")),
-		JWTIssuer:           e.str("TOKENPOOL_JWT_ISSUER", ""),
-		JWTAudiences:        e.list("TOKENPOOL_JWT_AUDIENCE"),
-		JWTCookie:           e.str("TOKENPOOL_JWT_COOKIE", ""),
-		APIKeys:             e.apiKeys("TOKENPOOL_API_KEYS"),
-		AdminKeys:           e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
-		PerUser:             e.limit("TOKENPOOL_RATE_PER_USER", api.DefaultPerUser),
-		PerIP:               e.limit("TOKENPOOL_RATE_PER_IP", api.DefaultPerIP),
-		PoolTarget:          e.intIn("TOKENPOOL_POOL_TARGET", pool.DefaultTarget, 0, 100000),
-		PoolMax:             e.intIn("TOKENPOOL_POOL_MAX", pool.DefaultMaxTarget, 1, 100000),
-		MinRemaining:        e.duration("TOKENPOOL_MIN_REMAINING", pool.DefaultMinRemaining),
-		RefillConcurrency:   e.intIn("TOKENPOOL_REFILL_CONCURRENCY", pool.DefaultRefillConcurrency, 1, 1024),
-		RequestTimeout:      e.duration("TOKENPOOL_REQUEST_TIMEOUT", api.DefaultRequestTimeout),
-		ShutdownTimeout:     e.duration("TOKENPOOL_SHUTDOWN_TIMEOUT", 20*time.Second),
-		BreakerCooldown:     e.duration("TOKENPOOL_BREAKER_COOLDOWN", upstream.DefaultOpenFor),
-		TrustedProxies:      e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
-		CORSOrigins:         e.origins("TOKENPOOL_CORS_ORIGINS"),
-		LogLevel:            e.level("TOKENPOOL_LOG_LEVEL"),
-		DebugAddr:           e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
-		Tracing:             e.tracing(),
+		Demo:                   demo,
+		Addr:                   e.str("TOKENPOOL_ADDR", ":8080"),
+		RedisURL:               e.redisURL("REDIS_URL"),
+		RedisClusterAddrs:      e.addrs("REDIS_CLUSTER_ADDRS"),
+		RedisSentinelAddrs:     e.addrs("REDIS_SENTINEL_ADDRS"),
+		RedisSentinelMaster:    e.str("REDIS_SENTINEL_MASTER", ""),
+		RedisUsername:          e.str("REDIS_USERNAME", ""),
+		RedisPassword:          e.str("REDIS_PASSWORD", ""),
+		RedisSentinelPass:      e.str("REDIS_SENTINEL_PASSWORD", ""),
+		RedisTLS:               e.boolean("REDIS_TLS"),
+		RedisWaitReplicas:      e.intIn("TOKENPOOL_REDIS_WAIT_REPLICAS", 0, 0, 16),
+		RedisWaitTimeout:       e.duration("TOKENPOOL_REDIS_WAIT_TIMEOUT", pool.DefaultWaitTimeout),
+		SealKeys:               e.sealKeys("TOKENPOOL_SEAL_KEYS"),
+		UpstreamRate:           e.optionalLimit("TOKENPOOL_UPSTREAM_RATE"),
+		MintTimeout:            e.duration("TOKENPOOL_MINT_TIMEOUT", pool.DefaultMintTimeout),
+		OrgaAPIKey:             e.str("ORGA_API_KEY", ""),
+		OrgaBaseURL:            e.baseURL("ORGA_BASE_URL", upstream.DefaultOrgaBaseURL),
+		OpenAIBaseURL:          e.baseURL("OPENAI_BASE_URL", upstream.DefaultOpenAIBaseURL),
+		ConfigFile:             e.str("TOKENPOOL_CONFIG", ""),
+		JWTSecret:              []byte(e.str("TOKENPOOL_JWT_SECRET", "")),
+		JWTIssuer:              e.str("TOKENPOOL_JWT_ISSUER", ""),
+		JWTAudiences:           e.list("TOKENPOOL_JWT_AUDIENCE"),
+		JWTCookie:              e.str("TOKENPOOL_JWT_COOKIE", ""),
+		JWTAssumeEmailVerified: e.boolean("TOKENPOOL_JWT_ASSUME_EMAIL_VERIFIED"),
+		APIKeys:                e.apiKeys("TOKENPOOL_API_KEYS"),
+		AdminKeys:              e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
+		PerUser:                e.limit("TOKENPOOL_RATE_PER_USER", api.DefaultPerUser),
+		PerIP:                  e.limit("TOKENPOOL_RATE_PER_IP", api.DefaultPerIP),
+		PoolTarget:             e.intIn("TOKENPOOL_POOL_TARGET", pool.DefaultTarget, 0, 100000),
+		PoolMax:                e.intIn("TOKENPOOL_POOL_MAX", pool.DefaultMaxTarget, 1, 100000),
+		MinRemaining:           e.duration("TOKENPOOL_MIN_REMAINING", pool.DefaultMinRemaining),
+		RefillConcurrency:      e.intIn("TOKENPOOL_REFILL_CONCURRENCY", pool.DefaultRefillConcurrency, 1, 1024),
+		RequestTimeout:         e.duration("TOKENPOOL_REQUEST_TIMEOUT", api.DefaultRequestTimeout),
+		ShutdownTimeout:        e.duration("TOKENPOOL_SHUTDOWN_TIMEOUT", 20*time.Second),
+		BreakerCooldown:        e.duration("TOKENPOOL_BREAKER_COOLDOWN", upstream.DefaultOpenFor),
+		TrustedProxies:         e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
+		CORSOrigins:            e.origins("TOKENPOOL_CORS_ORIGINS"),
+		LogLevel:               e.level("TOKENPOOL_LOG_LEVEL"),
+		DebugAddr:              e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
+		Tracing:                e.tracing(),
 	}
 	if is, ok := e.envIssuer(); ok {
 		cfg.Issuers = append(cfg.Issuers, is)
@@ -371,6 +376,8 @@ func (e *envReader) envIssuer() (api.Issuer, bool) {
 		UserClaim:         e.str("TOKENPOOL_JWT_USER_CLAIM", ""),
 		Refresh:           e.duration("TOKENPOOL_JWKS_REFRESH", 0),
 		MinRefetch:        e.duration("TOKENPOOL_JWKS_MIN_REFETCH", 0),
+		// One setting for both: the app's own tokens and its issuer's.
+		AssumeEmailVerified: e.boolean("TOKENPOOL_JWT_ASSUME_EMAIL_VERIFIED"),
 	}
 	if err := is.Validate(); err != nil {
 		e.fail("TOKENPOOL_JWKS_URL", "(with TOKENPOOL_JWT_ISSUER, TOKENPOOL_JWT_AUDIENCE or TOKENPOOL_JWT_AZP, TOKENPOOL_JWT_ALGS) is invalid: "+err.Error())

@@ -302,7 +302,7 @@ profiles:
 		return code
 	}
 
-	shopPro := a.Sign(t, "ES256", jwt.MapClaims{"sub": "u1", "aud": testAudience, "plan": "pro", "email": "u1@shop.example"})
+	shopPro := a.Sign(t, "ES256", jwt.MapClaims{"sub": "u1", "aud": testAudience, "plan": "pro", "email": "u1@shop.example", "email_verified": true})
 	shopFree := a.Sign(t, "ES256", jwt.MapClaims{"sub": "u2", "aud": testAudience, "plan": "free"})
 	if c := post(shopPro, "pro"); c != 200 {
 		t.Fatalf("a pro claim on the pro profile: %d", c)

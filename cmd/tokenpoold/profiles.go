@@ -129,8 +129,11 @@ type (
 		AuthorizedParties []string `yaml:"authorized_parties"`
 		Algorithms        []string `yaml:"algorithms"`
 		UserClaim         string   `yaml:"user_claim"`
-		Refresh           string   `yaml:"refresh"`
-		MinRefetch        string   `yaml:"min_refetch"`
+		// AssumeEmailVerified: the issuer's tokens never carry
+		// email_verified, and their email counts as verified without it.
+		AssumeEmailVerified bool   `yaml:"assume_email_verified"`
+		Refresh             string `yaml:"refresh"`
+		MinRefetch          string `yaml:"min_refetch"`
 	}
 	profileSpec struct {
 		Provider     string      `yaml:"provider"`
@@ -258,6 +261,7 @@ func issuerOf(s issuerSpec, seen map[string]bool) (api.Issuer, error) {
 	is := api.Issuer{
 		Name: s.Name, URL: s.Issuer, JWKSURL: s.JWKSURL, Audiences: s.Audiences,
 		AuthorizedParties: s.AuthorizedParties, Algorithms: s.Algorithms, UserClaim: s.UserClaim,
+		AssumeEmailVerified: s.AssumeEmailVerified,
 	}
 	if !issuerNameRE.MatchString(s.Name) {
 		return is, errors.New("name: want 1-32 of a-z 0-9 - (it prefixes the issuer's subjects: idp:<name>:<user>)")

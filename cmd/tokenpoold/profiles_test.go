@@ -318,7 +318,7 @@ profiles:
       per_caller_email: true
 `))
 	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"sub": "dave", "email": "dave@example.com", "exp": time.Now().Add(time.Hour).Unix(),
+		"sub": "dave", "email": "dave@example.com", "email_verified": "true", "exp": time.Now().Add(time.Hour).Unix(),
 	}).SignedString([]byte(testJWTSecret))
 	code, body := call(t, "POST", d.url+"/v1/session-config", "", "Authorization", "Bearer "+tok)
 	if code != 200 {

@@ -54,7 +54,7 @@ profiles:
 	})
 
 	const email = "dave.doe+tp@example.com"
-	jwt := claimsJWT(t, map[string]any{"sub": "dave", "email": email})
+	jwt := claimsJWT(t, map[string]any{"sub": "dave", "email": email, "email_verified": true})
 	request := func(traceID, body string) (int, map[string]any) {
 		t.Helper()
 		return call(t, "POST", d.url+"/v1/session-config", body,
