@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"strings"
@@ -165,6 +166,66 @@ func FuzzCallerCredentials(f *testing.F) {
 			mustVerify(t, token, priv)
 		default:
 			t.Fatalf("accepted as %+v", c)
+		}
+	})
+}
+
+// FuzzJWKSKeyChoice: from any JWKS an identity provider publishes, the
+// keys a token may be checked with (with a kid or without) are only keys
+// for signatures (use sig or none) whose alg, when they name one, is the
+// token's, and with a kid only the key it names.
+func FuzzJWKSKeyChoice(f *testing.F) {
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var set jwkset.JWKSMarshal
+	for _, m := range []jwkset.JWKMetadataOptions{
+		{KID: "rsa1", ALG: jwkset.AlgRS256},
+		{KID: "enc1", ALG: jwkset.AlgRSAOAEP, USE: jwkset.UseEnc},
+		{KID: "any", USE: jwkset.UseSig},
+		{KID: "bare"},
+	} {
+		j, err := jwkset.NewJWKFromKey(&priv.PublicKey, jwkset.JWKOptions{Metadata: m})
+		if err != nil {
+			f.Fatal(err)
+		}
+		set.Keys = append(set.Keys, j.Marshal())
+	}
+	seed, err := json.Marshal(set)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, alg := range []string{"RS256", "PS256", "RS512", "ES256", "RSA-OAEP"} {
+		f.Add(seed, alg, "", false)
+		f.Add(seed, alg, "rsa1", true)
+		f.Add(seed, alg, "enc1", true)
+	}
+	f.Add([]byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","use":"sig"}]}`), "HS256", "", false)
+	f.Fuzz(func(t *testing.T, jwks []byte, alg, kid string, hasKID bool) {
+		var raw struct {
+			Keys []json.RawMessage `json:"keys"`
+		}
+		if json.Unmarshal(jwks, &raw) != nil {
+			return
+		}
+		var keys []jwkset.JWK
+		for _, r := range raw.Keys {
+			if j, err := jwkset.NewJWKFromRawJSON(r, jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{}); err == nil {
+				keys = append(keys, j)
+			}
+		}
+		for _, j := range keysFor(keys, alg, kid, hasKID) {
+			m := j.Marshal()
+			if m.USE != "" && m.USE != jwkset.UseSig {
+				t.Fatalf("a key for %q chosen to verify a signature", m.USE)
+			}
+			if m.ALG != "" && m.ALG.String() != alg {
+				t.Fatalf("a key for %s chosen to verify a %s token", m.ALG, alg)
+			}
+			if hasKID && m.KID != kid {
+				t.Fatalf("kid %q chose the key %q", kid, m.KID)
+			}
 		}
 	})
 }

@@ -2,19 +2,21 @@ package api
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/MicahParks/jwkset"
-	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
@@ -111,8 +113,7 @@ type keySet struct {
 	client *http.Client
 	log    *slog.Logger
 
-	store   jwkset.Storage // the keys verification reads
-	keys    keyfunc.Keyfunc
+	store   jwkset.Storage // the keys verification reads: use sig or none
 	loaded  atomic.Bool
 	refetch *rate.Limiter
 	flight  singleflight.Group // joins concurrent refetches
@@ -122,21 +123,44 @@ func newKeySet(is Issuer, cfg Config, log *slog.Logger) (*keySet, error) {
 	if err := is.Validate(); err != nil {
 		return nil, err
 	}
-	store := jwkset.NewMemoryStorage()
-	kf, err := keyfunc.New(keyfunc.Options{Storage: store})
-	if err != nil {
-		return nil, err
-	}
 	opts := append(parserOptions(cfg), jwt.WithValidMethods(is.Algorithms), jwt.WithIssuer(is.URL))
 	if len(is.Audiences) > 0 {
 		opts = append(opts, jwt.WithAudience(is.Audiences...))
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	return &keySet{
-		issuer: is, parser: jwt.NewParser(opts...), log: log, store: store, keys: kf,
-		client:  &http.Client{Transport: limitBody{t}}, // each fetch carries its deadline
+		issuer: is, parser: jwt.NewParser(opts...), log: log, store: jwkset.NewMemoryStorage(),
+		// Each fetch carries its deadline.
+		client:  &http.Client{Transport: limitBody{t}, CheckRedirect: sameHostRedirect},
 		refetch: rate.NewLimiter(rate.Every(is.MinRefetch), 1),
 	}, nil
+}
+
+// jwksMaxRedirects bounds the redirects a JWKS fetch follows.
+const jwksMaxRedirects = 3
+
+// sameHostRedirect follows a JWKS URL's redirects only on its own host
+// and never from https to http: the URL's host and scheme, which the
+// configuration checks, are what vouch for the keys, and a redirect
+// elsewhere would let that host (or anyone on the path of a plain-http
+// request) publish keys the daemon trusts.
+func sameHostRedirect(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	switch {
+	case len(via) > jwksMaxRedirects:
+		return fmt.Errorf("refusing a JWKS redirect: more than %d", jwksMaxRedirects)
+	case !strings.EqualFold(req.URL.Host, first.Host):
+		return fmt.Errorf("refusing a JWKS redirect to another host (%s)", redactedURL(req.URL))
+	case first.Scheme == "https" && req.URL.Scheme != "https":
+		return fmt.Errorf("refusing a JWKS redirect from https to %s", req.URL.Scheme)
+	}
+	return nil
+}
+
+// redactedURL is u's scheme, host and path, for a log: no query, no
+// user info.
+func redactedURL(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 }
 
 // name is how logs and readiness name the issuer.
@@ -196,6 +220,8 @@ func (k *keySet) fetch(ctx context.Context, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
+	// Encryption keys (use: enc) never verify a signature.
+	all = slices.DeleteFunc(all, func(j jwkset.JWK) bool { return !forSignatures(j) })
 	if len(all) == 0 {
 		return errors.New("the JWKS has no key this daemon can use")
 	}
@@ -206,15 +232,18 @@ func (k *keySet) fetch(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// keyfunc finds a token's key. A kid no key has makes the keys be
-// fetched again, at most once per MinRefetch for the whole process and
-// for at most jwksRequestWait; requests asking meanwhile wait for the same
-// fetch instead of starting their own.
+// keyfunc finds a token's keys (see keysFor). A kid no key has makes the
+// keys be fetched again, at most once per MinRefetch for the whole process
+// and for at most jwksRequestWait; requests asking meanwhile wait for the
+// same fetch instead of starting their own.
 func (k *keySet) keyfunc(ctx context.Context) jwt.Keyfunc {
-	find := k.keys.KeyfuncCtx(ctx)
 	return func(t *jwt.Token) (any, error) {
-		key, err := find(t)
-		if !errors.Is(err, jwkset.ErrKeyNotFound) {
+		kid, hasKID := t.Header[jwkset.HeaderKID].(string)
+		if _, named := t.Header[jwkset.HeaderKID]; named && !hasKID {
+			return nil, errors.New("kid is not a string")
+		}
+		key, err := k.keysFor(ctx, t.Method.Alg(), kid, hasKID)
+		if !errors.Is(err, jwkset.ErrKeyNotFound) || !hasKID {
 			return key, err
 		}
 		_, ferr, _ := k.flight.Do("refetch", func() (any, error) {
@@ -226,8 +255,72 @@ func (k *keySet) keyfunc(ctx context.Context) jwt.Keyfunc {
 		if ferr != nil {
 			return nil, err
 		}
-		return find(t)
+		return k.keysFor(ctx, t.Method.Alg(), kid, hasKID)
 	}
+}
+
+// keysFor returns the key named by kid, or without a kid every key the
+// token may be checked with, as a jwt.VerificationKeySet.
+func (k *keySet) keysFor(ctx context.Context, alg, kid string, hasKID bool) (any, error) {
+	var all []jwkset.JWK
+	if hasKID {
+		j, err := k.store.KeyRead(ctx, kid)
+		if err != nil {
+			return nil, err
+		}
+		all = []jwkset.JWK{j}
+	} else {
+		var err error
+		if all, err = k.store.KeyReadAll(ctx); err != nil {
+			return nil, err
+		}
+	}
+	usable := keysFor(all, alg, kid, hasKID)
+	if len(usable) == 0 {
+		return nil, fmt.Errorf("no published key may verify a %s token", alg)
+	}
+	if hasKID {
+		return publicKey(usable[0]), nil
+	}
+	set := jwt.VerificationKeySet{Keys: make([]jwt.VerificationKey, 0, len(usable))}
+	for _, j := range usable {
+		set.Keys = append(set.Keys, publicKey(j))
+	}
+	return set, nil
+}
+
+// keysFor picks from keys those a token signed with alg may be checked
+// with: the key its kid names (without a kid, any key), only if the key
+// is for signatures (use sig or none) and names no alg or alg itself. A
+// key that names its algorithm verifies only that one, with a kid or
+// without.
+func keysFor(keys []jwkset.JWK, alg, kid string, hasKID bool) []jwkset.JWK {
+	var out []jwkset.JWK
+	for _, j := range keys {
+		m := j.Marshal()
+		if (hasKID && m.KID != kid) || !forSignatures(j) || (m.ALG != "" && m.ALG.String() != alg) {
+			continue
+		}
+		out = append(out, j)
+	}
+	return out
+}
+
+// forSignatures reports whether a key may verify signatures: its use is
+// sig or not given.
+func forSignatures(j jwkset.JWK) bool {
+	u := j.Marshal().USE
+	return u == "" || u == jwkset.UseSig
+}
+
+// publicKey is a key's public half (a JWKS may carry private keys by
+// mistake).
+func publicKey(j jwkset.JWK) jwt.VerificationKey {
+	key := j.Key()
+	if pk, ok := key.(interface{ Public() crypto.PublicKey }); ok {
+		key = pk.Public()
+	}
+	return key
 }
 
 // verify checks a token of this issuer and returns its claims.

@@ -10,10 +10,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tokenpool/tokenpool/internal/idptest"
@@ -528,5 +530,104 @@ profiles:
 				t.Fatalf("the provider saw %d mints under the email", minted)
 			}
 		})
+	}
+}
+
+// Finding 2.3: the JWKS fetch followed a redirect to another host, whose
+// keys then verified tokens; a JWKS URL's host (and https) held only for
+// the first request.
+func TestAuditJWKSRedirectsStayOnTheHost(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	attacker := idptest.Start(t)
+	_, attackerPort, _ := net.SplitHostPort(strings.TrimPrefix(attacker.URL(), "http://"))
+	redirect := func(to string) *httptest.Server {
+		srv := httptest.NewServer(http.RedirectHandler(to, http.StatusFound))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	// 127.0.0.1 sends the daemon to localhost: another host, the
+	// attacker's keys.
+	away := redirect("http://localhost:" + attackerPort + idptest.JWKSPath)
+	d := startDaemon(t, rs, sim, map[string]string{
+		"TOKENPOOL_JWKS_URL": away.URL + "/jwks.json", "TOKENPOOL_JWT_ISSUER": away.URL, "TOKENPOOL_JWT_AUDIENCE": testAudience,
+	})
+	tok := attacker.Sign(t, "ES256", jwt.MapClaims{"sub": "mallory", "aud": testAudience, "iss": away.URL})
+	poll.Until(t, "a fetch to load or fail", 10*time.Second, func() bool {
+		return readyz(t, d.url) == 200 || len(logLines(d.logsNow(), "auth: fetching the identity provider's keys failed")) > 0
+	})
+	if r := fetch(t, d.url, tok); r.status != 401 {
+		t.Fatalf("a token signed with the keys of the host the JWKS redirected to: %d %s; want 401", r.status, r.body)
+	}
+	if readyz(t, d.url) != 503 {
+		t.Fatal("ready with no keys loaded")
+	}
+	if !strings.Contains(d.logsNow(), "redirect") {
+		t.Fatalf("the log does not say a redirect was refused:\n%s", d.logsNow())
+	}
+
+	t.Run("a redirect on the same host is followed", func(t *testing.T) {
+		idp := idptest.Start(t)
+		mux := http.NewServeMux()
+		mux.Handle("/old/jwks.json", http.RedirectHandler("/new/jwks.json", http.StatusMovedPermanently))
+		mux.HandleFunc("/new/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+			resp, err := http.Get(idp.JWKSURL())
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			_, _ = io.Copy(w, resp.Body)
+		})
+		moved := httptest.NewServer(mux)
+		t.Cleanup(moved.Close)
+		d := startDaemon(t, redistest.New(t), sim, map[string]string{
+			"TOKENPOOL_JWKS_URL": moved.URL + "/old/jwks.json", "TOKENPOOL_JWT_ISSUER": idp.URL(), "TOKENPOOL_JWT_AUDIENCE": testAudience,
+		})
+		poll.Until(t, "the keys to load", 10*time.Second, func() bool { return readyz(t, d.url) == 200 })
+		if r := fetch(t, d.url, idp.Sign(t, "ES256", jwt.MapClaims{"sub": "alice", "aud": testAudience})); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+}
+
+// Finding 2.4: a token without kid was checked against every published
+// key, whatever the key's own alg and use: PS256 and RS512 tokens against
+// an RS256 key, an RS256 token against an encryption key.
+func TestAuditATokenWithoutKidHoldsToTheKeysAlgAndUse(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	idp := idptest.Start(t)
+	d := startDaemon(t, rs, sim, idpEnv(idp))
+	poll.Until(t, "the keys to load", 10*time.Second, func() bool { return readyz(t, d.url) == 200 })
+	claims := jwt.MapClaims{"sub": "alice", "aud": testAudience}
+	for _, c := range []struct {
+		name   string
+		method jwt.SigningMethod
+		kid    string
+		status int
+	}{
+		{"PS256 without kid", jwt.SigningMethodPS256, idptest.NoKID, 401},
+		{"RS512 without kid", jwt.SigningMethodRS512, idptest.NoKID, 401},
+		{"PS256 with kid", jwt.SigningMethodPS256, "", 401},
+		{"RS256 without kid", jwt.SigningMethodRS256, idptest.NoKID, 200},
+		{"RS256 with kid", jwt.SigningMethodRS256, "", 200},
+	} {
+		t.Run(c.name+" against {alg: RS256}", func(t *testing.T) {
+			if r := fetch(t, d.url, idp.SignWith(t, "RS256", c.method, c.kid, claims)); r.status != c.status {
+				t.Fatalf("%d %s; want %d", r.status, r.body, c.status)
+			}
+		})
+	}
+
+	idp.Publish("RS256", jwkset.UseEnc, "RSA-OAEP")
+	idp.Rotate(t, "ES256") // a kid nobody has: the keys are fetched again
+	poll.Until(t, "the keys fetched again", 10*time.Second, func() bool {
+		return fetch(t, d.url, idp.Sign(t, "ES256", claims)).status == 200
+	})
+	for _, kid := range []string{idptest.NoKID, ""} {
+		if r := fetch(t, d.url, idp.SignWith(t, "RS256", jwt.SigningMethodRS256, kid, claims)); r.status != 401 {
+			t.Fatalf("RS256 (kid %q) against {use: enc, alg: RSA-OAEP}: %d %s; want 401", kid, r.status, r.body)
+		}
 	}
 }

@@ -44,7 +44,14 @@ type Server struct {
 type signer struct {
 	kid string
 	key crypto.Signer // *rsa.PrivateKey or *ecdsa.PrivateKey
+	// How the key is published: its use and alg ("": sig and the alg
+	// its tokens are signed with).
+	use    jwkset.USE
+	jwkAlg jwkset.ALG
 }
+
+// NoKID, as SignWith's kid, leaves the kid out of the token's header.
+const NoKID = "-"
 
 // Start runs a Server on 127.0.0.1 until the test ends.
 func Start(tb testing.TB) *Server {
@@ -136,7 +143,9 @@ func (s *Server) SignWith(tb testing.TB, keyAlg string, method jwt.SigningMethod
 		kid = k.kid
 	}
 	t := jwt.NewWithClaims(method, c)
-	t.Header["kid"] = kid
+	if kid != NoKID {
+		t.Header["kid"] = kid
+	}
 	tok, err := t.SignedString(k.key)
 	if err != nil {
 		tb.Fatal(err)
@@ -158,6 +167,16 @@ func (s *Server) PublicKeyPEM(tb testing.TB) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 }
 
+// Publish changes how alg's key is published: with use (say, enc) and
+// jwkAlg (say, RSA-OAEP) in place of sig and alg.
+func (s *Server) Publish(alg string, use jwkset.USE, jwkAlg jwkset.ALG) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[alg]
+	k.use, k.jwkAlg = use, jwkAlg
+	s.keys[alg] = k
+}
+
 // KID is the kid of alg's current key.
 func (s *Server) KID(alg string) string {
 	s.mu.Lock()
@@ -175,8 +194,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	down, delay := s.down, s.delay
 	var set jwkset.JWKSMarshal
 	for alg, k := range s.keys {
+		use, jwkAlg := jwkset.UseSig, jwkset.ALG(alg)
+		if k.use != "" {
+			use, jwkAlg = k.use, k.jwkAlg
+		}
 		jwk, err := jwkset.NewJWKFromKey(k.key.Public(), jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-			KID: k.kid, ALG: jwkset.ALG(alg), USE: jwkset.UseSig,
+			KID: k.kid, ALG: jwkAlg, USE: use,
 		}})
 		if err != nil {
 			s.mu.Unlock()
