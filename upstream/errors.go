@@ -41,14 +41,29 @@ func (e *StatusError) Error() string {
 	return msg
 }
 
-// PublicMessage is what a caller may be told of the failure: Navai's
-// message for OpenAI (its body has secrets and anything key-shaped
-// removed), nothing for other providers.
+// PublicMessage is what a caller may be told of the failure: for OpenAI,
+// Navai's words and the status with a fixed message per kind of failure
+// in place of the provider's text (which can name the account's project
+// and organization; it goes to the log only); nothing for other
+// providers.
 func (e *StatusError) PublicMessage() string {
-	if e.Provider == "openai" {
-		return e.Error()
+	if e.Provider != "openai" {
+		return ""
 	}
-	return ""
+	return fmt.Sprintf("OpenAI client_secrets failed (%d): %s", e.Code, failureKind(e.Code))
+}
+
+// failureKind is the caller's message for a provider's status.
+func failureKind(code int) string {
+	switch {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return "the provider rejected the API key"
+	case code == http.StatusTooManyRequests:
+		return "the provider is limiting requests; retry later"
+	case code >= 400 && code < 500:
+		return "the provider refused the session's settings"
+	}
+	return "the provider failed"
 }
 
 // Is makes a 401/403 to a mint match ErrBadKey.

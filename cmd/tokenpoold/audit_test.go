@@ -631,3 +631,35 @@ func TestAuditATokenWithoutKidHoldsToTheKeysAlgAndUse(t *testing.T) {
 		}
 	}
 }
+
+// Finding 2.6: a provider's error reached the caller: an unknown model on
+// the Navai route answered 502 with OpenAI's message, which named the
+// account's project and organization.
+func TestAuditProviderErrorsStayInTheLog(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, profileEnv(t, sim, premiumVoice))
+	auth := "Bearer " + callerJWT(t, "mallory")
+	code, body := call(t, "POST", d.url+"/navai/realtime/client-secret", `{"model":"gpt-nope"}`, "Authorization", auth)
+	if code != 502 {
+		t.Fatalf("%d %v; want 502", code, body)
+	}
+	msg := fmt.Sprint(body)
+	for _, s := range []string{upstreamtest.SimProject, upstreamtest.SimOrganization, "gpt-nope", "does not exist"} {
+		if strings.Contains(msg, s) {
+			t.Fatalf("the answer carries the provider's %q: %s", s, msg)
+		}
+	}
+	if !strings.Contains(msg, "OpenAI client_secrets failed (404)") {
+		t.Fatalf("the answer lost Navai's wording and the status: %s", msg)
+	}
+	if !strings.Contains(d.logsNow(), upstreamtest.SimProject) {
+		t.Fatalf("the provider's message is not in the log:\n%s", d.logsNow())
+	}
+	// Navai's own message for a missing key stays as it was.
+	d2 := startDaemon(t, redistest.New(t), sim, map[string]string{"OPENAI_BASE_URL": sim.URL(), "NAVAI_ALLOW_FRONTEND_API_KEY": "true"})
+	code, body = call(t, "POST", d2.url+"/navai/realtime/client-secret", `{}`, "Authorization", auth)
+	if code != 400 || !strings.Contains(fmt.Sprint(body), "Missing API key. Configure openaiApiKey or send apiKey in request.") {
+		t.Fatalf("a missing key: %d %v", code, body)
+	}
+}

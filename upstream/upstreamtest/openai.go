@@ -14,6 +14,13 @@ import (
 // otherwise.
 const DefaultOpenAIKey = "sk-simulator-openai"
 
+// The account's ids, which the simulator's answer to an unknown model
+// names (a model it knows has "realtime" in its name).
+const (
+	SimProject      = "proj_Sim4u8Xq2Lm9Vb"
+	SimOrganization = "org-Sim7Hk3Pq0Zr5Tn"
+)
+
 // OpenAIRequests returns the body of every client_secrets request that
 // reached the simulator, in order, as sent.
 func (s *Server) OpenAIRequests() [][]byte {
@@ -144,6 +151,13 @@ func (s *Server) openai(w http.ResponseWriter, r *http.Request) {
 			openaiError(w, http.StatusBadRequest, "invalid_request_error", param, code, msg)
 			return
 		}
+	}
+	if m, ok := session["model"].(string); ok && !strings.Contains(strings.ToLower(m), "realtime") {
+		// As the audit saw it: the answer names the account's project and
+		// organization.
+		openaiError(w, http.StatusNotFound, "invalid_request_error", "session.model", "model_not_found",
+			fmt.Sprintf("The model `%s` does not exist or project %s in organization %s does not have access to it.", m, SimProject, SimOrganization))
+		return
 	}
 	if !s.takeQuota(w, cfg, arrived) {
 		return
