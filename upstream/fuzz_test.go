@@ -2,6 +2,9 @@ package upstream
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -66,6 +69,73 @@ func FuzzOpenAIAnswer(f *testing.F) {
 		c, err := decodeOpenAISecret(body)
 		if err == nil && (c.Token == "" || c.ExpiresAt.IsZero()) {
 			t.Fatalf("accepted %q as %+v", body, c)
+		}
+	})
+}
+
+// FuzzNavaiResolve resolves arbitrary Navai request bodies against a
+// realtime profile (gpt-realtime-mini) beside two profiles with an access
+// rule: premium, which names no model and so serves Navai's default
+// gpt-realtime, and studio, whose voice is cedar. Resolving never panics,
+// and a session that may reach the provider with premium's model or
+// studio's voice, in any case or as a dated snapshot, needs that profile.
+func FuzzNavaiResolve(f *testing.F) {
+	opts := NavaiOptions{APIKey: "sk-backend", Model: "gpt-realtime-mini"}
+	premium := NavaiOptions{APIKey: "sk-backend", Instructions: "You are the premium concierge."}
+	studio := NavaiOptions{APIKey: "sk-backend", Model: "gpt-realtime-mini", Voice: "cedar"}
+	restricted := []Restricted{}
+	pooled := map[string]RealtimeSession{"assistant": opts.Session(NavaiRequest{})}
+	for name, o := range map[string]NavaiOptions{"premium": premium, "studio": studio} {
+		s := o.Session(NavaiRequest{})
+		pooled[name] = s
+		restricted = append(restricted, Restricted{Profile: name, Model: s.Model, Voice: s.Voice})
+	}
+	rt, err := NewRealtime(RealtimeConfig{Profile: "assistant", Options: opts, Pooled: pooled, Restricted: restricted, BaseURL: "http://127.0.0.1:1"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{
+		`{}`, `{"model":"gpt-realtime"}`, `{"model":"GPT-Realtime "}`, `{"model":"gpt-realtime-2025-08-28"}`,
+		`{"voice":"Cedar"}`, `{"model":"gpt-realtime-mini-2025-10-06","voice":"verse"}`,
+		`{"model":"gpt-realtime","instructions":"You are the premium concierge.","language":"English"}`,
+		`{"instructions":"You are the premium concierge."}`, `{"apiKey":"sk-other","model":7}`,
+	} {
+		f.Add([]byte(s))
+	}
+	reaches := func(got, want string) bool { // an independent reading of "the same model"
+		got = strings.ToLower(strings.TrimSpace(got))
+		rest, ok := strings.CutPrefix(got, want)
+		if !ok {
+			return false
+		}
+		var y, m, d int
+		n, _ := fmt.Sscanf(rest, "-%4d-%2d-%2d", &y, &m, &d)
+		return rest == "" || (n == 3 && len(rest) == 11)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req NavaiRequest
+		if json.Unmarshal(body, &req) != nil {
+			return
+		}
+		plan, err := rt.Resolve(req)
+		if err != nil {
+			return
+		}
+		if plan.Pooled != "" {
+			if !slices.Contains(plan.Needs, plan.Pooled) {
+				t.Fatalf("%s: served from %s without needing it", body, plan.Pooled)
+			}
+			return
+		}
+		s := opts.Session(req)
+		if reaches(s.Model, "gpt-realtime") && !slices.Contains(plan.Needs, "premium") {
+			t.Fatalf("%s: model %q without needing premium (needs %v)", body, s.Model, plan.Needs)
+		}
+		if strings.EqualFold(strings.TrimSpace(s.Voice), "cedar") && !slices.Contains(plan.Needs, "studio") {
+			t.Fatalf("%s: voice %q without needing studio (needs %v)", body, s.Voice, plan.Needs)
+		}
+		if plan.Refused == nil && plan.Minter == nil {
+			t.Fatalf("%s: neither refused nor minted", body)
 		}
 	})
 }

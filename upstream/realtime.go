@@ -3,8 +3,10 @@ package upstream
 import (
 	"errors"
 	"net/http"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/tokenpool/tokenpool/pool"
 )
@@ -44,11 +46,31 @@ type OnDemand struct {
 	Voices     []string // the voices allowed; empty: any
 }
 
-// Restricted is a model or voice that a profile with an access rule sets;
-// an empty field restricts nothing.
+// Restricted is the model and voice of the session a profile with an
+// access rule resolves to (Navai's defaults included); an empty field
+// restricts nothing.
 type Restricted struct {
 	Profile      string
 	Model, Voice string
+}
+
+// datedSnapshot is the date an OpenAI model snapshot's name ends with
+// (gpt-realtime-2025-08-28 is a snapshot of gpt-realtime).
+var datedSnapshot = regexp.MustCompile(`-\d{4}-\d{2}-\d{2}$`)
+
+// SameModel reports whether two model names (neither empty) may name one
+// model at the provider: compared without case and spaces around, and a
+// dated snapshot as the alias it belongs to. It errs towards the same, as
+// what it guards is a restriction.
+func SameModel(a, b string) bool {
+	norm := func(s string) string { return datedSnapshot.ReplaceAllString(strings.ToLower(strings.TrimSpace(s)), "") }
+	return a != "" && b != "" && norm(a) == norm(b)
+}
+
+// SameVoice reports whether two voice names (neither empty) may name one
+// voice at the provider: compared without case and spaces around.
+func SameVoice(a, b string) bool {
+	return a != "" && b != "" && strings.EqualFold(strings.TrimSpace(a), strings.TrimSpace(b))
 }
 
 // Realtime resolves a request to Navai's client secret route by Navai's
@@ -79,10 +101,10 @@ func NewRealtime(cfg RealtimeConfig) (*Realtime, error) {
 	// use it, whichever other profile also names them.
 	own := cfg.Options.Session(NavaiRequest{})
 	for _, x := range cfg.Restricted {
-		if x.Model == own.Model {
+		if SameModel(x.Model, own.Model) {
 			x.Model = ""
 		}
-		if x.Voice == own.Voice {
+		if SameVoice(x.Voice, own.Voice) {
 			x.Voice = ""
 		}
 		if x.Model != "" || x.Voice != "" {
@@ -142,7 +164,7 @@ func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
 		}
 	}
 	for _, x := range r.restricted {
-		if x.Model == session.Model || x.Voice == session.Voice {
+		if SameModel(x.Model, session.Model) || SameVoice(x.Voice, session.Voice) {
 			plan.Needs = append(plan.Needs, x.Profile)
 		}
 	}

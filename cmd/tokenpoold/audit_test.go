@@ -663,3 +663,70 @@ func TestAuditProviderErrorsStayInTheLog(t *testing.T) {
 		t.Fatalf("a missing key: %d %v", code, body)
 	}
 }
+
+// Finding 2.5: a profile with an allow rule that inherits Navai's default
+// model was not protected on the Navai routes: its restriction was built
+// from the configured model (none), not the session it resolves to.
+func TestAuditNavaiRoutesProtectAnInheritedModel(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, profileEnv(t, sim, `
+default_profile: default
+realtime_profile: assistant
+profiles:
+  default:
+    provider: orga
+    target: 1
+  assistant:
+    provider: openai
+    target: 1
+    openai:
+      model: gpt-realtime-mini
+  premium:
+    provider: openai
+    target: 1
+    allow:
+      claims:
+        plan: [pro]
+    openai:
+      instructions: You are the premium concierge.
+  studio:
+    provider: openai
+    target: 1
+    allow:
+      claims:
+        plan: [pro]
+    openai:
+      model: gpt-realtime-mini
+      voice: cedar
+`))
+	free := "Bearer " + claimsJWT(t, map[string]any{"sub": "mallory", "plan": "free"})
+	pro := "Bearer " + claimsJWT(t, map[string]any{"sub": "carol", "plan": "pro"})
+	for _, c := range []struct {
+		name, body string
+		status     int
+	}{
+		{"the premium session", `{"model":"gpt-realtime","instructions":"You are the premium concierge."}`, 403},
+		{"the premium session with a language", `{"model":"gpt-realtime","instructions":"You are the premium concierge.","language":"English"}`, 403},
+		{"its inherited model alone", `{"model":"gpt-realtime"}`, 403},
+		{"its model in other case", `{"model":"GPT-Realtime"}`, 403},
+		{"its model's dated snapshot", `{"model":"gpt-realtime-2025-08-28"}`, 403},
+		{"studio's voice in other case", `{"voice":"Cedar"}`, 403},
+		{"the realtime profile's own session", `{}`, 200},
+		{"the realtime profile's model dated", `{"model":"gpt-realtime-mini-2025-10-06","voice":"verse"}`, 200},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if code, body := call(t, "POST", d.url+"/navai/realtime/client-secret", c.body, "Authorization", free); code != c.status {
+				t.Fatalf("a free caller: %d %v; want %d", code, body, c.status)
+			}
+		})
+	}
+	for _, r := range sim.OpenAIRequests() {
+		if bytes.Contains(r, []byte("premium concierge")) && bytes.Contains(r, []byte("English")) {
+			t.Fatalf("the provider was asked for the premium session: %s", r)
+		}
+	}
+	if code, body := call(t, "POST", d.url+"/navai/realtime/client-secret", `{"model":"gpt-realtime"}`, "Authorization", pro); code != 200 {
+		t.Fatalf("a pro caller: %d %v", code, body)
+	}
+}

@@ -288,11 +288,14 @@ func (m *Main) realtime() (api.Realtime, error) {
 		if p.Provider != "openai" {
 			continue
 		}
+		session := p.Navai.Session(upstream.NavaiRequest{})
 		if p.Target > 0 {
-			pooled[p.Name] = p.Navai.Session(upstream.NavaiRequest{})
+			pooled[p.Name] = session
 		}
 		if p.Access != nil {
-			restricted = append(restricted, upstream.Restricted{Profile: p.Name, Model: p.Navai.Model, Voice: p.Navai.Voice})
+			// What the profile resolves to, defaults included: a profile
+			// that names no model still serves Navai's default.
+			restricted = append(restricted, upstream.Restricted{Profile: p.Name, Model: session.Model, Voice: session.Voice})
 		}
 	}
 	rt, err := upstream.NewRealtime(upstream.RealtimeConfig{
