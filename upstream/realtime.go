@@ -63,7 +63,9 @@ var datedSnapshot = regexp.MustCompile(`-\d{4}-\d{2}-\d{2}$`)
 // dated snapshot as the alias it belongs to. It errs towards the same, as
 // what it guards is a restriction.
 func SameModel(a, b string) bool {
-	norm := func(s string) string { return datedSnapshot.ReplaceAllString(strings.ToLower(strings.TrimSpace(s)), "") }
+	norm := func(s string) string {
+		return datedSnapshot.ReplaceAllString(strings.ToLower(strings.TrimSpace(s)), "")
+	}
 	return a != "" && b != "" && norm(a) == norm(b)
 }
 
