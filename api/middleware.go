@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -144,6 +146,28 @@ func (s *Server) authenticate(c *gin.Context) {
 	c.Set(ctxChecks, []limiter.Check{ip, user})
 	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
 	c.Next()
+}
+
+// checkOrigin refuses a browser request whose Origin is neither this
+// host's nor one of the CORS origins, as every other refusal is: counted
+// against the client's address (429 once over its limit), then 403 with
+// the JSON error. A request without Origin (a server, curl) passes.
+func (s *Server) checkOrigin(c *gin.Context) {
+	o := c.Request.Header.Get("Origin")
+	if o == "" || o == "http://"+c.Request.Host || o == "https://"+c.Request.Host || s.originListed(o) {
+		c.Next()
+		return
+	}
+	ip := s.ipCheck(c)
+	if !s.refusedBefore(c, ip) && s.applyLimits(c, []limiter.Check{ip}) {
+		s.fail(c, errorf(http.StatusForbidden, codeForbidden, "this origin may not call the API; the server lists the origins it accepts (TOKENPOOL_CORS_ORIGINS)"))
+	}
+}
+
+// originListed reports whether o is one of the CORS origins, compared
+// as browsers serialize an origin (scheme and host in lower case).
+func (s *Server) originListed(o string) bool {
+	return slices.ContainsFunc(s.cfg.CORSOrigins, func(a string) bool { return strings.EqualFold(a, o) })
 }
 
 // limitIP applies the per-IP limit alone (the admin routes).

@@ -235,8 +235,13 @@ func (s *Server) routes() error {
 	}
 	e.Use(withRequestID, s.accessLog, s.recoverPanic)
 	if len(s.cfg.CORSOrigins) > 0 {
+		// Our own rule decides which origins may call, so a refusal is
+		// ours (the JSON error, the access log's code, the per-IP limit);
+		// the CORS layer then only adds the headers, and agrees by
+		// asking the same rule.
+		e.Use(s.checkOrigin)
 		cc := cors.Config{
-			AllowOrigins:     s.cfg.CORSOrigins,
+			AllowOriginFunc:  s.originListed,
 			AllowMethods:     []string{http.MethodGet, http.MethodPost, http.MethodOptions},
 			AllowHeaders:     []string{"Authorization", "Content-Type", "X-API-Key"},
 			ExposeHeaders:    []string{"X-Request-Id", "Retry-After", "RateLimit", "RateLimit-Policy"},

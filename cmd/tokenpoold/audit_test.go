@@ -730,3 +730,64 @@ profiles:
 		t.Fatalf("a pro caller: %d %v", code, body)
 	}
 }
+
+// Finding 2.8: with TOKENPOOL_CORS_ORIGINS set, a request from another
+// origin was refused by the CORS layer itself: 403 with an empty body, no
+// error code in the access log, and never counted by the per-IP limit
+// (5 of 5 got 403 at 3/m, where our own refusals turn into 429).
+func TestAuditAnUnlistedOriginIsRefusedByOurRules(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, map[string]string{
+		"TOKENPOOL_CORS_ORIGINS": "https://app.example",
+		"TOKENPOOL_RATE_PER_IP":  "3/m",
+	})
+	auth := "Bearer " + callerJWT(t, "alice")
+	for i := range 5 {
+		want, code := 403, "forbidden"
+		if i >= 3 {
+			want, code = 429, "rate_limited"
+		}
+		status, body := call(t, "POST", d.url+"/v1/session-config", "", "Authorization", auth, "Origin", "https://evil.example")
+		if got, _ := body["error"].(map[string]any); status != want || got["code"] != code {
+			t.Fatalf("request %d from an unlisted origin: %d %v; want %d %s", i+1, status, body, want, code)
+		}
+	}
+	var codes []any
+	for _, l := range logLines(d.logsNow(), "request") {
+		codes = append(codes, l["error_code"])
+	}
+	if fmt.Sprint(codes) != "[forbidden forbidden forbidden rate_limited rate_limited]" {
+		t.Fatalf("the access log's codes: %v", codes)
+	}
+
+	t.Run("the app's origin is served, with its CORS headers", func(t *testing.T) {
+		d := startDaemon(t, redistest.New(t), sim, map[string]string{"TOKENPOOL_CORS_ORIGINS": "https://app.example"})
+		req, _ := http.NewRequest("OPTIONS", d.url+"/v1/session-config", nil)
+		req.Header.Set("Origin", "https://app.example")
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		req.Header.Set("Access-Control-Request-Headers", "authorization")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+			t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+		}
+		req, _ = http.NewRequest("POST", d.url+"/v1/session-config", nil)
+		req.Header.Set("Origin", "https://app.example")
+		req.Header.Set("Authorization", auth)
+		resp, err = client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+			t.Fatalf("request: %d %v", resp.StatusCode, resp.Header)
+		}
+		if code, body := call(t, "OPTIONS", d.url+"/v1/session-config", "", "Origin", "https://evil.example", "Access-Control-Request-Method", "POST"); code != 403 || body["error"] == nil {
+			t.Fatalf("another origin's preflight: %d %v", code, body)
+		}
+	})
+}
