@@ -25,11 +25,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"route", "status"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenpool_limiter_denials_total",
-			Help: "Requests refused by a rate limit, by policy (ip or user).",
+			Help: "Requests refused by a rate limit, by policy (ip, ipnet: an IPv6 aggregate, or user).",
 		}, []string{"policy"}),
 	}
 	reg.MustRegister(m.requests, m.denials)
-	for _, policy := range []string{"ip", "user"} {
+	for _, policy := range []string{"ip", "ipnet", "user"} {
 		m.denials.WithLabelValues(policy)
 	}
 	return m

@@ -110,13 +110,13 @@ const ctxChecks = "tokenpool.checks"
 // counted against its address here; an address or user this replica saw
 // refused is refused again until its retry time without asking Redis.
 func (s *Server) authenticate(c *gin.Context) {
-	ip := s.ipCheck(c)
-	if s.refusedBefore(c, ip) {
+	ips := s.ipChecks(c)
+	if s.refusedBefore(c, ips...) {
 		return
 	}
 	who, err := s.auth.authenticate(c.Request)
 	if err != nil {
-		if !s.applyLimits(c, []limiter.Check{ip}) {
+		if !s.applyLimits(c, ips) {
 			return
 		}
 		challenge := `Bearer realm="tokenpool"`
@@ -132,7 +132,7 @@ func (s *Server) authenticate(c *gin.Context) {
 	}
 	if who.viaCookie && !fromAllowedOrigin(c.Request, s.cfg.CORSOrigins) {
 		// Refused before the per-user limit: another site can't spend it.
-		if s.applyLimits(c, []limiter.Check{ip}) {
+		if s.applyLimits(c, ips) {
 			s.fail(c, errorf(http.StatusForbidden, codeForbidden,
 				"a cookie is accepted only from the app's origin (TOKENPOOL_CORS_ORIGINS or the same site); send Authorization: Bearer otherwise"))
 		}
@@ -143,7 +143,7 @@ func (s *Server) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(ctxCaller, who)
-	c.Set(ctxChecks, []limiter.Check{ip, user})
+	c.Set(ctxChecks, append(ips, user))
 	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
 	c.Next()
 }
@@ -158,8 +158,8 @@ func (s *Server) checkOrigin(c *gin.Context) {
 		c.Next()
 		return
 	}
-	ip := s.ipCheck(c)
-	if !s.refusedBefore(c, ip) && s.applyLimits(c, []limiter.Check{ip}) {
+	ips := s.ipChecks(c)
+	if !s.refusedBefore(c, ips...) && s.applyLimits(c, ips) {
 		s.fail(c, errorf(http.StatusForbidden, codeForbidden, "this origin may not call the API; the server lists the origins it accepts (TOKENPOOL_CORS_ORIGINS)"))
 	}
 }
@@ -172,46 +172,59 @@ func (s *Server) originListed(o string) bool {
 
 // limitIP applies the per-IP limit alone (the admin routes).
 func (s *Server) limitIP(c *gin.Context) {
-	ip := s.ipCheck(c)
-	if !s.refusedBefore(c, ip) && s.applyLimits(c, []limiter.Check{ip}) {
+	ips := s.ipChecks(c)
+	if !s.refusedBefore(c, ips...) && s.applyLimits(c, ips) {
 		c.Next()
 	}
 }
 
-// ipCheck is the per-IP limit on the client address Gin derives from
-// trusted proxies only.
-func (s *Server) ipCheck(c *gin.Context) limiter.Check {
-	return limiter.Check{Policy: "ip", Key: clientKey(c.ClientIP()), Limit: s.cfg.PerIP}
+// ipChecks are the per-IP limits on the client address Gin derives from
+// trusted proxies only: the address's own (for IPv6, its IPv6Prefix),
+// then for IPv6 the aggregate of its IPv6NetPrefix, when set.
+func (s *Server) ipChecks(c *gin.Context) []limiter.Check {
+	a, err := netip.ParseAddr(c.ClientIP())
+	if err != nil {
+		return []limiter.Check{{Policy: "ip", Key: "ip:" + c.ClientIP(), Limit: s.cfg.PerIP}}
+	}
+	a = a.Unmap().WithZone("")
+	checks := make([]limiter.Check, 1, 3) // room for the user's
+	checks[0] = limiter.Check{Policy: "ip", Key: clientKey(a, s.cfg.IPv6Prefix), Limit: s.cfg.PerIP}
+	if a.Is6() && s.cfg.PerIPv6Net.Rate > 0 {
+		checks = append(checks, limiter.Check{Policy: "ipnet", Key: "ipnet:" + prefixOf(a, s.cfg.IPv6NetPrefix), Limit: s.cfg.PerIPv6Net})
+	}
+	return checks
 }
 
 // clientKey is the per-IP limit's key for a client address: the address
-// for IPv4, its /64 for IPv6, since one subscriber is handed a whole /64
-// and could use a new address for every request.
-func clientKey(ip string) string {
-	a, err := netip.ParseAddr(ip)
-	if err != nil {
-		return "ip:" + ip
-	}
-	a = a.Unmap().WithZone("")
+// for IPv4, its prefix of bits for IPv6 (64 by default), since one
+// subscriber is handed a whole /64 (or /56, /48) and could use a new
+// address for every request.
+func clientKey(a netip.Addr, bits int) string {
 	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return "ip:" + p.String()
+		return "ip:" + prefixOf(a, bits)
 	}
 	return "ip:" + a.String()
 }
 
-// refusedBefore answers 429 from the deny cache when check was refused on
-// this replica and its retry time has not come, and reports whether it did.
-func (s *Server) refusedBefore(c *gin.Context, check limiter.Check) bool {
+func prefixOf(a netip.Addr, bits int) string {
+	p, _ := a.Prefix(bits)
+	return p.String()
+}
+
+// refusedBefore answers 429 from the deny cache when one of checks was
+// refused on this replica and its retry time has not come, and reports
+// whether it did.
+func (s *Server) refusedBefore(c *gin.Context, checks ...limiter.Check) bool {
 	if s.denials == nil {
 		return false
 	}
-	d, ok := s.denials.Denied(check.Policy, check.Key)
-	if !ok {
-		return false
+	for _, check := range checks {
+		if d, ok := s.denials.Denied(check.Policy, check.Key); ok {
+			s.refuse(c, d)
+			return true
+		}
 	}
-	s.refuse(c, d)
-	return true
+	return false
 }
 
 // applyLimits applies checks on their own (a request that takes nothing

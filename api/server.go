@@ -55,6 +55,12 @@ var (
 	DefaultPerIP   = limiter.Limit{Rate: 300, Burst: 300, Period: time.Minute} // 300/m
 )
 
+// The IPv6 prefixes' defaults: a client is its /64, an aggregate a /48.
+const (
+	DefaultIPv6Prefix    = 64
+	DefaultIPv6NetPrefix = 48
+)
+
 // DefaultRequestTimeout is Config.RequestTimeout's default.
 const DefaultRequestTimeout = 3 * time.Second
 
@@ -95,6 +101,14 @@ type Config struct {
 	// PerUser limits credential requests per authenticated subject, PerIP
 	// per client address. default: DefaultPerUser and DefaultPerIP
 	PerUser, PerIP limiter.Limit
+	// IPv6Prefix is the prefix an IPv6 client's PerIP limit keys on: one
+	// subscriber is handed a whole /64 (or /56, /48). default: 64
+	IPv6Prefix int
+	// PerIPv6Net limits, together, every IPv6 client within one
+	// IPv6NetPrefix (default 48), beside each one's PerIP, so a holder of
+	// a wide prefix is not as many clients as it has /64s. default: none
+	PerIPv6Net    limiter.Limit
+	IPv6NetPrefix int
 	// TrustedProxies are the CIDRs or addresses whose X-Forwarded-For is
 	// believed when deriving the client address. default: none
 	TrustedProxies []string
@@ -176,6 +190,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PerIP.Rate == 0 {
 		cfg.PerIP = DefaultPerIP
+	}
+	if cfg.IPv6Prefix == 0 {
+		cfg.IPv6Prefix = DefaultIPv6Prefix
+	}
+	if cfg.IPv6NetPrefix == 0 {
+		cfg.IPv6NetPrefix = DefaultIPv6NetPrefix
+	}
+	if cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128 || cfg.IPv6NetPrefix < 1 || cfg.IPv6NetPrefix > cfg.IPv6Prefix {
+		return nil, fmt.Errorf("api: config: IPv6 prefixes /%d and /%d: want 1 ≤ the aggregate's ≤ the client's ≤ 128", cfg.IPv6Prefix, cfg.IPv6NetPrefix)
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout

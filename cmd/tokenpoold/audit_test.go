@@ -791,3 +791,75 @@ func TestAuditAnUnlistedOriginIsRefusedByOurRules(t *testing.T) {
 		}
 	})
 }
+
+// Finding 2.7: IPv6 per-IP limits by /64 gave a /48 holder 65,536 limits.
+// The prefix is a setting, and a wider prefix shares an aggregate limit.
+func TestAuditIPv6AddressesShareAnAggregateLimit(t *testing.T) {
+	rs := redistest.New(t)
+	sim := startSim(t, upstreamtest.Config{})
+	auth := "Bearer " + callerJWT(t, "mallory")
+	from := func(d *daemon, ip string) (int, string) {
+		req, _ := http.NewRequest("POST", d.url+"/v1/session-config", nil)
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("X-Forwarded-For", ip)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, strings.Join(resp.Header.Values("RateLimit-Policy"), ", ")
+	}
+	d := startDaemon(t, rs, sim, map[string]string{
+		"TOKENPOOL_RATE_PER_IP": "2/m", "TOKENPOOL_RATE_PER_IPV6_AGGREGATE": "3/m",
+		"TOKENPOOL_TRUSTED_PROXIES": "127.0.0.1", "TOKENPOOL_RATE_PER_USER": "100/m",
+	})
+	for i, c := range []struct {
+		ip   string
+		want int
+	}{
+		{"2001:db8:1:2::1", 200},
+		{"2001:db8:1:2::2", 200},
+		{"2001:db8:1:2::3", 429},  // its /64's own limit
+		{"2001:db8:1:3::1", 200},  // another /64 of the same /48: the aggregate's third
+		{"2001:db8:1:ff::1", 429}, // a third /64: the /48 has spent its aggregate
+		{"2001:db8:2:1::1", 200},  // another /48
+		{"198.51.100.7", 200},     // IPv4 has no aggregate
+	} {
+		code, policy := from(d, c.ip)
+		if code != c.want {
+			t.Fatalf("request %d from %s: %d (%s); want %d", i+1, c.ip, code, policy, c.want)
+		}
+		if strings.Contains(c.ip, ":") && !strings.Contains(policy, `"ipnet";q=3;w=60`) && code == 200 {
+			t.Fatalf("request %d from %s: RateLimit-Policy %q lacks the aggregate", i+1, c.ip, policy)
+		}
+	}
+
+	t.Run("TOKENPOOL_IPV6_PREFIX=56 limits per /56", func(t *testing.T) {
+		d := startDaemon(t, redistest.New(t), sim, map[string]string{
+			"TOKENPOOL_RATE_PER_IP": "2/m", "TOKENPOOL_IPV6_PREFIX": "56",
+			"TOKENPOOL_TRUSTED_PROXIES": "127.0.0.1", "TOKENPOOL_RATE_PER_USER": "100/m",
+		})
+		for i, ip := range []string{"2001:db8:1:2::1", "2001:db8:1:3::1", "2001:db8:1:4::1"} {
+			want := 200
+			if i == 2 {
+				want = 429
+			}
+			if code, policy := from(d, ip); code != want {
+				t.Fatalf("request %d from %s: %d (%s); want %d", i+1, ip, code, policy, want)
+			}
+		}
+	})
+	t.Run("bad settings stop the daemon naming them", func(t *testing.T) {
+		for _, env := range []map[string]string{
+			{"TOKENPOOL_IPV6_PREFIX": "129"},
+			{"TOKENPOOL_IPV6_PREFIX": "48", "TOKENPOOL_IPV6_AGGREGATE_PREFIX": "56"},
+			{"TOKENPOOL_RATE_PER_IPV6_AGGREGATE": "lots"},
+		} {
+			env["ORGA_API_KEY"], env["TOKENPOOL_JWT_SECRET"] = "k", testJWTSecret
+			var stderr bytes.Buffer
+			if code := run(context.Background(), nil, envOf(env), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "IPV6") {
+				t.Fatalf("%v: exit %d: %s", env, code, stderr.String())
+			}
+		}
+	})
+}

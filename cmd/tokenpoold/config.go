@@ -63,6 +63,14 @@ type Config struct {
 
 	PerUser limiter.Limit // TOKENPOOL_RATE_PER_USER
 	PerIP   limiter.Limit // TOKENPOOL_RATE_PER_IP
+	// IPv6Prefix is TOKENPOOL_IPV6_PREFIX: an IPv6 client's per-IP limit
+	// is its /IPv6Prefix.
+	IPv6Prefix int
+	// PerIPv6Net is TOKENPOOL_RATE_PER_IPV6_AGGREGATE (default 10 times
+	// TOKENPOOL_RATE_PER_IP; "off": none), shared by every IPv6 client of
+	// one /IPv6NetPrefix (TOKENPOOL_IPV6_AGGREGATE_PREFIX).
+	PerIPv6Net    limiter.Limit
+	IPv6NetPrefix int
 
 	PoolTarget        int           // TOKENPOOL_POOL_TARGET: the floor; 0: no pool
 	PoolMax           int           // TOKENPOOL_POOL_MAX: the ceiling demand may raise the target to
@@ -124,6 +132,8 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		AdminKeys:              e.apiKeys("TOKENPOOL_ADMIN_KEYS"),
 		PerUser:                e.limit("TOKENPOOL_RATE_PER_USER", api.DefaultPerUser),
 		PerIP:                  e.limit("TOKENPOOL_RATE_PER_IP", api.DefaultPerIP),
+		IPv6Prefix:             e.intIn("TOKENPOOL_IPV6_PREFIX", api.DefaultIPv6Prefix, 1, 128),
+		IPv6NetPrefix:          e.intIn("TOKENPOOL_IPV6_AGGREGATE_PREFIX", api.DefaultIPv6NetPrefix, 1, 128),
 		PoolTarget:             e.intIn("TOKENPOOL_POOL_TARGET", pool.DefaultTarget, 0, 100000),
 		PoolMax:                e.intIn("TOKENPOOL_POOL_MAX", pool.DefaultMaxTarget, 1, 100000),
 		MinRemaining:           e.duration("TOKENPOOL_MIN_REMAINING", pool.DefaultMinRemaining),
@@ -136,6 +146,10 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		LogLevel:               e.level("TOKENPOOL_LOG_LEVEL"),
 		DebugAddr:              e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
 		Tracing:                e.tracing(),
+	}
+	cfg.PerIPv6Net = e.ipv6Aggregate("TOKENPOOL_RATE_PER_IPV6_AGGREGATE", cfg.PerIP)
+	if cfg.IPv6NetPrefix > cfg.IPv6Prefix {
+		e.fail("TOKENPOOL_IPV6_AGGREGATE_PREFIX", fmt.Sprintf("must be at most TOKENPOOL_IPV6_PREFIX (%d): the aggregate spans many clients' prefixes, got %d", cfg.IPv6Prefix, cfg.IPv6NetPrefix))
 	}
 	if is, ok := e.envIssuer(); ok {
 		cfg.Issuers = append(cfg.Issuers, is)
@@ -232,6 +246,15 @@ func (e *envReader) limit(name string, def limiter.Limit) limiter.Limit {
 		e.fail(name, fmt.Sprintf("must be a rate such as 10/m or 5/s: %v", err))
 	}
 	return l
+}
+
+// ipv6Aggregate reads the limit every IPv6 client of one aggregate
+// prefix shares: by default ten times the per-IP limit, "off" for none.
+func (e *envReader) ipv6Aggregate(name string, perIP limiter.Limit) limiter.Limit {
+	if strings.EqualFold(e.str(name, ""), "off") {
+		return limiter.Limit{}
+	}
+	return e.limit(name, limiter.Limit{Rate: 10 * perIP.Rate, Burst: 10 * perIP.Burst, Period: perIP.Period})
 }
 
 // optionalLimit reads a limit that is off when unset.

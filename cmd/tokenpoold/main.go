@@ -328,6 +328,7 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 		JWTAssumeEmailVerified: cfg.JWTAssumeEmailVerified,
 		Issuers:                cfg.Issuers,
 		APIKeys:                cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,
+		IPv6Prefix: cfg.IPv6Prefix, PerIPv6Net: cfg.PerIPv6Net, IPv6NetPrefix: cfg.IPv6NetPrefix,
 		TrustedProxies: cfg.TrustedProxies, CORSOrigins: cfg.CORSOrigins,
 		RequestTimeout: cfg.RequestTimeout, Logger: m.log,
 		Admin: m.pool, AdminKeys: cfg.AdminKeys, Providers: providerAdmin{shared: m.shared, guards: m.guards},
