@@ -15,7 +15,8 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/ ./cmd/tokenpoold .
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/bin/tokenpoold /src/bin/upstream-sim /usr/local/bin/
 USER nonroot:nonroot
-ENV TOKENPOOL_ADDR=:8080
-EXPOSE 8080
+# Metrics on a port of their own, never the API's: publish only 8080.
+ENV TOKENPOOL_ADDR=:8080 TOKENPOOL_METRICS_ADDR=:9464
+EXPOSE 8080 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/usr/local/bin/tokenpoold", "-healthcheck"]
 ENTRYPOINT ["/usr/local/bin/tokenpoold"]

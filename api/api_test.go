@@ -479,8 +479,15 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
+// TestHealth: /readyz answers from a check at most ReadyCacheTTL old, so
+// no rate of readiness probes costs Redis more than one check per
+// interval (audit round two, finding 2).
 func TestHealth(t *testing.T) {
-	ts := newTestServer(t, nil)
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	ts := newTestServer(t, func(c *Config) { c.Now = clock })
 	if a := do(t, http.MethodGet, ts.url+"/healthz", nil); a.status != 200 {
 		t.Fatalf("healthz %d", a.status)
 	}
@@ -490,6 +497,10 @@ func TestHealth(t *testing.T) {
 	ts.pool.mu.Lock()
 	ts.pool.readyErr = errors.New("redis down")
 	ts.pool.mu.Unlock()
+	if a := do(t, http.MethodGet, ts.url+"/readyz", nil); a.status != 200 {
+		t.Fatalf("readyz within the cache's interval: %d, want the cached 200", a.status)
+	}
+	advance(ReadyCacheTTL)
 	checkError(t, do(t, http.MethodGet, ts.url+"/readyz", nil), 503)
 }
 

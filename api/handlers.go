@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -189,13 +190,7 @@ func (s *Server) healthz(c *gin.Context) {
 
 // readyz answers readiness: Redis answers and every profile can serve.
 func (s *Server) readyz(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), time.Second)
-	defer cancel()
-	err := s.auth.issuers.ready()
-	if err == nil {
-		err = s.pool.Ready(ctx)
-	}
-	if err != nil {
+	if err := s.readiness(); err != nil {
 		s.log.Warn("not ready", "request_id", requestID(c), "err", err.Error())
 		he := errorf(http.StatusServiceUnavailable, codeNotReady, "not ready")
 		he.header = http.Header{"Retry-After": {"1"}}
@@ -204,6 +199,38 @@ func (s *Server) readyz(c *gin.Context) {
 	}
 	c.Header("Cache-Control", "no-store")
 	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+}
+
+// ReadyCacheTTL is how long a readiness check's answer serves the checks
+// after it: any rate of GET /readyz costs Redis at most one check per
+// interval.
+const ReadyCacheTTL = time.Second
+
+// readyCache is the last readiness check's answer.
+type readyCache struct {
+	mu  sync.Mutex // held while checking, so concurrent checks wait for one
+	at  time.Time  // guarded by mu
+	err error      // guarded by mu
+}
+
+// readiness checks the identity providers' keys and the pool, or answers
+// what the last check found when it is under ReadyCacheTTL old.
+func (s *Server) readiness() error {
+	r := &s.ready
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.at.IsZero() && s.now().Sub(r.at) < ReadyCacheTTL {
+		return r.err
+	}
+	// Not the request's context: the answer serves other requests too.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := s.auth.issuers.ready()
+	if err == nil {
+		err = s.pool.Ready(ctx)
+	}
+	r.at, r.err = s.now(), err
+	return err
 }
 
 // unavailable answers a Redis failure outside the pool: a 503 to retry in

@@ -139,10 +139,9 @@ type Config struct {
 	// access log names the trace. default: none
 	TracerProvider trace.TracerProvider
 
-	// Metrics records the API's metrics; MetricsHandler serves /metrics.
-	// default: none
-	Metrics        *Metrics
-	MetricsHandler http.Handler
+	// Metrics records the API's metrics. They are served on a listener
+	// of their own, never by this API. default: none
+	Metrics *Metrics
 
 	// Logger receives the access log. default: slog.Default()
 	Logger *slog.Logger
@@ -160,6 +159,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	denials *limiter.DenyCache // nil: off
+	ready   readyCache
 
 	profileNames []string // sorted
 	now          func() time.Time
@@ -284,9 +284,6 @@ func (s *Server) routes() error {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/openapi.yaml", serveOpenAPI)
-	if s.cfg.MetricsHandler != nil {
-		e.GET("/metrics", gin.WrapH(s.cfg.MetricsHandler))
-	}
 	if s.cfg.Admin != nil && len(s.cfg.AdminKeys) > 0 {
 		admin := e.Group("/v1/admin", s.withDeadline, s.limitIP, s.authenticateAdmin)
 		admin.GET("/profiles", s.getProfiles)

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -162,13 +163,25 @@ func outcome(err error) string {
 	return "failed"
 }
 
-// poolCollector reports each profile's shared state, read from Redis on
-// every scrape (every replica reports the same fleet-wide values).
+// ScrapeCacheTTL is how long a scrape's pool figures serve the scrapes
+// after it: any scrape rate reads Redis at most once per profile and
+// shard per interval.
+const ScrapeCacheTTL = time.Second
+
+// poolCollector reports each profile's shared state, read from Redis at
+// most once per ScrapeCacheTTL (every replica reports the same fleet-wide
+// values).
 type poolCollector struct {
 	p                                      *Pool
 	ready, usable, target, inflight, rates *prometheus.Desc
 	mintsPerHandout, wastedRecent          *prometheus.Desc
 	unreachable                            *prometheus.Desc
+
+	// Held while the figures are read, so concurrent scrapes wait for
+	// one pass instead of starting their own.
+	mu    sync.Mutex
+	at    time.Time        // guarded by mu; when stats were read
+	stats map[string]Stats // guarded by mu; by profile, those that answered
 }
 
 // Collector returns a Prometheus collector of every profile's pool: ready,
@@ -197,13 +210,32 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+// figures returns every profile's stats, read again when the last read is
+// ScrapeCacheTTL old.
+func (c *poolCollector) figures() map[string]Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stats != nil && c.p.now().Sub(c.at) < ScrapeCacheTTL {
+		return c.stats
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	stats := make(map[string]Stats, len(c.p.names))
 	for _, name := range c.p.names {
-		st, err := c.p.Stats(ctx, name)
-		if err != nil {
-			continue // Redis away: no sample rather than a wrong one
+		if st, err := c.p.Stats(ctx, name); err == nil { // Redis away: no sample rather than a wrong one
+			stats[name] = st
+		}
+	}
+	c.stats, c.at = stats, c.p.now()
+	return stats
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	stats := c.figures()
+	for _, name := range c.p.names {
+		st, ok := stats[name]
+		if !ok {
+			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.ready, prometheus.GaugeValue, float64(st.Ready), name)
 		ch <- prometheus.MustNewConstMetric(c.usable, prometheus.GaugeValue, float64(st.Usable), name)

@@ -116,7 +116,8 @@ func StartWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 			return nil, err
 		}
 		cmd := exec.Command(cfg.Tokenpoold)
-		cmd.Env = append(append([]string{}, env...), "TOKENPOOL_ADDR="+addr)
+		// Nothing here scrapes; several replicas can't share the default.
+		cmd.Env = append(append([]string{"TOKENPOOL_METRICS_ADDR=off"}, env...), "TOKENPOOL_ADDR="+addr)
 		logf, err := os.Create(filepath.Join(cfg.Dir, fmt.Sprintf("replica-%d.log", i+1)))
 		if err != nil {
 			w.Close()

@@ -47,7 +47,7 @@ func soak(ctx context.Context, o options, stdout io.Writer) (bool, error) {
 			if err != nil {
 				return err
 			}
-			g, err := scrapeGauge(r.url+"/metrics", "go_goroutines")
+			g, err := scrapeGauge(r.metricsURL+"/metrics", "go_goroutines")
 			if err != nil {
 				return err
 			}

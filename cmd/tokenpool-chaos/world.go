@@ -78,14 +78,16 @@ const sentinelMaster = "chaos"
 
 // replica is one tokenpoold process.
 type replica struct {
-	n        int
-	url      string
-	addr     string
-	sealKeys string
-	cmd      *exec.Cmd    // guarded by the world's mu; nil while down
-	inFlight atomic.Int64 // requests the callers have open to it
-	dying    atomic.Bool  // it is being killed: requests failing now may have taken a credential
-	log      *os.File
+	n          int
+	url        string
+	addr       string
+	metricsURL string // its TOKENPOOL_METRICS_ADDR, for the soak's scrapes
+	metrics    string
+	sealKeys   string
+	cmd        *exec.Cmd    // guarded by the world's mu; nil while down
+	inFlight   atomic.Int64 // requests the callers have open to it
+	dying      atomic.Bool  // it is being killed: requests failing now may have taken a credential
+	log        *os.File
 }
 
 func randomHex(n int) string {
@@ -163,7 +165,11 @@ func startWorld(ctx context.Context, cfg worldConfig) (*world, error) {
 			w.close()
 			return nil, err
 		}
-		r.url = "http://" + r.addr
+		if r.metrics, err = freeAddr(); err != nil {
+			w.close()
+			return nil, err
+		}
+		r.url, r.metricsURL = "http://"+r.addr, "http://"+r.metrics
 		w.replicas = append(w.replicas, r)
 		if err := w.startReplica(ctx, r); err != nil {
 			w.close()
@@ -357,6 +363,7 @@ func (w *world) env(r *replica) []string {
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"TOKENPOOL_ADDR=" + r.addr,
+		"TOKENPOOL_METRICS_ADDR=" + r.metrics,
 		"REDIS_URL=redis://" + w.proxy.Addr,
 		"ORGA_API_KEY=" + upstreamtest.DefaultAPIKey, "ORGA_BASE_URL=" + w.sims[r.n-1].URL(),
 		"TOKENPOOL_JWT_SECRET=" + w.jwtSecret,

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -860,6 +861,94 @@ func TestAuditIPv6AddressesShareAnAggregateLimit(t *testing.T) {
 			if code := run(context.Background(), nil, envOf(env), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "IPV6") {
 				t.Fatalf("%v: exit %d: %s", env, code, stderr.String())
 			}
+		}
+	})
+}
+
+// commandCalls reads how often Redis ran each command since its last
+// CONFIG RESETSTAT, from INFO commandstats.
+func commandCalls(tb testing.TB, rs *redistest.Server) map[string]int {
+	tb.Helper()
+	info, err := rs.Client().Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	calls := map[string]int{}
+	for _, l := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(l), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		calls[strings.TrimPrefix(name, "cmdstat_")] = n
+	}
+	return calls
+}
+
+// Finding 2.2: /metrics was anonymous, unlimited and on the public port,
+// and every scrape read each profile's every shard from Redis (4 profiles
+// × 64 shards, 10 scrapes: 10,253 commands); /readyz sent a PING each.
+func TestAuditMetricsAreOffThePublicPortAndCheap(t *testing.T) {
+	rs := redistest.StartProcess(t)
+	sim := startSim(t, upstreamtest.Config{})
+	d := startDaemon(t, rs, sim, map[string]string{"TOKENPOOL_CONFIG": writeConfig(t, `
+profiles:
+  default:
+    provider: orga
+    target: 1
+    shards: 16
+  second:
+    provider: orga
+    target: 1
+    shards: 16
+`)})
+	for _, path := range []string{"/metrics", "/debug/pprof/"} {
+		if code, body := call(t, "GET", d.url+path, ""); code != 404 || body["error"] == nil {
+			t.Fatalf("%s on the API's port: %d %v; want the JSON 404", path, code, body)
+		}
+	}
+	scrapes := d.metricsURL
+	if host, _, _ := net.SplitHostPort(d.MetricsAddr()); host != "127.0.0.1" {
+		t.Fatalf("metrics listen on %s", d.MetricsAddr())
+	}
+	rdb := rs.Client()
+	ctx := context.Background()
+	const perPass = 2 * 16 // one HGETALL per profile per shard
+	poll.Until(t, "a scrape", 10*time.Second, func() bool { return len(scrape(t, scrapes)) > 0 })
+	time.Sleep(1100 * time.Millisecond) // past any cache of that scrape
+	rdb.ConfigResetStat(ctx)
+	for range 10 {
+		if len(scrape(t, scrapes)) == 0 {
+			t.Fatal("an empty scrape")
+		}
+	}
+	for range 20 {
+		if readyz(t, d.url) != 200 {
+			t.Fatal("not ready")
+		}
+	}
+	calls := commandCalls(t, rs)
+	// A cost sample of the refiller's may fall in: one more pass.
+	if calls["hgetall"] > 2*perPass {
+		t.Fatalf("10 scrapes cost %d HGETALLs; want at most two passes (%d)", calls["hgetall"], 2*perPass)
+	}
+	if calls["ping"] > 2 {
+		t.Fatalf("20 readiness checks sent %d PINGs; want at most 2", calls["ping"])
+	}
+
+	t.Run("the default listens on this host only, and off serves none", func(t *testing.T) {
+		cfg, err := LoadConfig(envOf(map[string]string{"ORGA_API_KEY": "k", "TOKENPOOL_JWT_SECRET": testJWTSecret}), false)
+		if err != nil || cfg.MetricsAddr != "127.0.0.1:9464" {
+			t.Fatalf("default %q, %v", cfg.MetricsAddr, err)
+		}
+		d := startDaemon(t, redistest.New(t), sim, map[string]string{"TOKENPOOL_METRICS_ADDR": "off"})
+		if d.MetricsAddr() != "" {
+			t.Fatalf("metrics on %s with off", d.MetricsAddr())
+		}
+		var stderr bytes.Buffer
+		env := map[string]string{"ORGA_API_KEY": "k", "TOKENPOOL_JWT_SECRET": testJWTSecret, "TOKENPOOL_METRICS_ADDR": "9464"}
+		if code := run(context.Background(), nil, envOf(env), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "TOKENPOOL_METRICS_ADDR") {
+			t.Fatalf("a bad address: exit %d: %s", code, stderr.String())
 		}
 	})
 }

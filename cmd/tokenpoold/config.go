@@ -88,8 +88,11 @@ type Config struct {
 	// OTEL_* variables itself.
 	Tracing bool
 
-	LogLevel  slog.Level // TOKENPOOL_LOG_LEVEL
-	DebugAddr string     // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty; loopback unless TOKENPOOL_DEBUG_PUBLIC
+	LogLevel slog.Level // TOKENPOOL_LOG_LEVEL
+	// MetricsAddr is TOKENPOOL_METRICS_ADDR: Prometheus metrics on a
+	// listener of their own, never the API's port; "" (off) to serve none.
+	MetricsAddr string
+	DebugAddr   string // TOKENPOOL_DEBUG_ADDR: net/http/pprof, off when empty; loopback unless TOKENPOOL_DEBUG_PUBLIC
 
 	Demo bool // -demo
 }
@@ -144,6 +147,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		TrustedProxies:         e.cidrs("TOKENPOOL_TRUSTED_PROXIES"),
 		CORSOrigins:            e.origins("TOKENPOOL_CORS_ORIGINS"),
 		LogLevel:               e.level("TOKENPOOL_LOG_LEVEL"),
+		MetricsAddr:            e.metricsAddr("TOKENPOOL_METRICS_ADDR"),
 		DebugAddr:              e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
 		Tracing:                e.tracing(),
 	}
@@ -427,6 +431,25 @@ func checkJWKSURL(v string) error {
 		return fmt.Errorf("must be https:// (http:// only to this host), got %q", v)
 	}
 	return nil
+}
+
+// DefaultMetricsAddr is where metrics are served unless
+// TOKENPOOL_METRICS_ADDR says otherwise: this host only, since they name
+// every profile and its state. A container sets ":9464" for its scraper.
+const DefaultMetricsAddr = "127.0.0.1:9464"
+
+// metricsAddr reads the metrics address: host:port or :port (every
+// interface, as a container's scraper needs), or "off".
+func (e *envReader) metricsAddr(name string) string {
+	v := e.str(name, DefaultMetricsAddr)
+	if strings.EqualFold(v, "off") {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		e.fail(name, fmt.Sprintf("must be host:port, :port or off, got %q", v))
+		return ""
+	}
+	return v
 }
 
 // debugAddr reads the pprof address. A bare port (":6060") listens on

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v3"
 )
 
 // TestComposeFile loads docker-compose.yml as docker compose would (no
@@ -42,7 +44,7 @@ func TestComposeFile(t *testing.T) {
 		}
 	})
 
-	for _, name := range []string{"redis", "upstream-sim", "tokenpoold-1", "tokenpoold-2", "tokenpoold-3", "lb"} {
+	for _, name := range []string{"redis", "upstream-sim", "tokenpoold-1", "tokenpoold-2", "tokenpoold-3", "lb", "prometheus"} {
 		if _, ok := p.Services[name]; !ok {
 			t.Fatalf("service %q missing; have %v", name, p.ServiceNames())
 		}
@@ -56,6 +58,7 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	scrapes := prometheusTargets(t, p)
 
 	for i := 1; i <= 3; i++ {
 		name := "tokenpoold-" + string(rune('0'+i))
@@ -85,11 +88,62 @@ func TestComposeFile(t *testing.T) {
 			if !regexp.MustCompile(`server ` + name + `:8080`).Match(conf) {
 				t.Fatalf("deploy/nginx.conf does not balance to %s", name)
 			}
+			// Metrics: their own port, scraped by Prometheus, never
+			// balanced by nginx.
+			_, port, err := net.SplitHostPort(vars["TOKENPOOL_METRICS_ADDR"])
+			if err != nil || port == "8080" || !scrapes[name+":"+port] {
+				t.Fatalf("TOKENPOOL_METRICS_ADDR %q; Prometheus scrapes %v", vars["TOKENPOOL_METRICS_ADDR"], scrapes)
+			}
+			if strings.Contains(string(conf), ":"+port) {
+				t.Fatalf("deploy/nginx.conf reaches the metrics port %s", port)
+			}
 		})
 	}
 	if ep := p.Services["upstream-sim"].Entrypoint; len(ep) == 0 || !strings.HasSuffix(ep[0], "/upstream-sim") {
 		t.Fatalf("upstream-sim entrypoint %v", ep)
 	}
+}
+
+// prometheusTargets are the targets of the compose file's Prometheus, from
+// the config file it mounts, on /metrics.
+func prometheusTargets(t *testing.T, p *types.Project) map[string]bool {
+	t.Helper()
+	prom := p.Services["prometheus"]
+	var file string
+	for _, v := range prom.Volumes {
+		if v.Target == "/etc/prometheus/prometheus.yml" {
+			file = v.Source
+		}
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("the Prometheus config: %v", err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			MetricsPath   string `yaml:"metrics_path"`
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]bool{}
+	for _, sc := range cfg.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, tg := range st.Targets {
+				targets[tg] = sc.MetricsPath == "" || sc.MetricsPath == "/metrics"
+			}
+		}
+	}
+	for _, port := range prom.Ports {
+		if port.HostIP != "127.0.0.1" {
+			t.Errorf("Prometheus is published on %q; keep it on 127.0.0.1", port.HostIP)
+		}
+	}
+	return targets
 }
 
 // TestDockerfile checks what the image promises. CI runs the build line
@@ -115,7 +169,8 @@ func TestDockerfile(t *testing.T) {
 		{"both binaries built", build != nil && strings.Contains(build[1], "./cmd/tokenpoold") && strings.Contains(build[1], "./cmd/upstream-sim")},
 		{"a non-root final user", regexp.MustCompile(`(?m)^USER nonroot`).MatchString(final)},
 		{"a small final image without a toolchain", strings.Contains(final, "distroless/static")},
-		{"the port exposed", regexp.MustCompile(`(?m)^EXPOSE 8080$`).MatchString(final)},
+		{"the ports exposed", regexp.MustCompile(`(?m)^EXPOSE 8080 9464$`).MatchString(final)},
+		{"metrics on their own port in a container", regexp.MustCompile(`(?m)^ENV .*TOKENPOOL_METRICS_ADDR=:9464`).MatchString(final)},
 		{"a health check using -healthcheck", strings.Contains(final, `"-healthcheck"`)},
 		{"tokenpoold as the entrypoint", strings.Contains(final, `ENTRYPOINT ["/usr/local/bin/tokenpoold"]`)},
 	}

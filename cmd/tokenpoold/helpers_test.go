@@ -49,8 +49,9 @@ func (b *syncBuffer) String() string {
 // daemon is one in-process tokenpoold for a test.
 type daemon struct {
 	*Main
-	url  string
-	logs *syncBuffer
+	url        string
+	metricsURL string // "": metrics are off
+	logs       *syncBuffer
 }
 
 func envOf(env map[string]string) func(string) string {
@@ -62,7 +63,7 @@ func envOf(env map[string]string) func(string) string {
 // opens. It is closed when the test ends.
 func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, env map[string]string, with ...func(*Main)) *daemon {
 	tb.Helper()
-	full := testEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_ADDR": "127.0.0.1:0"})
+	full := testEnv(rs.URL(), sim, map[string]string{"TOKENPOOL_ADDR": "127.0.0.1:0", "TOKENPOOL_METRICS_ADDR": "127.0.0.1:0"})
 	for k, v := range env {
 		full[k] = v
 	}
@@ -85,7 +86,11 @@ func startDaemon(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, 
 			tb.Errorf("close: %v", err)
 		}
 	})
-	return &daemon{Main: m, url: "http://" + m.Addr(), logs: logs}
+	d := &daemon{Main: m, url: "http://" + m.Addr(), logs: logs}
+	if a := m.MetricsAddr(); a != "" {
+		d.metricsURL = "http://" + a
+	}
+	return d
 }
 
 // testEnv is a daemon's environment in a test: Redis at redisURL, the
@@ -322,7 +327,7 @@ func startProcess(tb testing.TB, env map[string]string) *process {
 	tb.Helper()
 	port := redistest.FreePort(tb)
 	cmd := exec.Command(binary(tb))
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("TOKENPOOL_ADDR=127.0.0.1:%d", port)}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("TOKENPOOL_ADDR=127.0.0.1:%d", port), "TOKENPOOL_METRICS_ADDR=127.0.0.1:0"}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

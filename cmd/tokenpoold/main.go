@@ -155,6 +155,9 @@ type Main struct {
 	upstreamMetrics *upstream.Metrics
 	ln              net.Listener
 	http            *http.Server
+	reg             *prometheus.Registry
+	metrics         *http.Server // nil: TOKENPOOL_METRICS_ADDR is off
+	metricsLn       net.Listener
 	debug           *http.Server
 	debugLn         net.Listener
 	served          chan error
@@ -177,6 +180,7 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
+	m.reg = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.upstreamMetrics = upstream.NewMetrics(reg)
 	m.replica = pool.NewReplicaID()
@@ -338,7 +342,7 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 			}
 			return "closed"
 		},
-		Metrics: api.NewMetrics(reg), MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Metrics:        api.NewMetrics(reg),
 		TracerProvider: m.tracer, Realtime: realtime,
 	}
 	m.api, err = api.New(ac)
@@ -363,6 +367,11 @@ func (m *Main) listen() error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}
+	if cfg.MetricsAddr != "" {
+		if err := m.openMetrics(cfg.MetricsAddr); err != nil {
+			return err
+		}
+	}
 	if cfg.DebugAddr != "" {
 		if err := m.openDebug(cfg.DebugAddr); err != nil {
 			return err
@@ -383,7 +392,7 @@ func (m *Main) logListening() {
 	for _, p := range ps.List {
 		names = append(names, fmt.Sprintf("%s(%s, target %d)", p.Name, p.Provider, p.Target))
 	}
-	m.log.Info("listening", "addr", m.Addr(), "replica", m.replica, "redis", m.redisKind(),
+	m.log.Info("listening", "addr", m.Addr(), "metrics_addr", m.MetricsAddr(), "replica", m.replica, "redis", m.redisKind(),
 		"profiles", names, "default_profile", ps.Default, "realtime_profile", ps.Realtime,
 		"sealed", m.sealed, "upstream_rate", rateString(cfg.UpstreamRate), "demo", cfg.Demo, "tracing", m.tracer != nil)
 }
@@ -469,6 +478,33 @@ func rateString(l limiter.Limit) string {
 	return fmt.Sprintf("%d/%s", l.Rate, l.Period)
 }
 
+// openMetrics serves GET /metrics on addr (TOKENPOOL_METRICS_ADDR), a
+// listener of its own: the API's port serves none, so a public load
+// balancer never exposes them. A scrape reads the pool's figures from
+// Redis at most once per pool.ScrapeCacheTTL, whatever the scrape rate.
+func (m *Main) openMetrics(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (TOKENPOOL_METRICS_ADDR): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, Timeout: 10 * time.Second}))
+	m.metrics, m.metricsLn = &http.Server{
+		Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 15 * time.Second,
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+	}, ln
+	go func() { _ = m.metrics.Serve(ln) }()
+	return nil
+}
+
+// MetricsAddr is the address metrics are served on; "" when off.
+func (m *Main) MetricsAddr() string {
+	if m.metricsLn == nil {
+		return ""
+	}
+	return m.metricsLn.Addr().String()
+}
+
 // openDebug serves net/http/pprof on addr (TOKENPOOL_DEBUG_ADDR), for
 // profiling; keep it on localhost.
 func (m *Main) openDebug(addr string) error {
@@ -522,6 +558,9 @@ func (m *Main) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("http serve: %w", err))
 		}
 		m.http = nil
+	}
+	if m.metrics != nil {
+		_ = m.metrics.Close()
 	}
 	if m.debug != nil {
 		_ = m.debug.Close()

@@ -67,7 +67,7 @@ func TestMetricsMove(t *testing.T) {
 		"TOKENPOOL_BREAKER_COOLDOWN": "30s",
 		"TOKENPOOL_ADMIN_KEYS":       "ops:" + sha256hex("admin-key"),
 	})
-	before := scrape(t, d.url)
+	before := scrape(t, d.metricsURL)
 
 	alice := callerJWT(t, "alice-metrics-subject")
 	for range 50 { // hits and misses, then the per-user limit
@@ -75,7 +75,7 @@ func TestMetricsMove(t *testing.T) {
 	}
 	// Short-lived credentials go stale in the pool: waste.
 	wasted := `tokenpool_pool_wasted_total{profile=default}`
-	poll.Until(t, "stale credentials to be counted as waste", 15*time.Second, func() bool { return scrape(t, d.url)[wasted] > before[wasted] })
+	poll.Until(t, "stale credentials to be counted as waste", 15*time.Second, func() bool { return scrape(t, d.metricsURL)[wasted] > before[wasted] })
 	fetch(t, d.url, callerJWT(t, "bob"))
 	// A prewarm moves the target.
 	admin := func(method, path, body string) {
@@ -88,7 +88,7 @@ func TestMetricsMove(t *testing.T) {
 	}
 	admin("POST", "/v1/admin/profiles/default/prewarm", `{"ready":9,"until":"`+time.Now().Add(time.Minute).UTC().Format(time.RFC3339)+`"}`)
 	poll.Until(t, "the prewarm to reach the target", 10*time.Second, func() bool {
-		return scrape(t, d.url)[`tokenpool_pool_target{profile=default}`] == 9
+		return scrape(t, d.metricsURL)[`tokenpool_pool_target{profile=default}`] == 9
 	})
 	// Failed mints open the breaker.
 	sim.Update(func(c *upstreamtest.Config) { c.FailureRate = 1 })
@@ -97,10 +97,10 @@ func TestMetricsMove(t *testing.T) {
 		return m[`tokenpool_mints_total{kind=refill,outcome=failed,profile=default}`] +
 			m[`tokenpool_mints_total{kind=refill,outcome=unavailable,profile=default}`]
 	}
-	poll.Until(t, "failed refills to be counted", 10*time.Second, func() bool { return notOK(scrape(t, d.url)) > notOK(before) })
+	poll.Until(t, "failed refills to be counted", 10*time.Second, func() bool { return notOK(scrape(t, d.metricsURL)) > notOK(before) })
 	admin("GET", "/v1/admin/profiles", "")
 
-	after := scrape(t, d.url)
+	after := scrape(t, d.metricsURL)
 	moved := []string{
 		`tokenpool_handouts_total{profile=default,source=pool}`,
 		`tokenpool_handouts_total{profile=default,source=direct}`,
@@ -161,7 +161,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	d := startDaemon(t, rs, sim, nil)
 	fetch(t, d.url, callerJWT(t, "alice"))
 	exported := map[string]bool{}
-	for k := range scrape(t, d.url) {
+	for k := range scrape(t, d.metricsURL) {
 		name := k[:strings.Index(k, "{")]
 		if strings.HasPrefix(name, "tokenpool_") {
 			exported[name] = true

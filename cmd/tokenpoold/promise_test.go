@@ -254,7 +254,7 @@ func TestPromiseLostIsReported(t *testing.T) {
 	if got := report.Profiles[0]["lost"]; got != float64(1) {
 		t.Fatalf("admin report lost = %v, want 1", got)
 	}
-	if got := scrape(t, d.url)[`tokenpool_pool_lost_total{profile=default}`]; got != 1 {
+	if got := scrape(t, d.metricsURL)[`tokenpool_pool_lost_total{profile=default}`]; got != 1 {
 		t.Fatalf("tokenpool_pool_lost_total = %v, want 1", got)
 	}
 }

@@ -2,8 +2,10 @@ package chartcheck
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -159,9 +161,9 @@ func checkObjects(t *testing.T, objs []Object, routes, vars map[string]bool) {
 	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(pods) {
 		t.Errorf("the Service selects %v, not the pods %v", svc.Spec.Selector, pods)
 	}
-	svcPorts := map[string]bool{}
+	svcPorts := map[string]corev1.ServicePort{}
 	for _, p := range svc.Spec.Ports {
-		svcPorts[p.Name] = true
+		svcPorts[p.Name] = p
 		if _, ok := ports[p.TargetPort.String()]; !ok {
 			t.Errorf("Service port %s targets %s, which the container does not open", p.Name, p.TargetPort.String())
 		}
@@ -196,14 +198,30 @@ func checkObjects(t *testing.T, objs []Object, routes, vars map[string]bool) {
 		}
 	}
 
-	// The ServiceMonitor scrapes the Service's port on /metrics.
+	// The daemon serves metrics on a port of its own, which the container
+	// opens, reachable from another pod, never the API's.
+	metricsPort := listenPort(t, env["TOKENPOOL_METRICS_ADDR"].Value)
+	if metricsPort == 0 || metricsPort == ports["http"] || ports["metrics"] != metricsPort {
+		t.Errorf("TOKENPOOL_METRICS_ADDR %q: want a port of every interface that the container opens as \"metrics\" (it opens %v), not the API's", env["TOKENPOOL_METRICS_ADDR"].Value, ports)
+	}
+
+	// The ServiceMonitor scrapes /metrics on the Service port that reaches
+	// the metrics port.
 	for _, m := range all[*monitoringv1.ServiceMonitor](objs) {
 		if !selects(t, &m.Spec.Selector, labels.Set(svc.Labels)) {
 			t.Errorf("the ServiceMonitor selects %v, not the Service's labels %v", m.Spec.Selector, svc.Labels)
 		}
+		if len(m.Spec.Endpoints) == 0 {
+			t.Error("the ServiceMonitor scrapes nothing")
+		}
 		for _, e := range m.Spec.Endpoints {
-			if !svcPorts[e.Port] || !routes[e.Path] {
-				t.Errorf("the ServiceMonitor scrapes port %q path %q", e.Port, e.Path)
+			sp, ok := svcPorts[e.Port]
+			target := sp.TargetPort.IntVal
+			if named := sp.TargetPort.String(); ports[named] != 0 {
+				target = ports[named]
+			}
+			if !ok || target != metricsPort || e.Path != "/metrics" {
+				t.Errorf("the ServiceMonitor scrapes port %q (container port %d) path %q; the daemon serves /metrics on %d", e.Port, target, e.Path, metricsPort)
 			}
 		}
 	}
@@ -213,16 +231,18 @@ func checkObjects(t *testing.T, objs []Object, routes, vars map[string]bool) {
 		if !selects(t, &np.Spec.PodSelector, pods) {
 			t.Errorf("the NetworkPolicy applies to %v, not the pods", np.Spec.PodSelector)
 		}
-		in := false
+		in := map[string]bool{}
 		for _, r := range np.Spec.Ingress {
 			for _, p := range r.Ports {
 				if p.Port != nil {
-					_, in = ports[p.Port.String()]
+					in[p.Port.String()] = true
 				}
 			}
 		}
-		if !in {
-			t.Error("the NetworkPolicy lets no caller reach the container's port")
+		for _, name := range []string{"http", "metrics"} {
+			if !in[name] {
+				t.Errorf("the NetworkPolicy lets nothing reach the container's %s port (it lets in %v)", name, in)
+			}
 		}
 	}
 
@@ -305,6 +325,21 @@ func mustSeconds(t *testing.T, d string) float64 {
 		t.Fatalf("duration %q: want whole seconds like 20s", d)
 	}
 	return s
+}
+
+// listenPort is the port of a listen address that serves other pods
+// (":9464" or "0.0.0.0:9464"); 0 for a loopback one, or none.
+func listenPort(t *testing.T, addr string) int32 {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || (host != "" && host != "0.0.0.0" && host != "::") {
+		return 0
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return 0
+	}
+	return int32(n)
 }
 
 // daemonRoutes are the paths of the daemon's API document.
