@@ -283,7 +283,8 @@ type Access struct {
 	// APIKeys lists the API key names allowed.
 	APIKeys []string
 	// Claims lists claims a caller's JWT must all carry, each with one of
-	// the listed values (for an array claim: any element).
+	// the listed values (for an array claim: any element). An email
+	// counts only when verified (see emailOf).
 	Claims map[string][]string
 }
 
@@ -308,7 +309,16 @@ func (a *Access) allows(c caller) bool {
 		return false
 	}
 	for name, allowed := range a.Claims {
-		if !claimMatches(c.claims[name], allowed) {
+		v := c.claims[name]
+		if name == "email" {
+			// Only a verified email, as for per-caller profiles: anyone
+			// may register an address nobody verified.
+			v = nil
+			if c.email != "" {
+				v = c.email
+			}
+		}
+		if !claimMatches(v, allowed) {
 			return false
 		}
 	}

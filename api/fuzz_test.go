@@ -215,7 +215,7 @@ func FuzzJWKSKeyChoice(f *testing.F) {
 				keys = append(keys, j)
 			}
 		}
-		for _, j := range keysFor(keys, alg, kid, hasKID) {
+		for _, j := range usableKeys(keys, alg, kid, hasKID) {
 			m := j.Marshal()
 			if m.USE != "" && m.USE != jwkset.UseSig {
 				t.Fatalf("a key for %q chosen to verify a signature", m.USE)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
@@ -190,7 +191,7 @@ func (s *Server) healthz(c *gin.Context) {
 
 // readyz answers readiness: Redis answers and every profile can serve.
 func (s *Server) readyz(c *gin.Context) {
-	if err := s.readiness(); err != nil {
+	if err := s.readiness(c.Request.Context()); err != nil {
 		s.log.Warn("not ready", "request_id", requestID(c), "err", err.Error())
 		he := errorf(http.StatusServiceUnavailable, codeNotReady, "not ready")
 		he.header = http.Header{"Retry-After": {"1"}}
@@ -208,29 +209,42 @@ const ReadyCacheTTL = time.Second
 
 // readyCache is the last readiness check's answer.
 type readyCache struct {
-	mu  sync.Mutex // held while checking, so concurrent checks wait for one
-	at  time.Time  // guarded by mu
-	err error      // guarded by mu
+	flight singleflight.Group // concurrent checks wait for one
+	mu     sync.Mutex
+	at     time.Time // guarded by mu
+	err    error     // guarded by mu
 }
 
 // readiness checks the identity providers' keys and the pool, or answers
-// what the last check found when it is under ReadyCacheTTL old.
-func (s *Server) readiness() error {
+// what the last check found when it is under ReadyCacheTTL old. A caller
+// that goes away stops waiting; the check goes on for the others.
+func (s *Server) readiness(ctx context.Context) error {
 	r := &s.ready
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.at.IsZero() && s.now().Sub(r.at) < ReadyCacheTTL {
-		return r.err
+	at, err := r.at, r.err
+	r.mu.Unlock()
+	if !at.IsZero() && s.now().Sub(at) < ReadyCacheTTL {
+		return err
 	}
-	// Not the request's context: the answer serves other requests too.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	err := s.auth.issuers.ready()
-	if err == nil {
-		err = s.pool.Ready(ctx)
+	done := r.flight.DoChan("ready", func() (any, error) {
+		// Not the request's context: the answer serves other requests too.
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err := s.auth.issuers.ready()
+		if err == nil {
+			err = s.pool.Ready(cctx)
+		}
+		r.mu.Lock()
+		r.at, r.err = s.now(), err
+		r.mu.Unlock()
+		return nil, err
+	})
+	select {
+	case res := <-done:
+		return res.Err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	r.at, r.err = s.now(), err
-	return err
 }
 
 // unavailable answers a Redis failure outside the pool: a 503 to retry in

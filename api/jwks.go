@@ -9,9 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,37 +129,20 @@ func newKeySet(is Issuer, cfg Config, log *slog.Logger) (*keySet, error) {
 	return &keySet{
 		issuer: is, parser: jwt.NewParser(opts...), log: log, store: jwkset.NewMemoryStorage(),
 		// Each fetch carries its deadline.
-		client:  &http.Client{Transport: limitBody{t}, CheckRedirect: sameHostRedirect},
+		client:  &http.Client{Transport: limitBody{t}, CheckRedirect: refuseRedirect},
 		refetch: rate.NewLimiter(rate.Every(is.MinRefetch), 1),
 	}, nil
 }
 
-// jwksMaxRedirects bounds the redirects a JWKS fetch follows.
-const jwksMaxRedirects = 3
+// errJWKSRedirect: the JWKS URL answered a redirect, which is not
+// followed. The URL's host and scheme, which the configuration checks,
+// are what vouch for the keys; a redirect, even on the same host (where
+// an identity provider may serve many tenants, each with its own keys),
+// would let its target publish keys the daemon trusts.
+var errJWKSRedirect = errors.New("the JWKS URL answered a redirect, which is not followed: set the JWKS URL to the address the identity provider publishes")
 
-// sameHostRedirect follows a JWKS URL's redirects only on its own host
-// and never from https to http: the URL's host and scheme, which the
-// configuration checks, are what vouch for the keys, and a redirect
-// elsewhere would let that host (or anyone on the path of a plain-http
-// request) publish keys the daemon trusts.
-func sameHostRedirect(req *http.Request, via []*http.Request) error {
-	first := via[0].URL
-	switch {
-	case len(via) > jwksMaxRedirects:
-		return fmt.Errorf("refusing a JWKS redirect: more than %d", jwksMaxRedirects)
-	case !strings.EqualFold(req.URL.Host, first.Host):
-		return fmt.Errorf("refusing a JWKS redirect to another host (%s)", redactedURL(req.URL))
-	case first.Scheme == "https" && req.URL.Scheme != "https":
-		return fmt.Errorf("refusing a JWKS redirect from https to %s", req.URL.Scheme)
-	}
-	return nil
-}
-
-// redactedURL is u's scheme, host and path, for a log: no query, no
-// user info.
-func redactedURL(u *url.URL) string {
-	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-}
+// refuseRedirect is the JWKS client's CheckRedirect.
+func refuseRedirect(*http.Request, []*http.Request) error { return errJWKSRedirect }
 
 // name is how logs and readiness name the issuer.
 func (k *keySet) name() string {
@@ -214,6 +195,9 @@ func (k *keySet) fetch(ctx context.Context, timeout time.Duration) error {
 	if _, err := jwkset.NewStorageFromHTTP(k.issuer.JWKSURL, jwkset.HTTPClientStorageOptions{
 		Client: k.client, Ctx: ctx, HTTPTimeout: timeout, Storage: scratch,
 	}); err != nil {
+		if errors.Is(err, errJWKSRedirect) {
+			return errJWKSRedirect // not the url.Error, which carries the redirect's whole Location
+		}
 		return err
 	}
 	all, err := scratch.KeyReadAll(ctx)
@@ -275,7 +259,7 @@ func (k *keySet) keysFor(ctx context.Context, alg, kid string, hasKID bool) (any
 			return nil, err
 		}
 	}
-	usable := keysFor(all, alg, kid, hasKID)
+	usable := usableKeys(all, alg, kid, hasKID)
 	if len(usable) == 0 {
 		return nil, fmt.Errorf("no published key may verify a %s token", alg)
 	}
@@ -289,12 +273,12 @@ func (k *keySet) keysFor(ctx context.Context, alg, kid string, hasKID bool) (any
 	return set, nil
 }
 
-// keysFor picks from keys those a token signed with alg may be checked
+// usableKeys picks from keys those a token signed with alg may be checked
 // with: the key its kid names (without a kid, any key), only if the key
 // is for signatures (use sig or none) and names no alg or alg itself. A
 // key that names its algorithm verifies only that one, with a kid or
 // without.
-func keysFor(keys []jwkset.JWK, alg, kid string, hasKID bool) []jwkset.JWK {
+func usableKeys(keys []jwkset.JWK, alg, kid string, hasKID bool) []jwkset.JWK {
 	var out []jwkset.JWK
 	for _, j := range keys {
 		m := j.Marshal()

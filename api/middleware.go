@@ -158,6 +158,9 @@ func (s *Server) checkOrigin(c *gin.Context) {
 		c.Next()
 		return
 	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	c.Request = c.Request.WithContext(ctx)
 	ips := s.ipChecks(c)
 	if !s.refusedBefore(c, ips...) && s.applyLimits(c, ips) {
 		s.fail(c, errorf(http.StatusForbidden, codeForbidden, "this origin may not call the API; the server lists the origins it accepts (TOKENPOOL_CORS_ORIGINS)"))

@@ -63,7 +63,13 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		return rtErr
 	})
 	perUser, _ := limiter.Parse("3/m")
+	var (
+		clockMu sync.Mutex
+		now     = time.Now()
+	)
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
 	s, err := New(Config{
+		Now:  clock,
 		Pool: fp, Limiter: limiter.New(rs.Client(), rs.Prefix), Realtime: realtime,
 		Profiles: map[string]ProfileInfo{
 			"default":   {Provider: "orga", ICE: true},
@@ -229,7 +235,9 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	fp.mu.Lock()
 	fp.readyErr = fmt.Errorf("redis down")
 	fp.mu.Unlock()
-	time.Sleep(ReadyCacheTTL) // the last check's answer serves until then
+	clockMu.Lock()
+	now = now.Add(ReadyCacheTTL) // past the last check's answer
+	clockMu.Unlock()
 	check("GET /readyz 503", "GET", "/readyz", "", "", "", 503)
 	check("the admin report with Redis away is 503", "GET", "/v1/admin/profiles", "", "", admin, 503)
 	check("a prewarm with Redis away is 503", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 503)

@@ -82,7 +82,7 @@ func decodeEntry(b []byte) (Credential, error) {
 // read it. Nothing in it is a secret.
 type Caller struct {
 	Subject string // "user:<sub>" or "key:<name>"
-	Email   string // the JWT's email claim; empty when absent
+	Email   string // the JWT's email, when verified (email_verified true or "true", or an issuer assumed to verify); else empty
 }
 
 type callerKey struct{}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 )
 
 // Metrics are the pool's Prometheus metrics, counted by this replica (sum
@@ -177,11 +178,10 @@ type poolCollector struct {
 	mintsPerHandout, wastedRecent          *prometheus.Desc
 	unreachable                            *prometheus.Desc
 
-	// Held while the figures are read, so concurrent scrapes wait for
-	// one pass instead of starting their own.
-	mu    sync.Mutex
-	at    time.Time        // guarded by mu; when stats were read
-	stats map[string]Stats // guarded by mu; by profile, those that answered
+	flight singleflight.Group // concurrent scrapes wait for one pass
+	mu     sync.Mutex
+	at     time.Time        // guarded by mu; when stats were read
+	stats  map[string]Stats // guarded by mu; by profile, those that answered
 }
 
 // Collector returns a Prometheus collector of every profile's pool: ready,
@@ -214,20 +214,26 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 // ScrapeCacheTTL old.
 func (c *poolCollector) figures() map[string]Stats {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stats != nil && c.p.now().Sub(c.at) < ScrapeCacheTTL {
-		return c.stats
+	stats, at := c.stats, c.at
+	c.mu.Unlock()
+	if stats != nil && c.p.now().Sub(at) < ScrapeCacheTTL {
+		return stats
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	stats := make(map[string]Stats, len(c.p.names))
-	for _, name := range c.p.names {
-		if st, err := c.p.Stats(ctx, name); err == nil { // Redis away: no sample rather than a wrong one
-			stats[name] = st
+	v, _, _ := c.flight.Do("stats", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		stats := make(map[string]Stats, len(c.p.names))
+		for _, name := range c.p.names {
+			if st, err := c.p.Stats(ctx, name); err == nil { // Redis away: no sample rather than a wrong one
+				stats[name] = st
+			}
 		}
-	}
-	c.stats, c.at = stats, c.p.now()
-	return stats
+		c.mu.Lock()
+		c.stats, c.at = stats, c.p.now()
+		c.mu.Unlock()
+		return stats, nil
+	})
+	return v.(map[string]Stats)
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {

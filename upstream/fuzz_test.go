@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"encoding/json"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -99,6 +98,7 @@ func FuzzNavaiResolve(f *testing.F) {
 		`{"voice":"Cedar"}`, `{"model":"gpt-realtime-mini-2025-10-06","voice":"verse"}`,
 		`{"model":"gpt-realtime","instructions":"You are the premium concierge.","language":"English"}`,
 		`{"instructions":"You are the premium concierge."}`, `{"apiKey":"sk-other","model":7}`,
+		`{"model":"gpt-realtime-2025-08-2x"}`, `{"model":"gpt-realtime- 123- 1- 1"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -108,9 +108,19 @@ func FuzzNavaiResolve(f *testing.F) {
 		if !ok {
 			return false
 		}
-		var y, m, d int
-		n, _ := fmt.Sscanf(rest, "-%4d-%2d-%2d", &y, &m, &d)
-		return rest == "" || (n == 3 && len(rest) == 11)
+		if rest == "" {
+			return true
+		}
+		// -YYYY-MM-DD, each a digit 0-9
+		if len(rest) != 11 || rest[0] != '-' || rest[5] != '-' || rest[8] != '-' {
+			return false
+		}
+		for i, b := range []byte(rest) {
+			if i != 0 && i != 5 && i != 8 && (b < '0' || b > '9') {
+				return false
+			}
+		}
+		return true
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req NavaiRequest

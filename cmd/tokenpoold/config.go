@@ -108,7 +108,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 	e := envReader{get: getenv}
 	cfg := Config{
 		Demo:                   demo,
-		Addr:                   e.str("TOKENPOOL_ADDR", ":8080"),
+		Addr:                   e.str("TOKENPOOL_ADDR", DefaultAddr),
 		RedisURL:               e.redisURL("REDIS_URL"),
 		RedisClusterAddrs:      e.addrs("REDIS_CLUSTER_ADDRS"),
 		RedisSentinelAddrs:     e.addrs("REDIS_SENTINEL_ADDRS"),
@@ -433,6 +433,9 @@ func checkJWKSURL(v string) error {
 	return nil
 }
 
+// DefaultAddr is TOKENPOOL_ADDR's default.
+const DefaultAddr = ":8080"
+
 // DefaultMetricsAddr is where metrics are served unless
 // TOKENPOOL_METRICS_ADDR says otherwise: this host only, since they name
 // every profile and its state. A container sets ":9464" for its scraper.
@@ -445,12 +448,21 @@ func (e *envReader) metricsAddr(name string) string {
 	if strings.EqualFold(v, "off") {
 		return ""
 	}
-	if _, _, err := net.SplitHostPort(v); err != nil {
+	host, port, err := net.SplitHostPort(v)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 		e.fail(name, fmt.Sprintf("must be host:port, :port or off, got %q", v))
+		return ""
+	}
+	if apiHost, apiPort, err := net.SplitHostPort(e.str("TOKENPOOL_ADDR", DefaultAddr)); err == nil && apiPort == port && port != "0" &&
+		(host == apiHost || anyHost(host) || anyHost(apiHost)) {
+		e.fail(name, fmt.Sprintf("%q is the API's address (TOKENPOOL_ADDR): metrics need a port of their own", v))
 		return ""
 	}
 	return v
 }
+
+// anyHost reports whether a listen address's host means every interface.
+func anyHost(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
 
 // debugAddr reads the pprof address. A bare port (":6060") listens on
 // loopback only; another interface must be asked for explicitly with

@@ -169,7 +169,7 @@ func TestDockerfile(t *testing.T) {
 		{"both binaries built", build != nil && strings.Contains(build[1], "./cmd/tokenpoold") && strings.Contains(build[1], "./cmd/upstream-sim")},
 		{"a non-root final user", regexp.MustCompile(`(?m)^USER nonroot`).MatchString(final)},
 		{"a small final image without a toolchain", strings.Contains(final, "distroless/static")},
-		{"the ports exposed", regexp.MustCompile(`(?m)^EXPOSE 8080 9464$`).MatchString(final)},
+		{"the API's port exposed, and only it", regexp.MustCompile(`(?m)^EXPOSE 8080$`).MatchString(final)},
 		{"metrics on their own port in a container", regexp.MustCompile(`(?m)^ENV .*TOKENPOOL_METRICS_ADDR=:9464`).MatchString(final)},
 		{"a health check using -healthcheck", strings.Contains(final, `"-healthcheck"`)},
 		{"tokenpoold as the entrypoint", strings.Contains(final, `ENTRYPOINT ["/usr/local/bin/tokenpoold"]`)},

@@ -158,6 +158,7 @@ type Main struct {
 	reg             *prometheus.Registry
 	metrics         *http.Server // nil: TOKENPOOL_METRICS_ADDR is off
 	metricsLn       net.Listener
+	metricsDone     chan struct{} // closed when the metrics server has stopped
 	debug           *http.Server
 	debugLn         net.Listener
 	served          chan error
@@ -353,6 +354,18 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 // identity providers' key fetches, the refiller and the HTTP server.
 func (m *Main) listen() error {
 	cfg := &m.Config
+	// The side listeners first: one that can't open leaves the API's
+	// port unbound.
+	if cfg.MetricsAddr != "" {
+		if err := m.openMetrics(cfg.MetricsAddr); err != nil {
+			return err
+		}
+	}
+	if cfg.DebugAddr != "" {
+		if err := m.openDebug(cfg.DebugAddr); err != nil {
+			return err
+		}
+	}
 	var err error
 	m.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -366,16 +379,6 @@ func (m *Main) listen() error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
-	}
-	if cfg.MetricsAddr != "" {
-		if err := m.openMetrics(cfg.MetricsAddr); err != nil {
-			return err
-		}
-	}
-	if cfg.DebugAddr != "" {
-		if err := m.openDebug(cfg.DebugAddr); err != nil {
-			return err
-		}
 	}
 	m.api.Open() // identity providers' keys; /readyz waits for them
 	m.pool.Open()
@@ -493,7 +496,11 @@ func (m *Main) openMetrics(addr string) error {
 		Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 15 * time.Second,
 		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}, ln
-	go func() { _ = m.metrics.Serve(ln) }()
+	m.metricsDone = make(chan struct{})
+	go func() {
+		defer close(m.metricsDone)
+		_ = m.metrics.Serve(ln)
+	}()
 	return nil
 }
 
@@ -554,13 +561,19 @@ func (m *Main) Close(ctx context.Context) error {
 		if err := m.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
-		if err := <-m.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs = append(errs, fmt.Errorf("http serve: %w", err))
+		if m.served != nil {
+			if err := <-m.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs = append(errs, fmt.Errorf("http serve: %w", err))
+			}
 		}
 		m.http = nil
 	}
+	if m.ln != nil && m.served == nil { // opened, never served: Open failed after it
+		_ = m.ln.Close()
+	}
 	if m.metrics != nil {
 		_ = m.metrics.Close()
+		<-m.metricsDone
 	}
 	if m.debug != nil {
 		_ = m.debug.Close()

@@ -152,21 +152,36 @@ func checkObjects(t *testing.T, objs []Object, routes, vars map[string]bool) {
 		t.Errorf("termination grace period %v is not longer than TOKENPOOL_SHUTDOWN_TIMEOUT %q", grace, shutdown)
 	}
 
-	// The Service reaches the pods on the container's port.
+	// The Services reach the pods on the container's ports: the API's
+	// (named as the Deployment) and the metrics' (a ClusterIP).
 	svcs := all[*corev1.Service](objs)
-	if len(svcs) != 1 {
-		t.Fatalf("%d Services, want 1", len(svcs))
+	if len(svcs) != 2 {
+		t.Fatalf("%d Services, want the API's and the metrics'", len(svcs))
 	}
-	svc := svcs[0]
-	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(pods) {
-		t.Errorf("the Service selects %v, not the pods %v", svc.Spec.Selector, pods)
-	}
-	svcPorts := map[string]corev1.ServicePort{}
-	for _, p := range svc.Spec.Ports {
-		svcPorts[p.Name] = p
-		if _, ok := ports[p.TargetPort.String()]; !ok {
-			t.Errorf("Service port %s targets %s, which the container does not open", p.Name, p.TargetPort.String())
+	reaches := func(p corev1.ServicePort) int32 { // the container port a Service port reaches
+		if n, ok := ports[p.TargetPort.String()]; ok {
+			return n
 		}
+		return p.TargetPort.IntVal
+	}
+	var svc, metricsSvc *corev1.Service
+	for _, s := range svcs {
+		if !labels.SelectorFromSet(s.Spec.Selector).Matches(pods) {
+			t.Errorf("the Service %s selects %v, not the pods %v", s.Name, s.Spec.Selector, pods)
+		}
+		for _, p := range s.Spec.Ports {
+			if _, ok := ports[p.TargetPort.String()]; !ok {
+				t.Errorf("Service %s port %s targets %s, which the container does not open", s.Name, p.Name, p.TargetPort.String())
+			}
+		}
+		if s.Name == dep.Name {
+			svc = s
+		} else {
+			metricsSvc = s
+		}
+	}
+	if svc == nil || metricsSvc == nil {
+		t.Fatalf("Services %s and %s: want one named %s, for the API", svcs[0].Name, svcs[1].Name, dep.Name)
 	}
 
 	// The autoscaler scales this Deployment, which then sets no replicas.
@@ -199,28 +214,39 @@ func checkObjects(t *testing.T, objs []Object, routes, vars map[string]bool) {
 	}
 
 	// The daemon serves metrics on a port of its own, which the container
-	// opens, reachable from another pod, never the API's.
+	// opens, reachable from another pod, never the API's; only the
+	// metrics Service, a ClusterIP whatever the API's Service is, reaches
+	// it.
 	metricsPort := listenPort(t, env["TOKENPOOL_METRICS_ADDR"].Value)
 	if metricsPort == 0 || metricsPort == ports["http"] || ports["metrics"] != metricsPort {
 		t.Errorf("TOKENPOOL_METRICS_ADDR %q: want a port of every interface that the container opens as \"metrics\" (it opens %v), not the API's", env["TOKENPOOL_METRICS_ADDR"].Value, ports)
 	}
+	for _, p := range svc.Spec.Ports {
+		if reaches(p) == metricsPort {
+			t.Errorf("the API's Service (%s) reaches the metrics port as %s", svc.Spec.Type, p.Name)
+		}
+	}
+	if metricsSvc.Spec.Type != corev1.ServiceTypeClusterIP {
+		t.Errorf("the metrics Service is a %s; want a ClusterIP", metricsSvc.Spec.Type)
+	}
 
-	// The ServiceMonitor scrapes /metrics on the Service port that reaches
-	// the metrics port.
+	// The ServiceMonitor selects the metrics Service alone and scrapes
+	// /metrics on its port that reaches the metrics port.
 	for _, m := range all[*monitoringv1.ServiceMonitor](objs) {
-		if !selects(t, &m.Spec.Selector, labels.Set(svc.Labels)) {
-			t.Errorf("the ServiceMonitor selects %v, not the Service's labels %v", m.Spec.Selector, svc.Labels)
+		if !selects(t, &m.Spec.Selector, labels.Set(metricsSvc.Labels)) || selects(t, &m.Spec.Selector, labels.Set(svc.Labels)) {
+			t.Errorf("the ServiceMonitor selects %v: want the metrics Service's labels %v and not the API's %v", m.Spec.Selector, metricsSvc.Labels, svc.Labels)
 		}
 		if len(m.Spec.Endpoints) == 0 {
 			t.Error("the ServiceMonitor scrapes nothing")
 		}
 		for _, e := range m.Spec.Endpoints {
-			sp, ok := svcPorts[e.Port]
-			target := sp.TargetPort.IntVal
-			if named := sp.TargetPort.String(); ports[named] != 0 {
-				target = ports[named]
+			var target int32
+			for _, p := range metricsSvc.Spec.Ports {
+				if p.Name == e.Port {
+					target = reaches(p)
+				}
 			}
-			if !ok || target != metricsPort || e.Path != "/metrics" {
+			if target != metricsPort || e.Path != "/metrics" {
 				t.Errorf("the ServiceMonitor scrapes port %q (container port %d) path %q; the daemon serves /metrics on %d", e.Port, target, e.Path, metricsPort)
 			}
 		}
