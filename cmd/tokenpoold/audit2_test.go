@@ -506,6 +506,7 @@ profiles:
 		}
 	}
 	calls := commandCalls(t, rs)
+	t.Logf("10 scrapes: %d HGETALLs (one pass: %d); 20 readiness checks: %d PINGs", calls["hgetall"], perPass, calls["ping"])
 	// The scrapes may straddle the end of a cached second, and a cost
 	// sample of the refiller's (one every 10 s) may fall in: three passes
 	// at most, where every scrape read them all before (10 passes).
