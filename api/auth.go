@@ -263,18 +263,20 @@ func (a *authenticator) apiKey(key string) (caller, error) {
 // made it is of the same origin or site (Sec-Fetch-Site). A request with
 // neither (another site's navigation or form, curl, an old browser) is not.
 func fromAllowedOrigin(r *http.Request, allowed []string) bool {
-	if o := r.Header.Get("Origin"); o != "" && o != "null" {
-		for _, a := range allowed {
-			if strings.EqualFold(o, a) {
-				return true
-			}
-		}
+	if o := r.Header.Get("Origin"); o != "null" && listedOrigin(allowed, o) {
+		return true
 	}
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "same-origin", "same-site":
 		return true
 	}
 	return false
+}
+
+// listedOrigin reports whether o is one of allowed, compared as browsers
+// serialize an origin (scheme and host in lower case).
+func listedOrigin(allowed []string, o string) bool {
+	return o != "" && slices.ContainsFunc(allowed, func(a string) bool { return strings.EqualFold(a, o) })
 }
 
 // Access says who may use a profile: API keys by name, and JWT callers

@@ -8,11 +8,9 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
@@ -207,44 +205,19 @@ func (s *Server) readyz(c *gin.Context) {
 // interval.
 const ReadyCacheTTL = time.Second
 
-// readyCache is the last readiness check's answer.
-type readyCache struct {
-	flight singleflight.Group // concurrent checks wait for one
-	mu     sync.Mutex
-	at     time.Time // guarded by mu
-	err    error     // guarded by mu
-}
-
 // readiness checks the identity providers' keys and the pool, or answers
-// what the last check found when it is under ReadyCacheTTL old. A caller
-// that goes away stops waiting; the check goes on for the others.
+// what the last check found when it is under ReadyCacheTTL old.
 func (s *Server) readiness(ctx context.Context) error {
-	r := &s.ready
-	r.mu.Lock()
-	at, err := r.at, r.err
-	r.mu.Unlock()
-	if !at.IsZero() && s.now().Sub(at) < ReadyCacheTTL {
-		return err
-	}
-	done := r.flight.DoChan("ready", func() (any, error) {
+	_, err := s.ready.Get(ctx, func() (struct{}, error) {
 		// Not the request's context: the answer serves other requests too.
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		err := s.auth.issuers.ready()
-		if err == nil {
-			err = s.pool.Ready(cctx)
+		if err := s.auth.issuers.ready(); err != nil {
+			return struct{}{}, err
 		}
-		r.mu.Lock()
-		r.at, r.err = s.now(), err
-		r.mu.Unlock()
-		return nil, err
+		return struct{}{}, s.pool.Ready(ctx)
 	})
-	select {
-	case res := <-done:
-		return res.Err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // unavailable answers a Redis failure outside the pool: a 503 to retry in

@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -93,10 +91,16 @@ func (s *Server) recoverPanic(c *gin.Context) {
 // withDeadline bounds the rest of the request by the request timeout, so
 // a slow provider or Redis answers 503 in time instead of hanging.
 func (s *Server) withDeadline(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	c.Request = c.Request.WithContext(ctx)
+	defer s.bound(c)()
 	c.Next()
+}
+
+// bound bounds the rest of c by the request timeout; call the cancel it
+// returns once c is answered.
+func (s *Server) bound(c *gin.Context) context.CancelFunc {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	c.Request = c.Request.WithContext(ctx)
+	return cancel
 }
 
 // ctxChecks keeps on the gin.Context the caller's limits, which the
@@ -158,20 +162,15 @@ func (s *Server) checkOrigin(c *gin.Context) {
 		c.Next()
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	c.Request = c.Request.WithContext(ctx)
+	defer s.bound(c)()
 	ips := s.ipChecks(c)
 	if !s.refusedBefore(c, ips...) && s.applyLimits(c, ips) {
 		s.fail(c, errorf(http.StatusForbidden, codeForbidden, "this origin may not call the API; the server lists the origins it accepts (TOKENPOOL_CORS_ORIGINS)"))
 	}
 }
 
-// originListed reports whether o is one of the CORS origins, compared
-// as browsers serialize an origin (scheme and host in lower case).
-func (s *Server) originListed(o string) bool {
-	return slices.ContainsFunc(s.cfg.CORSOrigins, func(a string) bool { return strings.EqualFold(a, o) })
-}
+// originListed reports whether o is one of the CORS origins.
+func (s *Server) originListed(o string) bool { return listedOrigin(s.cfg.CORSOrigins, o) }
 
 // limitIP applies the per-IP limit alone (the admin routes).
 func (s *Server) limitIP(c *gin.Context) {
@@ -185,9 +184,10 @@ func (s *Server) limitIP(c *gin.Context) {
 // trusted proxies only: the address's own (for IPv6, its IPv6Prefix),
 // then for IPv6 the aggregate of its IPv6NetPrefix, when set.
 func (s *Server) ipChecks(c *gin.Context) []limiter.Check {
-	a, err := netip.ParseAddr(c.ClientIP())
+	ip := c.ClientIP()
+	a, err := netip.ParseAddr(ip)
 	if err != nil {
-		return []limiter.Check{{Policy: "ip", Key: "ip:" + c.ClientIP(), Limit: s.cfg.PerIP}}
+		return []limiter.Check{{Policy: "ip", Key: "ip:" + ip, Limit: s.cfg.PerIP}}
 	}
 	a = a.Unmap().WithZone("")
 	checks := make([]limiter.Check, 1, 3) // room for the user's

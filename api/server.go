@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tokenpool/tokenpool/internal/recent"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
 )
@@ -158,8 +159,8 @@ type Server struct {
 	admins  *authenticator
 	log     *slog.Logger
 	metrics *Metrics
-	denials *limiter.DenyCache // nil: off
-	ready   readyCache
+	denials *limiter.DenyCache      // nil: off
+	ready   *recent.Value[struct{}] // the last readiness check
 
 	profileNames []string // sorted
 	now          func() time.Time
@@ -216,6 +217,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, pool: cfg.Pool, limiter: cfg.Limiter, auth: auth,
 		admins: &authenticator{keys: cfg.AdminKeys}, log: cfg.Logger, now: cfg.Now, metrics: cfg.Metrics,
+		ready: &recent.Value[struct{}]{TTL: ReadyCacheTTL, Now: cfg.Now},
 	}
 	if cfg.DenyCache >= 0 {
 		s.denials = limiter.NewDenyCache(cfg.DenyCache, cfg.Now)

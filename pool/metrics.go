@@ -3,11 +3,11 @@ package pool
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
+
+	"github.com/tokenpool/tokenpool/internal/recent"
 )
 
 // Metrics are the pool's Prometheus metrics, counted by this replica (sum
@@ -177,11 +177,7 @@ type poolCollector struct {
 	ready, usable, target, inflight, rates *prometheus.Desc
 	mintsPerHandout, wastedRecent          *prometheus.Desc
 	unreachable                            *prometheus.Desc
-
-	flight singleflight.Group // concurrent scrapes wait for one pass
-	mu     sync.Mutex
-	at     time.Time        // guarded by mu; when stats were read
-	stats  map[string]Stats // guarded by mu; by profile, those that answered
+	stats                                  *recent.Value[map[string]Stats] // by profile, those that answered
 }
 
 // Collector returns a Prometheus collector of every profile's pool: ready,
@@ -190,6 +186,7 @@ func (p *Pool) Collector() prometheus.Collector {
 	l := []string{"profile"}
 	return &poolCollector{
 		p:        p,
+		stats:    &recent.Value[map[string]Stats]{TTL: ScrapeCacheTTL, Now: p.now},
 		ready:    prometheus.NewDesc("tokenpool_pool_ready", "Credentials pooled (fleet-wide).", l, nil),
 		usable:   prometheus.NewDesc("tokenpool_pool_usable", "Pooled credentials with at least the minimum remaining life (fleet-wide).", l, nil),
 		target:   prometheus.NewDesc("tokenpool_pool_target", "The pool's current target, demand-sized, floor and prewarm included (fleet-wide).", l, nil),
@@ -213,13 +210,7 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 // figures returns every profile's stats, read again when the last read is
 // ScrapeCacheTTL old.
 func (c *poolCollector) figures() map[string]Stats {
-	c.mu.Lock()
-	stats, at := c.stats, c.at
-	c.mu.Unlock()
-	if stats != nil && c.p.now().Sub(at) < ScrapeCacheTTL {
-		return stats
-	}
-	v, _, _ := c.flight.Do("stats", func() (any, error) {
+	stats, _ := c.stats.Get(context.Background(), func() (map[string]Stats, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		stats := make(map[string]Stats, len(c.p.names))
@@ -228,12 +219,9 @@ func (c *poolCollector) figures() map[string]Stats {
 				stats[name] = st
 			}
 		}
-		c.mu.Lock()
-		c.stats, c.at = stats, c.p.now()
-		c.mu.Unlock()
 		return stats, nil
 	})
-	return v.(map[string]Stats)
+	return stats
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {

@@ -54,8 +54,9 @@ type Restricted struct {
 	Model, Voice string
 }
 
-// datedSnapshot is the date an OpenAI model snapshot's name ends with
-// (gpt-realtime-2025-08-28 is a snapshot of gpt-realtime).
+// datedSnapshot is the date an OpenAI model snapshot's name ends with:
+// gpt-realtime-2025-08-28 is a snapshot the alias gpt-realtime points to
+// (https://platform.openai.com/docs/models/gpt-realtime, "Snapshots").
 var datedSnapshot = regexp.MustCompile(`-\d{4}-\d{2}-\d{2}$`)
 
 // SameModel reports whether two model names (neither empty) may name one

@@ -492,8 +492,16 @@ profiles:
 	rdb := rs.Client()
 	ctx := context.Background()
 	const perPass = 2 * 16 // one HGETALL per profile per shard
-	poll.Until(t, "a scrape", 10*time.Second, func() bool { return len(scrape(t, scrapes)) > 0 })
-	time.Sleep(1100 * time.Millisecond) // past any cache of that scrape
+	// The refiller settles (its first cost sample is taken), and nothing
+	// has scraped yet: the first scrape reads.
+	poll.Until(t, "both pools full", 10*time.Second, func() bool {
+		for _, p := range []string{"default", "second"} {
+			if st, err := d.pool.Stats(ctx, p); err != nil || st.Ready < 1 || st.InFlight > 0 {
+				return false
+			}
+		}
+		return true
+	})
 	rdb.ConfigResetStat(ctx)
 	for range 10 {
 		if len(scrape(t, scrapes)) == 0 {

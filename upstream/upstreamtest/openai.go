@@ -153,8 +153,13 @@ func (s *Server) openai(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if m, ok := session["model"].(string); ok && !strings.Contains(strings.ToLower(m), "realtime") {
-		// As the audit saw it: the answer names the account's project and
-		// organization.
+		// OpenAI's error object (https://platform.openai.com/docs/guides/error-codes):
+		// an unknown model is 404 model_not_found, "The model `…` does not
+		// exist or you do not have access to it."; a model the project may
+		// not use is 403 model_not_found, "Project `proj_…` does not have
+		// access to model `…`". The simulator answers the 404 with the ids
+		// in its text, as the audit saw an answer name the account's
+		// project and organization: what must never reach a caller.
 		openaiError(w, http.StatusNotFound, "invalid_request_error", "session.model", "model_not_found",
 			fmt.Sprintf("The model `%s` does not exist or project %s in organization %s does not have access to it.", m, SimProject, SimOrganization))
 		return
