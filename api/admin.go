@@ -114,6 +114,8 @@ type profileReport struct {
 	Lapsed    int64 `json:"lapsed"`
 	Orphaned  int64 `json:"orphaned"`
 	Misses    int64 `json:"misses"`
+	// Fallbacks are callers served by a fallback profile instead.
+	Fallbacks int64 `json:"fallbacks"`
 	// Unreplicated takes were handed out before a replica had them.
 	Unreplicated int64 `json:"unreplicated"`
 	// Wipes are Redis datasets found wiped; Dropped the credentials gone
@@ -157,7 +159,7 @@ func (s *Server) getProfiles(c *gin.Context) {
 		r := profileReport{
 			Name: name, Provider: s.cfg.Profiles[name].Provider,
 			Ready: st.Ready, Usable: st.Usable, Target: st.Target, InFlight: st.InFlight,
-			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses,
+			Minted: st.Minted, HandedOut: st.HandedOut, Direct: st.Direct, Wasted: st.Wasted, Misses: st.Misses, Fallbacks: st.Fallbacks,
 			Discarded: st.Discarded, Lost: st.Lost, Returned: st.Returned, Lapsed: st.Lapsed, Orphaned: st.Orphaned, Unreplicated: st.Unreplicated,
 			UnreachableShards: st.Unreachable, Wipes: st.Wipes, Dropped: st.Dropped,
 			Breaker: "closed", Demand: map[string]float64{"fast": st.Demand.Rounded().Fast, "slow": st.Demand.Rounded().Slow},

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -35,13 +36,14 @@ type fakePool struct {
 	err      error
 	readyErr error
 	n        int
-	got      []string // profile of each Get
+	got      []string         // profile of each Get
+	down     map[string]error // the failure of each profile that fails
 
 	prewarm      int
 	prewarmUntil time.Time
 }
 
-func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
+func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, _ *mint.Caller, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
 	ds, err := p.limits.AllowAll(ctx, checks)
 	if err != nil {
 		return pool.Handout{}, nil, err
@@ -55,9 +57,15 @@ func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, ch
 	return h, ds, err
 }
 
-func (p *fakePool) MintOnce(_ context.Context, profile string, _ pool.Minter, _ string) (pool.Handout, error) {
+func (p *fakePool) MintOnce(_ context.Context, profile string, _ mint.Minter, _ *mint.Caller, _ string) (pool.Handout, error) {
 	h, err := p.get(profile)
 	h.Source = pool.SourceOnDemand
+	return h, err
+}
+
+func (p *fakePool) Fallback(_ context.Context, from, to, _ string, _ *mint.Caller) (pool.Handout, error) {
+	h, err := p.get(to)
+	h.FallbackFor = from
 	return h, err
 }
 
@@ -65,25 +73,32 @@ func (p *fakePool) get(profile string) (pool.Handout, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.got = append(p.got, profile)
+	if err := p.down[profile]; err != nil {
+		return pool.Handout{}, err
+	}
 	if p.err != nil {
 		return pool.Handout{}, p.err
 	}
 	p.n++
-	return pool.Handout{
+	h := pool.Handout{
 		ID: fmt.Sprintf("id-%d", p.n), Profile: profile, Source: pool.SourcePool,
-		Credential: pool.Credential{
+		Credential: mint.Credential{
 			Token:      fmt.Sprintf("eyJ.token-%d.sig", p.n),
 			ICEServers: json.RawMessage(`[{"urls":"stun:x"}]`),
 			ExpiresAt:  time.Now().Add(2 * time.Minute),
 		},
-	}, nil
+	}
+	if profile == "voice" { // a Gemini profile: a URL, no ICE servers
+		h.ICEServers, h.Extra = nil, json.RawMessage(`{"url":"wss://generativelanguage.googleapis.com/ws/x"}`)
+	}
+	return h, nil
 }
 
 func (p *fakePool) Stats(context.Context, string) (pool.Stats, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.readyErr != nil {
-		return pool.Stats{}, &pool.UnavailableError{Err: p.readyErr, RetryAfter: time.Second}
+		return pool.Stats{}, &mint.UnavailableError{Err: p.readyErr, RetryAfter: time.Second}
 	}
 	return pool.Stats{Ready: 5, Usable: 5, Target: 20, Minted: 7, HandedOut: 2}, nil
 }
@@ -92,7 +107,7 @@ func (p *fakePool) SetPrewarm(_ context.Context, _ string, ready int, until time
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.readyErr != nil {
-		return &pool.UnavailableError{Err: p.readyErr, RetryAfter: time.Second}
+		return &mint.UnavailableError{Err: p.readyErr, RetryAfter: time.Second}
 	}
 	p.prewarm, p.prewarmUntil = ready, until
 	return nil
@@ -425,7 +440,7 @@ func TestErrorMapping(t *testing.T) {
 		code       string
 		retryAfter string
 	}{
-		{"an empty pool with the provider out is 503 with Retry-After", &pool.UnavailableError{Err: pool.ErrEmpty, RetryAfter: 7 * time.Second}, 503, codeUnavailable, "7"},
+		{"an empty pool with the provider out is 503 with Retry-After", &mint.UnavailableError{Err: pool.ErrEmpty, RetryAfter: 7 * time.Second}, 503, codeUnavailable, "7"},
 		{"a provider failure is 502", fmt.Errorf("%w: orga: mint: status 500", pool.ErrProvider), 502, codeProvider, ""},
 		{"an unknown profile is 400", fmt.Errorf("%w %q", pool.ErrUnknownProfile, "x"), 400, codeBadRequest, ""},
 		{"a deadline is 503", context.DeadlineExceeded, 503, codeUnavailable, "1"},

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // maxCredentialLen bounds the caller credential read from a header or
@@ -70,6 +72,12 @@ type caller struct {
 	// viaCookie: the JWT came in the cookie, which a browser attaches to
 	// requests another site makes too, so the request's origin is checked.
 	viaCookie bool
+}
+
+// minted is who a credential minted for c is for, as a per-caller minter
+// reads it.
+func (c caller) minted() *mint.Caller {
+	return &mint.Caller{Subject: c.subject, Email: c.email}
 }
 
 // authenticator checks caller credentials: a JWT (Authorization: Bearer,
@@ -297,6 +305,10 @@ type ProfileInfo struct {
 	// route requires; the route refuses profiles without.
 	ICE    bool
 	Access *Access // nil: every authenticated caller
+	// Fallback are the profiles that stand in for this one on
+	// /v1/credentials when its pool is empty and its provider can't mint:
+	// the first the caller may use.
+	Fallback []string
 }
 
 // allows reports whether the caller may use a profile under a.

@@ -11,6 +11,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -70,7 +71,7 @@ type errorBody struct {
 func (s *Server) fail(c *gin.Context, err error) {
 	var (
 		he     *httpError
-		re     *pool.Error
+		re     *mint.Error
 		pm     publicMessager
 		status int
 		code   string
@@ -96,7 +97,7 @@ func (s *Server) fail(c *gin.Context, err error) {
 		setRetryAfter(c, time.Second)
 	case errors.Is(err, pool.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		status, code, msg = http.StatusServiceUnavailable, codeUnavailable, "no credential available right now; retry later"
-		setRetryAfter(c, pool.RetryAfter(err))
+		setRetryAfter(c, mint.RetryAfter(err))
 	case errors.Is(err, pool.ErrProvider):
 		status, code, msg = http.StatusBadGateway, codeProvider, "the provider failed to issue a credential"
 		if errors.As(err, &pm) && pm.PublicMessage() != "" {
@@ -124,8 +125,8 @@ func (s *Server) fail(c *gin.Context, err error) {
 type publicMessager interface{ PublicMessage() string }
 
 // answerOf maps a domain error's code to the answer's status and code.
-func answerOf(c pool.Code) (int, string) {
-	if c == pool.CodeForbidden {
+func answerOf(c mint.Code) (int, string) {
+	if c == mint.CodeForbidden {
 		return http.StatusForbidden, codeForbidden
 	}
 	return http.StatusBadRequest, codeBadRequest

@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -47,49 +48,22 @@ func (s *Server) postSessionConfig(c *gin.Context) {
 		s.failLimited(c, err)
 		return
 	}
-	s.handOut(c, req.Profile, false)
+	s.handOut(c, req.Profile, route{answer: s.sessionConfig})
 }
 
 // getSessionConfig answers GET /api/orga-client-secrets: the same body,
 // for the Orga client SDK's plain GET. ?profile= picks a profile, which
 // must carry ICE servers: the SDK requires them.
 func (s *Server) getSessionConfig(c *gin.Context) {
-	s.handOut(c, c.Query("profile"), true)
+	s.handOut(c, c.Query("profile"), route{iceOnly: true, answer: s.sessionConfig})
 }
 
-func (s *Server) handOut(c *gin.Context, profile string, iceOnly bool) {
-	if profile == "" {
-		profile = s.cfg.DefaultProfile
-	}
-	info, ok := s.cfg.Profiles[profile]
-	switch {
-	case !ok:
-		s.failLimited(c, pool.ErrUnknownProfile)
-		return
-	case !info.Access.allows(c.MustGet(ctxCaller).(caller)):
-		s.failLimited(c, errNotAllowed)
-		return
-	case iceOnly && !info.ICE:
-		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
-			"that profile is an OpenAI Realtime profile: fetch it from POST /navai/realtime/client-secret"))
-		return
-	}
-	h, refused, err := s.take(c, profile)
-	if refused {
-		return
-	}
-	if err != nil {
-		s.fail(c, err)
-		return
-	}
-	if s.callerGone(c, h) {
-		return
-	}
+// sessionConfig writes a handout as the session-config answer.
+func (s *Server) sessionConfig(c *gin.Context, h pool.Handout) {
 	ice := h.ICEServers
 	if len(ice) == 0 {
 		ice = json.RawMessage("[]") // OpenAI: WebRTC with its own ICE
 	}
-	s.credentialHeaders(c, h)
 	c.JSON(http.StatusOK, sessionConfig{
 		EphemeralToken: h.Token,
 		ICEServers:     ice,
@@ -100,12 +74,91 @@ func (s *Server) handOut(c *gin.Context, profile string, iceOnly bool) {
 	})
 }
 
+// route is what a credential route serves.
+type route struct {
+	// iceOnly: only profiles whose credentials carry ICE servers (the
+	// Orga SDK's GET requires them).
+	iceOnly bool
+	// fallback: a profile's fallbacks stand in for it. Only a route whose
+	// answer names the provider that answered offers them.
+	fallback bool
+	// answer writes a handout.
+	answer func(*gin.Context, pool.Handout)
+}
+
+// handOut hands one credential of profile (the default profile when "")
+// to the caller, and writes it as rt says.
+func (s *Server) handOut(c *gin.Context, profile string, rt route) {
+	if profile == "" {
+		profile = s.cfg.DefaultProfile
+	}
+	info, ok := s.cfg.Profiles[profile]
+	who := c.MustGet(ctxCaller).(caller)
+	switch {
+	case !ok:
+		s.failLimited(c, pool.ErrUnknownProfile)
+		return
+	case !info.Access.allows(who):
+		s.failLimited(c, errNotAllowed)
+		return
+	case rt.iceOnly && !info.ICE:
+		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
+			"that profile's credentials carry no ICE servers, which the Orga SDK needs: fetch it from POST /v1/credentials"))
+		return
+	}
+	h, refused, err := s.take(c, profile)
+	if refused {
+		return
+	}
+	if err != nil && rt.fallback && standIn(err) {
+		h, err = s.fallBack(c, profile, info.Fallback, who, err)
+	}
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	if s.callerGone(c, h) {
+		return
+	}
+	s.credentialHeaders(c, h)
+	rt.answer(c, h)
+}
+
+// standIn reports whether a take's failure is one a fallback profile may
+// stand in for: the pool was empty and its provider could not mint
+// (breaker open, paused, over its quota, failing). Not a refusal of the
+// request, nor a request that ended.
+func standIn(err error) bool {
+	var re *mint.Error
+	return !errors.As(err, &re) && !errors.Is(err, context.Canceled) &&
+		(errors.Is(err, pool.ErrUnavailable) || errors.Is(err, pool.ErrProvider))
+}
+
+// fallBack hands the caller a credential of the first of fallbacks it may
+// use, or answers err, the take's failure, when it may use none (or the
+// fallback fails too: its failure is answered).
+func (s *Server) fallBack(c *gin.Context, profile string, fallbacks []string, who caller, err error) (pool.Handout, error) {
+	for _, fb := range fallbacks {
+		if !s.may(who, fb) {
+			continue
+		}
+		h, ferr := s.pool.Fallback(c.Request.Context(), profile, fb, requestID(c), who.minted())
+		if ferr != nil {
+			s.log.Warn("fallback failed too", "request_id", requestID(c), "profile", profile, "fallback", fb, "err", ferr.Error())
+			return h, ferr
+		}
+		return h, nil
+	}
+	return pool.Handout{}, err
+}
+
 // take hands out one credential of profile behind the caller's limits,
 // both in one round trip. refused reports that a limit refused, and the
 // answer is written.
 func (s *Server) take(c *gin.Context, profile string) (h pool.Handout, refused bool, err error) {
 	checks := c.MustGet(ctxChecks).([]limiter.Check)
-	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), checks)
+	who := c.MustGet(ctxCaller).(caller)
+	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), who.minted(), checks)
 	if ds != nil && !s.decided(c, checks, ds) {
 		return pool.Handout{}, true, nil
 	}
@@ -141,8 +194,12 @@ func (s *Server) callerGone(c *gin.Context, h pool.Handout) bool {
 
 // credentialHeaders marks an answer carrying a credential.
 func (s *Server) credentialHeaders(c *gin.Context, h pool.Handout) {
-	c.Set(ctxSource, string(h.Source))
-	c.Header("X-Credential-Source", string(h.Source))
+	source := string(h.Source)
+	if h.FallbackFor != "" {
+		source = "fallback"
+	}
+	c.Set(ctxSource, source)
+	c.Header("X-Credential-Source", source)
 	c.Header("Cache-Control", "no-store")
 	c.Header("Pragma", "no-cache")
 }

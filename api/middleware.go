@@ -15,7 +15,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/limiter"
-	"github.com/tokenpool/tokenpool/pool"
 )
 
 // Keys of values kept on the gin.Context.
@@ -148,7 +147,6 @@ func (s *Server) authenticate(c *gin.Context) {
 	}
 	c.Set(ctxCaller, who)
 	c.Set(ctxChecks, append(ips, user))
-	c.Request = c.Request.WithContext(pool.WithCaller(c.Request.Context(), pool.Caller{Subject: who.subject, Email: who.email}))
 	c.Next()
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,8 +23,8 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
-	"github.com/tokenpool/tokenpool/upstream"
 )
 
 // providerFailure is a provider error with a public message, as an OpenAI
@@ -75,6 +76,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			"default":   {Provider: "orga", ICE: true},
 			"assistant": {Provider: "openai"},
 			"staff":     {Provider: "orga", ICE: true, Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
+			"voice":     {Provider: "gemini", Fallback: []string{"staff", "default"}},
 		},
 		JWTSecret: testSecret, PerUser: perUser,
 		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
@@ -176,6 +178,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	big := `{"profile":"` + strings.Repeat("a", maxBodyBytes) + `"}`
 	staff := "Bearer " + signJWT(t, jwtClaims("sam", map[string]any{"role": "staff"}), testSigning, testSecret)
 	credentialRoutes := []struct{ method, path, okBody string }{
+		{"POST", "/v1/credentials", `{"profile":"default"}`},
+		{"GET", "/v1/credentials", ""},
 		{"POST", "/v1/session-config", `{"profile":"default"}`},
 		{"GET", "/api/orga-client-secrets", ""},
 		{"POST", "/navai/realtime/client-secret", `{"voice":"marin"}`},
@@ -194,7 +198,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			check(r.method+" "+r.path+" within the limit", r.method, r.path, "", "", rl, 200)
 		}
 		check(r.method+" "+r.path+" 429", r.method, r.path, "", "", rl, 429)
-		setErr(&pool.UnavailableError{Err: pool.ErrEmpty, RetryAfter: 3 * time.Second})
+		setErr(&mint.UnavailableError{Err: pool.ErrEmpty, RetryAfter: 3 * time.Second})
 		check(r.method+" "+r.path+" 503", r.method, r.path, "", "", fresh(), 503)
 		setErr(fmt.Errorf("%w: %w", pool.ErrProvider, providerFailure{}))
 		check(r.method+" "+r.path+" 502", r.method, r.path, "", "", fresh(), 502)
@@ -208,10 +212,19 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		}
 	}
 	check("an unknown profile is 400", "POST", "/v1/session-config", `{"profile":"nope"}`, "application/json", fresh(), 400)
+	check("an unknown profile is 400 on GET /v1/credentials", "GET", "/v1/credentials?profile=nope", "", "", fresh(), 400)
+	check("a preset's credential carries its extras", "GET", "/v1/credentials?profile=voice", "", "", fresh(), 200)
+	fp.mu.Lock()
+	fp.down = map[string]error{"voice": &mint.UnavailableError{Err: errors.New("upstream: gemini: circuit breaker open")}}
+	fp.mu.Unlock()
+	check("a fallback stands in", "POST", "/v1/credentials", `{"profile":"voice"}`, "application/json", fresh(), 200)
+	fp.mu.Lock()
+	fp.down = nil
+	fp.mu.Unlock()
 	check("an OpenAI profile on the Orga route is 400", "GET", "/api/orga-client-secrets?profile=assistant", "", "", fresh(), 400)
 	check("a restricted profile is 403", "POST", "/v1/session-config", `{"profile":"staff"}`, "application/json", fresh(), 403)
 	check("the restricted profile with the claim is 200", "POST", "/v1/session-config", `{"profile":"staff"}`, "application/json", staff, 200)
-	setErr(&pool.Error{Code: pool.CodeInvalid, Message: "Missing API key. Configure openaiApiKey or send apiKey in request."})
+	setErr(&mint.Error{Code: mint.CodeInvalid, Message: "Missing API key. Configure openaiApiKey or send apiKey in request."})
 	check("a Navai key policy refusal is 400", "POST", "/navai/realtime/client-secret", `{}`, "application/json", fresh(), 400)
 	setErr(nil)
 	admin := "Bearer admin-key-1"
@@ -278,9 +291,9 @@ type fakeRealtime func() error
 
 func (f fakeRealtime) Profile() string { return "assistant" }
 
-func (f fakeRealtime) Resolve(upstream.NavaiRequest) (upstream.Plan, error) {
+func (f fakeRealtime) Resolve(mint.NavaiRequest) (mint.Plan, error) {
 	if err := f(); err != nil {
-		return upstream.Plan{}, err
+		return mint.Plan{}, err
 	}
-	return upstream.Plan{Needs: []string{"assistant"}, Pooled: "assistant"}, nil
+	return mint.Plan{Needs: []string{"assistant"}, Pooled: "assistant"}, nil
 }

@@ -6,15 +6,15 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
-	"github.com/tokenpool/tokenpool/upstream"
 )
 
 // Realtime resolves Navai's client secret requests (upstream.Realtime):
 // Profile is the routes' own profile, and Resolve plans one request.
 type Realtime interface {
 	Profile() string
-	Resolve(req upstream.NavaiRequest) (upstream.Plan, error)
+	Resolve(req mint.NavaiRequest) (mint.Plan, error)
 }
 
 // navaiSecret is the answer Navai's frontend reads: a string value and a
@@ -28,7 +28,7 @@ type navaiSecret struct {
 // /api/realtime-token. Like Navai's handler it ignores fields it doesn't
 // know; a known field that is not a string is refused.
 func (s *Server) realtimeSecret(c *gin.Context) {
-	var req upstream.NavaiRequest
+	var req mint.NavaiRequest
 	if err := readJSON(c, &req, false); err != nil {
 		s.failLimited(c, err)
 		return
@@ -64,7 +64,7 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 		if !s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
 			return
 		}
-		h, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, plan.Label)
+		h, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, who.minted(), plan.Label)
 	}
 	if err != nil {
 		s.fail(c, err)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/recent"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -33,10 +34,13 @@ import (
 type Pool interface {
 	// GetLimited hands out one credential behind the caller's limits,
 	// applied in the same round trip (see pool.Pool.GetLimited).
-	GetLimited(ctx context.Context, profile, requestID string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
-	// MintOnce mints one credential with m for one request under the
-	// profile, never pooled (a Navai session no pool has).
-	MintOnce(ctx context.Context, profile string, m pool.Minter, label string) (pool.Handout, error)
+	GetLimited(ctx context.Context, profile, requestID string, who *mint.Caller, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
+	// MintOnce mints one credential with m for one request of who under
+	// the profile, never pooled (a Navai session no pool has).
+	MintOnce(ctx context.Context, profile string, m mint.Minter, who *mint.Caller, label string) (pool.Handout, error)
+	// Fallback hands a caller of profile from one credential of profile to
+	// instead, behind no checks (see pool.Pool.Fallback).
+	Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller) (pool.Handout, error)
 	// Return puts back a handout whose caller has gone before receiving it.
 	Return(h pool.Handout)
 	Ready(ctx context.Context) error
@@ -296,6 +300,8 @@ func (s *Server) routes() error {
 	}
 
 	creds := e.Group("", s.withDeadline, s.authenticate)
+	creds.POST("/v1/credentials", s.postCredentials)
+	creds.GET("/v1/credentials", s.getCredentials)
 	creds.POST("/v1/session-config", s.postSessionConfig)
 	creds.GET("/api/orga-client-secrets", s.getSessionConfig)
 	if s.cfg.Realtime != nil {

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // BenchmarkTake measures one handout from the pool: one script call to a
@@ -17,7 +19,7 @@ func BenchmarkTake(b *testing.B) {
 	rdb := srv.Client()
 	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix})
 	ctx := context.Background()
-	body, _ := encodeEntry(Credential{Token: "eyJ.token.sig", ICEServers: []byte(`[{"urls":"stun:x"}]`), ExpiresAt: time.Now().Add(time.Hour)})
+	body, _ := encodeEntry(mint.Credential{Token: "eyJ.token.sig", ICEServers: []byte(`[{"urls":"stun:x"}]`), ExpiresAt: time.Now().Add(time.Hour)})
 	fill := func(n, from int) {
 		k := st.keys("default")
 		retire := float64(time.Now().Add(time.Hour).UnixMilli())

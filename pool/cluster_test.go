@@ -373,12 +373,12 @@ func TestOnAClusterADeniedRequestIsNeverServedByAnotherShard(t *testing.T) {
 	})
 	one, _ := limiter.Parse("1/h")
 	checks := []limiter.Check{{Policy: "user", Key: "user:bob", Limit: one}}
-	if h, _, err := p.GetLimited(ctx, "default", "spend", checks); err != nil || h.Source != SourcePool {
+	if h, _, err := p.GetLimited(ctx, "default", "spend", nil, checks); err != nil || h.Source != SourcePool {
 		t.Fatalf("bob's one: %v from %q", err, h.Source)
 	}
 	cc.AddHook(refusing{match: isUntake})
 	for i := range 5 {
-		h, ds, err := p.GetLimited(ctx, "default", fmt.Sprint("over-", i), checks)
+		h, ds, err := p.GetLimited(ctx, "default", fmt.Sprint("over-", i), nil, checks)
 		if h.ID != "" || err == nil || len(ds) != 1 || ds[0].Allowed {
 			t.Fatalf("request %d over bob's limit: handout %q from %q, %+v, %v; want denied, nothing handed out", i, h.ID, h.Source, ds, err)
 		}

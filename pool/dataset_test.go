@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // Issue 20, findings 5 and 8: a Redis dataset that is wiped (a restart
@@ -100,7 +101,7 @@ func TestAFirstPutAfterAWipeIsPooled(t *testing.T) {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Hour)
-	a := putArgs{resID: res.ids[0], entryID: "after", retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}
+	a := putArgs{resID: res.ids[0], entryID: "after", retire: exp, cred: mint.Credential{Token: "t", ExpiresAt: exp}}
 	pooled, _, err := st.put(ctx, "default", a, 0)
 	if err != nil || !pooled {
 		t.Fatalf("a first put after the wipe: pooled %v, %v; want pooled", pooled, err)
@@ -238,12 +239,12 @@ func TestATakeRetriedAfterAWipeTakesNothing(t *testing.T) {
 
 // namedMinter mints as Minter does, with prefix before every token.
 type namedMinter struct {
-	Minter
+	mint.Minter
 	prefix string
 }
 
-func (m *namedMinter) Mint(ctx context.Context) (Credential, error) {
-	c, err := m.Minter.Mint(ctx)
+func (m *namedMinter) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) {
+	c, err := m.Minter.Mint(ctx, r)
 	c.Token = m.prefix + c.Token
 	return c, err
 }

@@ -23,6 +23,7 @@ type Metrics struct {
 	unrepl   *prometheus.CounterVec // profile
 	wipes    *prometheus.CounterVec // profile
 	dropped  *prometheus.CounterVec // profile
+	fallback *prometheus.CounterVec // profile, to
 }
 
 // NewMetrics registers the pool's metrics with reg.
@@ -64,8 +65,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenpool_pool_dropped_total",
 			Help: "Credentials gone with a wiped Redis dataset, as this replica saw them: those it last saw pooled there, and those it sent there that were refused since.",
 		}, []string{"profile"}),
+		fallback: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenpool_fallbacks_total",
+			Help: "Callers of a profile served by one of its fallback profiles (to) because its pool was empty and its provider could not mint.",
+		}, []string{"profile", "to"}),
 	}
-	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back, m.unrepl, m.wipes, m.dropped)
+	reg.MustRegister(m.handouts, m.misses, m.wasted, m.mints, m.lost, m.back, m.unrepl, m.wipes, m.dropped, m.fallback)
 	return m
 }
 
@@ -95,6 +100,12 @@ func (m *Metrics) known(profile string) {
 func (m *Metrics) handout(profile string, src Source) {
 	if m != nil {
 		m.handouts.WithLabelValues(profile, string(src)).Inc()
+	}
+}
+
+func (m *Metrics) fellBack(profile, to string) {
+	if m != nil {
+		m.fallback.WithLabelValues(profile, to).Inc()
 	}
 }
 

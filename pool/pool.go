@@ -25,15 +25,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 )
-
-// Minter mints one credential from a provider. Implementations must be safe
-// for concurrent use and honour ctx's deadline. An error that matches
-// ErrUnavailable means the provider was not asked (breaker open, backing
-// off); any other error is a provider failure.
-type Minter interface {
-	Mint(ctx context.Context) (Credential, error)
-}
 
 // availability is implemented by Minters that know when their provider is
 // out of service (an open breaker). Readiness uses it.
@@ -47,7 +40,7 @@ type Profile struct {
 	// 1–64 of A–Z a–z 0–9 . _ -
 	Name string
 	// Minter mints this profile's credentials. Required.
-	Minter Minter
+	Minter mint.Minter
 	// Target is the floor of the pool: the least usable credentials kept
 	// ready, shared by all replicas. Demand raises the target above it (see
 	// Sizing). 0 keeps no pool: every handout is minted for its request.
@@ -314,16 +307,18 @@ func (p *Pool) Profiles() []string { return append([]string(nil), p.names...) }
 // matching ErrUnknownProfile, ErrUnavailable (with RetryAfter), ErrProvider
 // or ErrClosed.
 func (p *Pool) Get(ctx context.Context, profileName, requestID string) (Handout, error) {
-	h, _, err := p.GetLimited(ctx, profileName, requestID, nil)
+	h, _, err := p.GetLimited(ctx, profileName, requestID, nil, nil)
 	return h, err
 }
 
-// GetLimited is Get behind the caller's limits: checks are applied in
-// order first, in the same Redis round trip as the take. When one denies,
+// GetLimited is Get for a caller, behind its limits: a credential minted
+// for it is minted for who (which a profile that binds credentials to
+// their caller needs), and checks are applied in order first, in the same
+// Redis round trip as the take. When one denies,
 // nothing is taken or minted and the error matches limiter.ErrDenied. It
 // returns the decisions of the checks reached whenever they were applied,
 // with an error too, for the caller's RateLimit headers.
-func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, who *mint.Caller, checks []limiter.Check) (Handout, []limiter.Decision, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
@@ -350,8 +345,30 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, ch
 			return Handout{}, ds, fmt.Errorf("pool: %w", limiter.ErrDenied)
 		}
 	}
-	h, err := p.mintDirect(ctx, pr)
+	h, err := p.mintDirect(ctx, pr, who)
 	return h, ds, err
+}
+
+// Fallback hands a caller of profile from, whose take found nothing and
+// whose provider could not mint, one credential of profile to instead:
+// as GetLimited, behind no checks (the caller's limits counted the take
+// of from), and counted as a fallback of from. It never goes further:
+// to's own fallbacks are not tried.
+func (p *Pool) Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller) (Handout, error) {
+	pr, ok := p.profiles[from]
+	if !ok {
+		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, from)
+	}
+	h, _, err := p.GetLimited(ctx, to, requestID, who, nil)
+	if err != nil {
+		return Handout{}, err
+	}
+	h.FallbackFor = from
+	p.metrics.fellBack(from, to)
+	if err := p.countInAny(ctx, pr, "fallbacks", 1); err != nil {
+		p.log.Warn("pool: counting a fallback", "profile", from, "err", err)
+	}
+	return h, nil
 }
 
 // take takes from pr's pool behind checks: from one shard picked at
@@ -455,8 +472,8 @@ func (p *Pool) Return(h Handout) {
 
 // mintDirect mints a credential for one request on a miss. It is never
 // pooled.
-func (p *Pool) mintDirect(ctx context.Context, pr *profile) (Handout, error) {
-	h, err := p.mintFor(ctx, pr, pr.Minter, pr.minLife)
+func (p *Pool) mintDirect(ctx context.Context, pr *profile, who *mint.Caller) (Handout, error) {
+	h, err := p.mintFor(ctx, pr, pr.Minter, who)
 	if err != nil {
 		return Handout{}, err
 	}
@@ -483,12 +500,12 @@ func (p *Pool) countInAny(ctx context.Context, pr *profile, counter string, n in
 // key that no pooled profile has. It counts the mint under label in the
 // fleet's on-demand counters (OnDemand). The credential has the
 // profile's least life left.
-func (p *Pool) MintOnce(ctx context.Context, profileName string, m Minter, label string) (Handout, error) {
+func (p *Pool) MintOnce(ctx context.Context, profileName string, m mint.Minter, who *mint.Caller, label string) (Handout, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
-	h, err := p.mintFor(ctx, pr, m, pr.minLife)
+	h, err := p.mintFor(ctx, pr, m, who)
 	if err != nil {
 		return Handout{}, err
 	}
@@ -505,16 +522,16 @@ func (p *Pool) OnDemand(ctx context.Context) (map[string]int64, error) {
 	return p.store.onDemand(ctx)
 }
 
-// mintFor mints with m for one request, within ctx's deadline and pr's
-// bound on request mints.
-func (p *Pool) mintFor(ctx context.Context, pr *profile, m Minter, minLife time.Duration) (Handout, error) {
+// mintFor mints with m for one request of who, within ctx's deadline and
+// pr's bound on request mints.
+func (p *Pool) mintFor(ctx context.Context, pr *profile, m mint.Minter, who *mint.Caller) (Handout, error) {
 	select {
 	case <-p.closed:
 		return Handout{}, ErrClosed
 	default:
 	}
 	if pr.direct == nil {
-		return Handout{}, &UnavailableError{Err: ErrEmpty, RetryAfter: time.Second}
+		return Handout{}, &mint.UnavailableError{Err: ErrEmpty, RetryAfter: time.Second}
 	}
 	// Waiting for a slot and then for the quota share one RequestWait: a
 	// burst past what the slots and the quota serve gets fast 503s, not a
@@ -526,23 +543,23 @@ func (p *Pool) mintFor(ctx context.Context, pr *profile, m Minter, minLife time.
 	case pr.direct <- struct{}{}:
 		defer func() { <-pr.direct }()
 	case <-t.C:
-		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: every mint slot for requests is busy", ErrEmpty), RetryAfter: time.Second}
+		return Handout{}, &mint.UnavailableError{Err: fmt.Errorf("%w: every mint slot for requests is busy", ErrEmpty), RetryAfter: time.Second}
 	case <-ctx.Done():
-		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: waiting to mint: %w", ErrEmpty, ctx.Err()), RetryAfter: time.Second}
+		return Handout{}, &mint.UnavailableError{Err: fmt.Errorf("%w: waiting to mint: %w", ErrEmpty, ctx.Err()), RetryAfter: time.Second}
 	}
-	c, err := m.Mint(withRequestMint(ctx, waitEnd))
+	c, err := m.Mint(ctx, mint.Request{Caller: who, WaitEnd: waitEnd})
 	p.metrics.mint(pr.Name, "request", err)
-	var re *Error
+	var re *mint.Error
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.Canceled), errors.As(err, &re):
 		return Handout{}, err
 	case errors.Is(err, context.DeadlineExceeded):
-		return Handout{}, &UnavailableError{Err: fmt.Errorf("%w: minting: %w", ErrEmpty, err), RetryAfter: time.Second}
+		return Handout{}, &mint.UnavailableError{Err: fmt.Errorf("%w: minting: %w", ErrEmpty, err), RetryAfter: time.Second}
 	default:
 		return Handout{}, fmt.Errorf("%w: %w", ErrProvider, err)
 	}
-	if err := checkLife(c, p.now(), minLife); err != nil {
+	if err := checkLife(c, p.now(), pr.minLife); err != nil {
 		return Handout{}, err
 	}
 	return Handout{ID: p.newID(), Profile: pr.Name, Source: SourceDirect, Credential: c}, nil
@@ -556,7 +573,7 @@ const MaxLife = 24 * time.Hour
 
 // checkLife refuses a new credential that lives less than minLife, or
 // more than MaxLife, from now.
-func checkLife(c Credential, now time.Time, minLife time.Duration) error {
+func checkLife(c mint.Credential, now time.Time, minLife time.Duration) error {
 	if life := c.ExpiresAt.Sub(now); life < minLife {
 		return fmt.Errorf("%w: a new credential lives %s, less than the %s a handout needs", ErrProvider, life.Round(time.Second), minLife)
 	}
@@ -564,7 +581,7 @@ func checkLife(c Credential, now time.Time, minLife time.Duration) error {
 }
 
 // checkMaxLife refuses a new credential that lives more than MaxLife.
-func checkMaxLife(c Credential, now time.Time) error {
+func checkMaxLife(c mint.Credential, now time.Time) error {
 	if life := c.ExpiresAt.Sub(now); life > MaxLife {
 		return fmt.Errorf("%w: a new credential expires %s from now, beyond the %s any provider gives: is its expiry in the wrong unit?",
 			ErrProvider, life.Round(time.Hour), MaxLife)
@@ -602,10 +619,10 @@ func (p *Pool) SetPrewarm(ctx context.Context, profileName string, ready int, un
 		return fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
 	if pr.Target == 0 {
-		return &Error{Code: CodeInvalid, Message: "this profile keeps no pool"}
+		return &mint.Error{Code: mint.CodeInvalid, Message: "this profile keeps no pool"}
 	}
 	if ready > pr.sizing.Ceiling {
-		return &Error{Code: CodeInvalid, Message: fmt.Sprintf(
+		return &mint.Error{Code: mint.CodeInvalid, Message: fmt.Sprintf(
 			"ready: at most %d, this profile's ceiling (max_target, TOKENPOOL_POOL_MAX)", pr.sizing.Ceiling)}
 	}
 	for i, tag := range pr.tags {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // fakeMinter mints numbered tokens that live ttl. It can be told to fail.
@@ -25,21 +26,21 @@ type fakeMinter struct {
 	fail    atomic.Pointer[error]
 }
 
-func (m *fakeMinter) Mint(ctx context.Context) (Credential, error) {
+func (m *fakeMinter) Mint(ctx context.Context, _ mint.Request) (mint.Credential, error) {
 	m.started.Add(1)
 	if m.delay > 0 {
 		select {
 		case <-time.After(m.delay):
 		case <-ctx.Done():
-			return Credential{}, ctx.Err()
+			return mint.Credential{}, ctx.Err()
 		}
 	}
 	if e := m.fail.Load(); e != nil {
 		m.n.Add(1)
-		return Credential{}, *e
+		return mint.Credential{}, *e
 	}
 	n := m.n.Add(1)
-	return Credential{
+	return mint.Credential{
 		Token:      fmt.Sprintf("tok-%d", n),
 		ICEServers: []byte(`[{"urls":"stun:x"}]`),
 		ExpiresAt:  time.Now().Add(m.ttl),
@@ -67,7 +68,7 @@ func waitRounds(t *testing.T, p *Pool, n int64) {
 	poll.Until(t, fmt.Sprintf("%d refill rounds", n), 10*time.Second, func() bool { return p.refill.rounds.Load() >= end })
 }
 
-func newTestPool(tb testing.TB, st *Store, m Minter, mut func(*Config)) *Pool {
+func newTestPool(tb testing.TB, st *Store, m mint.Minter, mut func(*Config)) *Pool {
 	tb.Helper()
 	cfg := Config{
 		Store:          st,
@@ -103,7 +104,7 @@ func putOne(tb testing.TB, st *Store, profile, id string, exp time.Time) {
 	if err != nil || len(res.ids) != 1 {
 		tb.Fatalf("reserve: %v %+v", err, res)
 	}
-	if _, _, err := st.put(ctx, profile, putArgs{resID: res.ids[0], entryID: id, retire: exp, cred: Credential{Token: "tok-" + id, ExpiresAt: exp}}, 0); err != nil {
+	if _, _, err := st.put(ctx, profile, putArgs{resID: res.ids[0], entryID: id, retire: exp, cred: mint.Credential{Token: "tok-" + id, ExpiresAt: exp}}, 0); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -177,7 +178,7 @@ func TestStore(t *testing.T) {
 		st := newTestStore(t)
 		res, _ := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: time.Minute})
 		exp := time.Now().Add(2 * time.Second)
-		pooled, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 10*time.Second)
+		pooled, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: mint.Credential{Token: "t", ExpiresAt: exp}}, 10*time.Second)
 		if err != nil || pooled {
 			t.Fatalf("put = %v, %v; want not pooled", pooled, err)
 		}
@@ -190,7 +191,7 @@ func TestStore(t *testing.T) {
 		st := newTestStore(t)
 		exp := time.Now().Add(time.Hour)
 		res, _ := st.reserve(ctx, "p", reserveArgs{target: 1, want: 1, idPrefix: "r", firstID: 1, lease: time.Minute})
-		c := Credential{Token: "t", ExpiresAt: exp}
+		c := mint.Credential{Token: "t", ExpiresAt: exp}
 		if _, _, err := st.put(ctx, "p", putArgs{resID: res.ids[0], entryID: "e1", retire: exp, cred: c}, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -350,7 +351,7 @@ func TestPool(t *testing.T) {
 		start := time.Now()
 		_, err := p.Get(rctx, "default", "waits")
 		took := time.Since(start)
-		var ue *UnavailableError
+		var ue *mint.UnavailableError
 		if !errors.As(err, &ue) || ue.RetryAfter <= 0 || m.started.Load() != 1 {
 			t.Fatalf("get: %v (mints started %d), want ErrUnavailable with Retry-After and no second mint", err, m.started.Load())
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // The tests in this file replay the findings of the pool review (issue
@@ -202,12 +203,12 @@ func TestPromiseALateMintDoesNotOverfillThePool(t *testing.T) {
 	}
 	exp := clock.Now().Add(time.Hour)
 	for i, id := range b.ids {
-		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "b" + string(rune('0'+i)), retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
+		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "b" + string(rune('0'+i)), retire: exp, cred: mint.Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i, id := range a.ids { // A was only slow: its mints land now
-		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "a" + string(rune('0'+i)), retire: exp, cred: Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
+		if _, _, err := st.put(ctx, "p", putArgs{resID: id, entryID: "a" + string(rune('0'+i)), retire: exp, cred: mint.Credential{Token: "t", ExpiresAt: exp}}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/internal/backoff"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // refiller keeps every profile at its target. It is one loop goroutine,
@@ -526,7 +527,7 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 	ctx, span := r.tracer.Start(ctx, "pool.mint", trace.WithAttributes(attribute.String("tokenpool.profile", pr.Name)))
 	defer span.End()
 	start := time.Now()
-	c, err := pr.Minter.Mint(ctx)
+	c, err := pr.Minter.Mint(ctx, mint.Request{})
 	took := time.Since(start)
 	if err == nil {
 		err = checkMaxLife(c, r.now()) // a short life is pooled and counted as waste
@@ -716,7 +717,7 @@ func (r *refiller) failed(profile, op string, err error) {
 	st.failures++
 	st.healthy = false
 	wait := backoffAfter(st.failures)
-	var u *UnavailableError
+	var u *mint.UnavailableError
 	if errors.As(err, &u) && u.RetryAfter > wait {
 		wait = min(u.RetryAfter, maxBackoff)
 	}

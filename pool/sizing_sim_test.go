@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // The sizing simulation: the real take/reserve/put scripts on a real
@@ -207,7 +208,7 @@ func (s *sim) minted1(e simEvent) {
 	st.inFlight--
 	exp := s.now.Add(s.cfg.ttl)
 	p.refill.succeeded("p", e.took, exp.Sub(s.now)-pr.minLife)
-	a := putArgs{resID: e.res, entryID: p.newID(), retire: p.refill.retireAt(exp, pr.minLife), cred: Credential{Token: "t", ExpiresAt: exp}}
+	a := putArgs{resID: e.res, entryID: p.newID(), retire: p.refill.retireAt(exp, pr.minLife), cred: mint.Credential{Token: "t", ExpiresAt: exp}}
 	if _, _, err := s.store.put(context.Background(), "p", a, pr.minLife); err != nil {
 		s.t.Fatal(err)
 	}

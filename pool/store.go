@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // The Store: the pool's Redis keys, its configuration, and the take (one
@@ -231,11 +232,11 @@ func storeError(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("pool: %s: %w", op, err)
 	}
-	return &UnavailableError{Err: fmt.Errorf("pool: %s: redis: %w", op, err), RetryAfter: time.Second}
+	return &mint.UnavailableError{Err: fmt.Errorf("pool: %s: redis: %w", op, err), RetryAfter: time.Second}
 }
 
 // encode turns a credential into the stored body, sealed when configured.
-func (s *Store) encode(profile, id string, c Credential) ([]byte, error) {
+func (s *Store) encode(profile, id string, c mint.Credential) ([]byte, error) {
 	b, err := encodeEntry(c)
 	if err != nil || s.sealer == nil {
 		return b, err
@@ -246,17 +247,17 @@ func (s *Store) encode(profile, id string, c Credential) ([]byte, error) {
 // OpenEntry decodes an entry body as stored in a profile's entries hash
 // under id, for tools that read the pool's keys directly (the chaos run
 // records a dataset it is about to wipe).
-func (s *Store) OpenEntry(profile, id, body string) (Credential, error) {
+func (s *Store) OpenEntry(profile, id, body string) (mint.Credential, error) {
 	return s.decode(profile, id, body)
 }
 
 // decode reverses encode.
-func (s *Store) decode(profile, id, body string) (Credential, error) {
+func (s *Store) decode(profile, id, body string) (mint.Credential, error) {
 	b := []byte(body)
 	if s.sealer != nil {
 		var err error
 		if b, err = s.sealer.open(profileOf(profile), id, b); err != nil {
-			return Credential{}, err
+			return mint.Credential{}, err
 		}
 	}
 	return decodeEntry(b)

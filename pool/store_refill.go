@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // The refill protocol: leased reservations, the put of a minted
@@ -97,7 +99,7 @@ type putArgs struct {
 	resID   string // its reservation ("": none, pooled only if there is room)
 	entryID string
 	retire  time.Time
-	cred    Credential
+	cred    mint.Credential
 	sentTo  string // the epoch an earlier send went to, if it may have run; "": none
 }
 

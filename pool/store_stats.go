@@ -53,6 +53,7 @@ type Stats struct {
 	Direct              int64 // minted for a request on a miss and handed out
 	Wasted              int64 // expired or fell below the minimum life unused
 	Misses              int64 // takes that found nothing usable
+	Fallbacks           int64 // callers served by a fallback profile instead
 	MintFailed          int64 // reservations released after a failed mint
 	Lapsed              int64 // reservations whose lease ran out (a replica died, or a mint or its put outlasted the lease)
 	DuplicatesPrevented int64 // entries seen again after being handed out
@@ -82,7 +83,7 @@ func (s Stats) add(t Stats) Stats {
 		Ready: s.Ready + t.Ready, Usable: s.Usable + t.Usable, InFlight: s.InFlight + t.InFlight, Target: s.Target + t.Target,
 		Demand: Demand{Fast: s.Demand.Fast + t.Demand.Fast, Slow: s.Demand.Slow + t.Demand.Slow},
 		Minted: s.Minted + t.Minted, HandedOut: s.HandedOut + t.HandedOut, Direct: s.Direct + t.Direct,
-		Wasted: s.Wasted + t.Wasted, Misses: s.Misses + t.Misses, MintFailed: s.MintFailed + t.MintFailed,
+		Wasted: s.Wasted + t.Wasted, Misses: s.Misses + t.Misses, Fallbacks: s.Fallbacks + t.Fallbacks, MintFailed: s.MintFailed + t.MintFailed,
 		Lapsed: s.Lapsed + t.Lapsed, DuplicatesPrevented: s.DuplicatesPrevented + t.DuplicatesPrevented,
 		Discarded: s.Discarded + t.Discarded, Unreplicated: s.Unreplicated + t.Unreplicated, Lost: s.Lost + t.Lost,
 		Returned: s.Returned + t.Returned, Surplus: s.Surplus + t.Surplus, Orphaned: s.Orphaned + t.Orphaned,
@@ -127,7 +128,7 @@ func (s *Store) Stats(ctx context.Context, profile string, minLife time.Duration
 		},
 		Ready: int(ready.Val()), Usable: int(usable.Val()), InFlight: int(minting.Val()),
 		Minted: n("minted"), HandedOut: n("handed_out"), Direct: n("direct"),
-		Wasted: n("wasted"), Misses: n("misses"), MintFailed: n("mint_failed"),
+		Wasted: n("wasted"), Misses: n("misses"), Fallbacks: n("fallbacks"), MintFailed: n("mint_failed"),
 		Lapsed: n("lapsed"), DuplicatesPrevented: n("duplicates_prevented"), Discarded: n("discarded"), Unreplicated: n("unreplicated"),
 		Lost: n("lost"), Returned: n("returned"), Surplus: n("surplus"), Orphaned: n("orphaned"), LedgerTrimmed: n("ledger_trimmed"),
 		Wipes: n("wipes"), Dropped: n("dropped") + n("stale_replays"),

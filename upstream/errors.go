@@ -13,7 +13,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // ErrBadKey matches a provider's 401 or 403 to the API key: the key is
@@ -27,6 +27,9 @@ type StatusError struct {
 	Code       int
 	RetryAfter time.Duration // from a Retry-After header; zero when absent
 	Body       string        // a short snippet with secrets removed
+	// KeyRejected: the answer says the key is wrong whatever its status
+	// (Google answers a bad key 400 API_KEY_INVALID).
+	KeyRejected bool
 }
 
 func (e *StatusError) Error() string {
@@ -66,22 +69,23 @@ func failureKind(code int) string {
 	return "the provider failed"
 }
 
-// Is makes a 401/403 to a mint match ErrBadKey.
+// Is makes a 401/403 to a mint, or an answer that says the key is wrong,
+// match ErrBadKey.
 func (e *StatusError) Is(target error) bool {
-	return target == ErrBadKey && e.Op == "mint" && (e.Code == http.StatusUnauthorized || e.Code == http.StatusForbidden)
+	return target == ErrBadKey && e.Op == "mint" && (e.KeyRejected || e.Code == http.StatusUnauthorized || e.Code == http.StatusForbidden)
 }
 
 // retryable reports whether trying again may succeed: a server error, a
 // timeout or a failed connection. Not a 4xx, not a bad key, not an
 // answer we could not understand.
 func retryable(err error) bool {
-	var re *pool.Error
+	var re *mint.Error
 	if errors.As(err, &re) {
 		return false
 	}
 	var se *StatusError
 	if errors.As(err, &se) {
-		return se.Code >= 500 || se.Code == http.StatusRequestTimeout
+		return !se.KeyRejected && (se.Code >= 500 || se.Code == http.StatusRequestTimeout)
 	}
 	var pe *protocolError
 	return !errors.As(err, &pe)

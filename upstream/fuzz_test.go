@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // FuzzOrgaAnswers feeds the Orga decoders (the mint answer in both
@@ -83,9 +85,9 @@ func FuzzNavaiResolve(f *testing.F) {
 	premium := NavaiOptions{APIKey: "sk-backend", Instructions: "You are the premium concierge."}
 	studio := NavaiOptions{APIKey: "sk-backend", Model: "gpt-realtime-mini", Voice: "cedar"}
 	restricted := []Restricted{}
-	pooled := map[string]RealtimeSession{"assistant": opts.Session(NavaiRequest{})}
+	pooled := map[string]RealtimeSession{"assistant": opts.Session(mint.NavaiRequest{})}
 	for name, o := range map[string]NavaiOptions{"premium": premium, "studio": studio} {
-		s := o.Session(NavaiRequest{})
+		s := o.Session(mint.NavaiRequest{})
 		pooled[name] = s
 		restricted = append(restricted, Restricted{Profile: name, Model: s.Model, Voice: s.Voice})
 	}
@@ -123,7 +125,7 @@ func FuzzNavaiResolve(f *testing.F) {
 		return true
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var req NavaiRequest
+		var req mint.NavaiRequest
 		if json.Unmarshal(body, &req) != nil {
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tokenpool/tokenpool/internal/backoff"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -12,9 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenpool/tokenpool/internal/backoff"
+
 	"github.com/sony/gobreaker/v2"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // DefaultOpenFor is GuardConfig.OpenFor's default.
@@ -61,10 +62,13 @@ type GuardConfig struct {
 // each profile's minter with it. A Guard is safe for concurrent use.
 type Guard struct {
 	cfg GuardConfig
-	cb  *gobreaker.CircuitBreaker[pool.Credential]
+	cb  *gobreaker.CircuitBreaker[mint.Credential]
 	now func() time.Time
 
 	justOpened atomic.Bool // the breaker opened and the fleet is not told yet
+	// resumes counts Resume calls, so that a fleet hold read before one
+	// is not taken up after it (fleetSays). Changed under mu.
+	resumes atomic.Uint64
 
 	mu          sync.Mutex
 	openedAt    time.Time // guarded by mu; when the breaker last opened
@@ -112,7 +116,7 @@ func NewGuard(cfg GuardConfig) *Guard {
 		cfg.Logger = slog.Default()
 	}
 	g := &Guard{cfg: cfg, now: time.Now}
-	g.cb = gobreaker.NewCircuitBreaker[pool.Credential](gobreaker.Settings{
+	g.cb = gobreaker.NewCircuitBreaker[mint.Credential](gobreaker.Settings{
 		Name:        cfg.Provider,
 		MaxRequests: 1,
 		Timeout:     cfg.OpenFor,
@@ -136,8 +140,8 @@ func NewGuard(cfg GuardConfig) *Guard {
 	return g
 }
 
-// Wrap returns m guarded by g. The result is a pool.Minter.
-func (g *Guard) Wrap(m pool.Minter) *Guarded {
+// Wrap returns m guarded by g. The result is a mint.Minter.
+func (g *Guard) Wrap(m mint.Minter) *Guarded {
 	return &Guarded{g: g, m: m}
 }
 
@@ -151,10 +155,10 @@ func (g *Guard) Available() bool {
 	return g.cb.State() != gobreaker.StateOpen && wait <= 0
 }
 
-// Guarded is a minter behind a Guard. It implements pool.Minter.
+// Guarded is a minter behind a Guard. It implements mint.Minter.
 type Guarded struct {
 	g *Guard
-	m pool.Minter
+	m mint.Minter
 }
 
 // Available reports whether the guard would call the provider now.
@@ -162,19 +166,19 @@ func (gm *Guarded) Available() bool { return gm.g.Available() }
 
 // Mint mints through the breaker, retrying server errors and timeouts
 // with jittered backoff within ctx's deadline. When the breaker is open or
-// the provider asked to back off, it returns a *pool.UnavailableError at
+// the provider asked to back off, it returns a *mint.UnavailableError at
 // once without calling the provider.
-func (gm *Guarded) Mint(ctx context.Context) (pool.Credential, error) {
+func (gm *Guarded) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) {
 	g := gm.g
 	for attempt := 1; ; attempt++ {
-		if err := g.admit(ctx); err != nil {
-			return pool.Credential{}, err
+		if err := g.admit(ctx, r); err != nil {
+			return mint.Credential{}, err
 		}
-		c, err := g.cb.Execute(func() (pool.Credential, error) {
+		c, err := g.cb.Execute(func() (mint.Credential, error) {
 			actx, cancel := context.WithTimeout(ctx, g.cfg.AttemptTimeout)
 			defer cancel()
 			start := time.Now()
-			c, err := gm.m.Mint(actx)
+			c, err := gm.m.Mint(actx, r)
 			if !excludedFromLatency(err) {
 				g.cfg.Metrics.call(g.cfg.Provider, time.Since(start), err)
 			}
@@ -192,29 +196,29 @@ func (gm *Guarded) Mint(ctx context.Context) (pool.Credential, error) {
 		var se *StatusError
 		switch {
 		case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-			return pool.Credential{}, &pool.UnavailableError{
+			return mint.Credential{}, &mint.UnavailableError{
 				Err: fmt.Errorf("upstream: %s: circuit breaker open", g.cfg.Provider), RetryAfter: g.openLeft()}
 		case ctx.Err() != nil:
-			return pool.Credential{}, err
+			return mint.Credential{}, err
 		case errors.Is(err, ErrBadKey):
 			g.rejectedKey(err)
-			return pool.Credential{}, err
+			return mint.Credential{}, err
 		case errors.As(err, &se) && se.Code == http.StatusTooManyRequests:
 			wait := g.pauseFor(se.RetryAfter)
 			shared := g.cfg.Shared != nil && g.tellFleet(ctx, "to pause", g.cfg.Shared.pause, wait)
 			g.pause(wait, "asked to back off", shared)
-			return pool.Credential{}, &pool.UnavailableError{Err: err, RetryAfter: wait}
+			return mint.Credential{}, &mint.UnavailableError{Err: err, RetryAfter: wait}
 		case !retryable(err) || attempt >= g.cfg.Attempts:
-			return pool.Credential{}, err
+			return mint.Credential{}, err
 		}
 		wait := g.backoff(attempt)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			return pool.Credential{}, err
+			return mint.Credential{}, err
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return pool.Credential{}, err
+			return mint.Credential{}, err
 		}
 	}
 }
@@ -222,23 +226,24 @@ func (gm *Guarded) Mint(ctx context.Context) (pool.Credential, error) {
 // admit returns nil when the provider may be called now: nothing asked
 // this replica or the fleet to hold off, and the fleet's quota has a mint
 // to spare, waited for within ctx's deadline. Otherwise it returns a
-// *pool.UnavailableError saying how long to wait.
-func (g *Guard) admit(ctx context.Context) error {
+// *mint.UnavailableError saying how long to wait.
+func (g *Guard) admit(ctx context.Context, r mint.Request) error {
 	if wait, why, recheck := g.held(); wait > 0 && !recheck {
-		return &pool.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: wait}
+		return &mint.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: wait}
 	}
 	sh := g.cfg.Shared
 	if sh == nil {
 		return nil
 	}
+	resumes := g.resumes.Load()
 	h, err := sh.gate(ctx, g.cfg.Provider)
 	if err != nil {
-		return &pool.UnavailableError{Err: err, RetryAfter: time.Second}
+		return &mint.UnavailableError{Err: err, RetryAfter: time.Second}
 	}
-	g.fleetSays(h)
-	if h.wait > 0 {
+	// A hold read across an operator's Resume is stale: not taken up.
+	if g.fleetSays(h, resumes) && h.wait > 0 {
 		why := h.reason + " (fleet)"
-		return &pool.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: h.wait}
+		return &mint.UnavailableError{Err: fmt.Errorf("upstream: %s: %s", g.cfg.Provider, why), RetryAfter: h.wait}
 	}
 	// A refill waits for the quota as long as its deadline allows; a mint
 	// for a waiting request until the end of its wait (pool.RequestWait).
@@ -246,20 +251,20 @@ func (g *Guard) admit(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		budget = time.Until(dl)
 	}
-	if end, ok := pool.RequestWaitEnd(ctx); ok {
-		budget = min(budget, time.Until(end))
+	if r.ForCaller() {
+		budget = min(budget, time.Until(r.WaitEnd))
 	}
 	for {
 		wait, err := sh.take(ctx, g.cfg.Provider)
 		if err != nil {
-			return &pool.UnavailableError{Err: err, RetryAfter: time.Second}
+			return &mint.UnavailableError{Err: err, RetryAfter: time.Second}
 		}
 		if wait == 0 {
 			return nil
 		}
 		// Jittered, so waiters for the next slot don't all ask at once.
 		wait += rand.N(wait/2 + 1)
-		quotaErr := &pool.UnavailableError{Err: fmt.Errorf("upstream: %s: mint quota spent", g.cfg.Provider), RetryAfter: wait}
+		quotaErr := &mint.UnavailableError{Err: fmt.Errorf("upstream: %s: mint quota spent", g.cfg.Provider), RetryAfter: wait}
 		if wait > budget {
 			return quotaErr
 		}
@@ -298,7 +303,7 @@ func (g *Guard) tellFleet(ctx context.Context, what string, update func(context.
 // excludedFromLatency: a request refused before the provider was asked
 // is no call.
 func excludedFromLatency(err error) bool {
-	var re *pool.Error
+	var re *mint.Error
 	return errors.As(err, &re)
 }
 
@@ -316,7 +321,7 @@ func (e *callerGone) Unwrap() error { return e.err }
 func excluded(err error) bool {
 	var (
 		cg *callerGone
-		re *pool.Error
+		re *mint.Error
 		se *StatusError
 	)
 	return errors.As(err, &cg) || errors.As(err, &re) || (errors.As(err, &se) && se.Code == http.StatusTooManyRequests)
@@ -376,10 +381,15 @@ func (g *Guard) pause(d time.Duration, why string, shared bool) {
 
 // fleetSays takes the fleet's hold as this replica's: a new or longer
 // one holds calls off here too; none ends a pause that was the fleet's
-// (an operator lifted it).
-func (g *Guard) fleetSays(h hold) {
+// (an operator lifted it). A hold read before a Resume that has happened
+// since (resumes is the count of them when the read began) is stale: it
+// is dropped, and fleetSays reports false.
+func (g *Guard) fleetSays(h hold, resumes uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.resumes.Load() != resumes {
+		return false
+	}
 	now := g.now()
 	g.checkedAt = now
 	switch {
@@ -390,6 +400,7 @@ func (g *Guard) fleetSays(h hold) {
 	case g.pauseShared:
 		g.pausedUntil = time.Time{}
 	}
+	return true
 }
 
 // Resume ends this replica's pause at once; Shared.Resume ends the
@@ -397,6 +408,7 @@ func (g *Guard) fleetSays(h hold) {
 func (g *Guard) Resume() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.resumes.Add(1)
 	g.pausedUntil = time.Time{}
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // scripted answers each call with the next error of its script (nil:
@@ -23,19 +23,19 @@ type scripted struct {
 	block  bool // wait for ctx instead
 }
 
-func (s *scripted) Mint(ctx context.Context) (pool.Credential, error) {
+func (s *scripted) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) {
 	n := s.calls.Add(1)
 	if s.block {
 		<-ctx.Done()
-		return pool.Credential{}, ctx.Err()
+		return mint.Credential{}, ctx.Err()
 	}
 	s.mu.Lock()
 	err := s.script[min(int(n)-1, len(s.script)-1)]
 	s.mu.Unlock()
 	if err != nil {
-		return pool.Credential{}, err
+		return mint.Credential{}, err
 	}
-	return pool.Credential{Token: "t", ExpiresAt: time.Now().Add(time.Minute)}, nil
+	return mint.Credential{Token: "t", ExpiresAt: time.Now().Add(time.Minute)}, nil
 }
 
 var (
@@ -58,7 +58,7 @@ func TestGuard(t *testing.T) {
 
 	t.Run("server errors are retried until one succeeds", func(t *testing.T) {
 		m := &scripted{script: []error{err500, err500, nil}}
-		if _, err := testGuard(&bytes.Buffer{}).Wrap(m).Mint(ctx); err != nil {
+		if _, err := testGuard(&bytes.Buffer{}).Wrap(m).Mint(ctx, mint.Request{}); err != nil {
 			t.Fatal(err)
 		}
 		if n := m.calls.Load(); n != 3 {
@@ -68,7 +68,7 @@ func TestGuard(t *testing.T) {
 
 	t.Run("retries stop after the configured attempts", func(t *testing.T) {
 		m := &scripted{script: []error{err500}}
-		if _, err := testGuard(&bytes.Buffer{}).Wrap(m).Mint(ctx); !errors.Is(err, err500) {
+		if _, err := testGuard(&bytes.Buffer{}).Wrap(m).Mint(ctx, mint.Request{}); !errors.Is(err, err500) {
 			t.Fatalf("got %v", err)
 		}
 		if n := m.calls.Load(); n != 3 {
@@ -81,7 +81,7 @@ func TestGuard(t *testing.T) {
 		g := testGuard(&logs)
 		m := &scripted{script: []error{err401}}
 		for range 4 {
-			if _, err := g.Wrap(m).Mint(ctx); !errors.Is(err, ErrBadKey) {
+			if _, err := g.Wrap(m).Mint(ctx, mint.Request{}); !errors.Is(err, ErrBadKey) {
 				t.Fatalf("got %v", err)
 			}
 		}
@@ -106,14 +106,14 @@ func TestGuard(t *testing.T) {
 		g := testGuard(&bytes.Buffer{})
 		m := &scripted{script: []error{err401}}
 		for range 5 {
-			g.Wrap(m).Mint(ctx)
+			g.Wrap(m).Mint(ctx, mint.Request{})
 		}
 		if g.State() != "open" || g.Available() {
 			t.Fatalf("state = %s, want open", g.State())
 		}
 		before := m.calls.Load()
-		_, err := g.Wrap(m).Mint(ctx)
-		var u *pool.UnavailableError
+		_, err := g.Wrap(m).Mint(ctx, mint.Request{})
+		var u *mint.UnavailableError
 		if !errors.As(err, &u) || u.RetryAfter < time.Minute {
 			t.Fatalf("got %v; want unavailable with the open time left", err)
 		}
@@ -125,12 +125,12 @@ func TestGuard(t *testing.T) {
 	t.Run("a 429 pauses minting for its Retry-After without tripping the breaker", func(t *testing.T) {
 		g := testGuard(&bytes.Buffer{})
 		m := &scripted{script: []error{err429, nil}}
-		_, err := g.Wrap(m).Mint(ctx)
-		if pool.RetryAfter(err) != 3*time.Second {
-			t.Fatalf("got %v (retry after %v)", err, pool.RetryAfter(err))
+		_, err := g.Wrap(m).Mint(ctx, mint.Request{})
+		if mint.RetryAfter(err) != 3*time.Second {
+			t.Fatalf("got %v (retry after %v)", err, mint.RetryAfter(err))
 		}
-		_, err = g.Wrap(m).Mint(ctx)
-		if !errors.Is(err, pool.ErrUnavailable) || m.calls.Load() != 1 {
+		_, err = g.Wrap(m).Mint(ctx, mint.Request{})
+		if !errors.Is(err, mint.ErrUnavailable) || m.calls.Load() != 1 {
 			t.Fatalf("during the pause: %v, calls %d; want unavailable, no call", err, m.calls.Load())
 		}
 		if g.State() != "closed" {
@@ -143,7 +143,7 @@ func TestGuard(t *testing.T) {
 		m := &scripted{block: true}
 		for range 8 {
 			cctx, cancel := context.WithTimeout(ctx, time.Millisecond)
-			g.Wrap(m).Mint(cctx)
+			g.Wrap(m).Mint(cctx, mint.Request{})
 			cancel()
 		}
 		if g.State() != "closed" {
@@ -156,7 +156,7 @@ func TestGuard(t *testing.T) {
 			Logger: slog.New(slog.NewJSONHandler(&bytes.Buffer{}, nil))})
 		m := &scripted{block: true}
 		for range 2 {
-			if _, err := g.Wrap(m).Mint(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			if _, err := g.Wrap(m).Mint(ctx, mint.Request{}); !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("got %v", err)
 			}
 		}

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // Navai's defaults (@navai/voice-backend).
@@ -95,23 +95,11 @@ func checkTTL(ttl int) error {
 	return nil
 }
 
-// NavaiRequest is the body Navai's client secret route takes. A nil field
-// was not sent; a blank one counts as not sent.
-type NavaiRequest struct {
-	Model        *string `json:"model"`
-	Voice        *string `json:"voice"`
-	Instructions *string `json:"instructions"`
-	Language     *string `json:"language"`
-	VoiceAccent  *string `json:"voiceAccent"`
-	VoiceTone    *string `json:"voiceTone"`
-	APIKey       *string `json:"apiKey"`
-}
-
 // Session resolves the session a request asks for, as Navai does: each
 // setting from the request, else the options, else Navai's default; the
 // instructions are the base instructions followed, one line each, by the
 // language, accent and tone directives that are set.
-func (o NavaiOptions) Session(r NavaiRequest) RealtimeSession {
+func (o NavaiOptions) Session(r mint.NavaiRequest) RealtimeSession {
 	base := cmp.Or(str(r.Instructions), o.Instructions, NavaiDefaultInstructions)
 	lines := []string{strings.TrimSpace(base)}
 	if v := cmp.Or(str(r.Language), o.Language); v != "" {
@@ -134,18 +122,18 @@ func (o NavaiOptions) Session(r NavaiRequest) RealtimeSession {
 // Key resolves the API key as Navai does: the backend key always wins; a
 // request's key is used only when the backend has none and request keys
 // are allowed. It reports whether the key came from the request.
-func (o NavaiOptions) Key(r NavaiRequest) (key string, fromRequest bool, err error) {
+func (o NavaiOptions) Key(r mint.NavaiRequest) (key string, fromRequest bool, err error) {
 	if o.APIKey != "" {
 		return o.APIKey, false, nil
 	}
 	if k := str(r.APIKey); k != "" {
 		if !o.AllowRequestKey {
-			return "", false, &pool.Error{Code: pool.CodeForbidden,
+			return "", false, &mint.Error{Code: mint.CodeForbidden,
 				Message: "Passing apiKey from request is disabled. Set allowApiKeyFromRequest=true to enable it."}
 		}
 		return k, true, nil
 	}
-	return "", false, &pool.Error{Code: pool.CodeInvalid,
+	return "", false, &mint.Error{Code: mint.CodeInvalid,
 		Message: "Missing API key. Configure openaiApiKey or send apiKey in request."}
 }
 
@@ -159,11 +147,11 @@ func str(p *string) string {
 // MissingKey is the minter of an OpenAI profile without a backend key.
 // Such a profile keeps no pool and serves callers' own keys through the
 // Navai routes; anything else asking it to mint gets Navai's message.
-var MissingKey pool.Minter = missingKey{}
+var MissingKey mint.Minter = missingKey{}
 
 type missingKey struct{}
 
-func (missingKey) Mint(context.Context) (pool.Credential, error) {
-	return pool.Credential{}, &pool.Error{Code: pool.CodeInvalid,
+func (missingKey) Mint(context.Context, mint.Request) (mint.Credential, error) {
+	return mint.Credential{}, &mint.Error{Code: mint.CodeInvalid,
 		Message: "Missing API key. Configure openaiApiKey or send apiKey in request."}
 }

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 func sp(s string) *string { return &s }
@@ -22,7 +22,7 @@ func TestNavaiEnvDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := o.Session(NavaiRequest{})
+	s := o.Session(mint.NavaiRequest{})
 	want := RealtimeSession{Model: "gpt-realtime", Voice: "marin", Instructions: "You are a helpful assistant.", TTLSeconds: 600}
 	if s != want {
 		t.Fatalf("defaults %+v, want %+v", s, want)
@@ -30,7 +30,7 @@ func TestNavaiEnvDefaults(t *testing.T) {
 	o, _ = NavaiOptionsFromEnv(env("OPENAI_API_KEY", "sk-x", "OPENAI_REALTIME_MODEL", "gpt-realtime-mini",
 		"OPENAI_REALTIME_VOICE", "cedar", "OPENAI_REALTIME_INSTRUCTIONS", "Be brief.",
 		"OPENAI_REALTIME_LANGUAGE", "Spanish", "OPENAI_REALTIME_CLIENT_SECRET_TTL", "120"))
-	s = o.Session(NavaiRequest{})
+	s = o.Session(mint.NavaiRequest{})
 	if s.Model != "gpt-realtime-mini" || s.Voice != "cedar" || s.Instructions != "Be brief.\nAlways reply in Spanish." || s.TTLSeconds != 120 {
 		t.Fatalf("from env %+v", s)
 	}
@@ -79,9 +79,9 @@ func TestNavaiKeyPolicy(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			key, fromReq, err := o.Key(NavaiRequest{APIKey: tt.reqKey})
+			key, fromReq, err := o.Key(mint.NavaiRequest{APIKey: tt.reqKey})
 			if tt.wantErr != "" {
-				var re *pool.Error
+				var re *mint.Error
 				if !errors.As(err, &re) || re.Message != tt.wantErr || status(re.Code) != tt.status {
 					t.Fatalf("got %v; want %d %q", err, tt.status, tt.wantErr)
 				}
@@ -100,8 +100,8 @@ func TestNavaiKeyPolicy(t *testing.T) {
 	})
 	t.Run("a request key with request keys disabled is refused", func(t *testing.T) {
 		o := NavaiOptions{AllowRequestKey: false, APIKey: ""}
-		_, _, err := o.Key(NavaiRequest{APIKey: sp("sk-caller")})
-		var re *pool.Error
+		_, _, err := o.Key(mint.NavaiRequest{APIKey: sp("sk-caller")})
+		var re *mint.Error
 		if !errors.As(err, &re) || re.Message != disabled || status(re.Code) != 403 {
 			t.Fatalf("got %v", err)
 		}
@@ -115,18 +115,18 @@ func TestNavaiInstructions(t *testing.T) {
 	o := NavaiOptions{APIKey: "k", Instructions: "Default base.", VoiceTone: "calm"}
 	tests := []struct {
 		name string
-		req  NavaiRequest
+		req  mint.NavaiRequest
 		want string
 	}{
-		{"options only", NavaiRequest{}, "Default base.\nUse a calm tone while speaking."},
-		{"every directive, in order", NavaiRequest{
+		{"options only", mint.NavaiRequest{}, "Default base.\nUse a calm tone while speaking."},
+		{"every directive, in order", mint.NavaiRequest{
 			Instructions: sp("You are a friendly travel assistant."), Language: sp("Spanish"),
 			VoiceAccent: sp("neutral Latin American Spanish"), VoiceTone: sp("warm and enthusiastic"),
 		}, "You are a friendly travel assistant.\nAlways reply in Spanish.\nUse a neutral Latin American Spanish accent while speaking.\nUse a warm and enthusiastic tone while speaking."},
-		{"base instructions are trimmed; blank directives are left out", NavaiRequest{
+		{"base instructions are trimmed; blank directives are left out", mint.NavaiRequest{
 			Instructions: sp("  Hi.  "), Language: sp("   "),
 		}, "Hi.\nUse a calm tone while speaking."},
-		{"Navai's default base", NavaiRequest{VoiceTone: sp("dry")}, "Default base.\nUse a dry tone while speaking."},
+		{"Navai's default base", mint.NavaiRequest{VoiceTone: sp("dry")}, "Default base.\nUse a dry tone while speaking."},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +135,7 @@ func TestNavaiInstructions(t *testing.T) {
 			}
 		})
 	}
-	if got := (NavaiOptions{}).Session(NavaiRequest{}).Instructions; got != "You are a helpful assistant." {
+	if got := (NavaiOptions{}).Session(mint.NavaiRequest{}).Instructions; got != "You are a helpful assistant." {
 		t.Fatalf("no options: %q", got)
 	}
 }
@@ -147,7 +147,7 @@ var errNotAllowed = errors.New("not allowed")
 // serve does with a plan what the API does: refuse a caller who may not
 // use the realtime profile or one of the plan's, else take from its pool
 // ("get:<profile>") or mint on demand ("once:<profile>:<label>").
-func serve(r *Realtime, plan Plan, may func(string) bool) (string, error) {
+func serve(r *Realtime, plan mint.Plan, may func(string) bool) (string, error) {
 	for _, p := range append([]string{r.Profile()}, plan.Needs...) {
 		if !may(p) {
 			return "", errNotAllowed
@@ -163,8 +163,8 @@ func serve(r *Realtime, plan Plan, may func(string) bool) (string, error) {
 }
 
 // status is the API's answer to a code.
-func status(c pool.Code) int {
-	if c == pool.CodeForbidden {
+func status(c mint.Code) int {
+	if c == mint.CodeForbidden {
 		return 403
 	}
 	return 400
@@ -173,24 +173,24 @@ func status(c pool.Code) int {
 func TestRealtimeRoutesEachRequest(t *testing.T) {
 	opts := NavaiOptions{APIKey: "sk-backend"}
 	pooled := map[string]RealtimeSession{
-		"realtime": opts.Session(NavaiRequest{}),
-		"spanish":  opts.Session(NavaiRequest{Language: sp("Spanish")}),
+		"realtime": opts.Session(mint.NavaiRequest{}),
+		"spanish":  opts.Session(mint.NavaiRequest{Language: sp("Spanish")}),
 	}
 	all := func(string) bool { return true }
 	tests := []struct {
 		name string
 		opts NavaiOptions
-		req  NavaiRequest
+		req  mint.NavaiRequest
 		may  func(string) bool
 		want string
 		err  error
 	}{
-		{"no overrides: the realtime pool", opts, NavaiRequest{}, all, "get:realtime", nil},
-		{"settings another profile has: that pool", opts, NavaiRequest{Language: sp("Spanish")}, all, "get:spanish", nil},
-		{"settings no profile has: minted on demand", opts, NavaiRequest{Voice: sp("cedar")}, all, "once:realtime:openai_settings", nil},
-		{"a caller's key: on demand, never pooled", NavaiOptions{AllowRequestKey: true}, NavaiRequest{APIKey: sp("sk-caller")}, all, "once:realtime:openai_request_key", nil},
-		{"a caller not allowed the realtime profile", opts, NavaiRequest{}, func(string) bool { return false }, "", errNotAllowed},
-		{"a pooled session the caller may not use is not minted around the rule", opts, NavaiRequest{Language: sp("Spanish")},
+		{"no overrides: the realtime pool", opts, mint.NavaiRequest{}, all, "get:realtime", nil},
+		{"settings another profile has: that pool", opts, mint.NavaiRequest{Language: sp("Spanish")}, all, "get:spanish", nil},
+		{"settings no profile has: minted on demand", opts, mint.NavaiRequest{Voice: sp("cedar")}, all, "once:realtime:openai_settings", nil},
+		{"a caller's key: on demand, never pooled", NavaiOptions{AllowRequestKey: true}, mint.NavaiRequest{APIKey: sp("sk-caller")}, all, "once:realtime:openai_request_key", nil},
+		{"a caller not allowed the realtime profile", opts, mint.NavaiRequest{}, func(string) bool { return false }, "", errNotAllowed},
+		{"a pooled session the caller may not use is not minted around the rule", opts, mint.NavaiRequest{Language: sp("Spanish")},
 			func(p string) bool { return p != "spanish" }, "", errNotAllowed},
 	}
 	for _, tt := range tests {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // DefaultOpenAIBaseURL is OpenAI's API.
@@ -108,25 +108,25 @@ func clientSecretRequest(s RealtimeSession) openaiRequest {
 }
 
 // Mint asks OpenAI for a client secret bound to the session.
-func (o *OpenAI) Mint(ctx context.Context) (pool.Credential, error) {
+func (o *OpenAI) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.cfg.BaseURL+"/v1/realtime/client_secrets", bytes.NewReader(o.body))
 	if err != nil {
-		return pool.Credential{}, fmt.Errorf("openai: mint: %w", err)
+		return mint.Credential{}, fmt.Errorf("openai: mint: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+o.cfg.APIKey)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
 	resp, err := o.cfg.Client.Do(req)
 	if err != nil {
-		return pool.Credential{}, fmt.Errorf("openai: mint: %w", err)
+		return mint.Credential{}, fmt.Errorf("openai: mint: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return pool.Credential{}, fmt.Errorf("openai: mint: reading answer: %w", err)
+		return mint.Credential{}, fmt.Errorf("openai: mint: reading answer: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return pool.Credential{}, &StatusError{
+		return mint.Credential{}, &StatusError{
 			Provider: "openai", Op: "mint", Code: resp.StatusCode,
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			Body:       snippet(body, o.cfg.APIKey),
@@ -137,16 +137,16 @@ func (o *OpenAI) Mint(ctx context.Context) (pool.Credential, error) {
 
 // decodeOpenAISecret reads a client secret answer: a string value and
 // expires_at in Unix seconds.
-func decodeOpenAISecret(body []byte) (pool.Credential, error) {
+func decodeOpenAISecret(body []byte) (mint.Credential, error) {
 	var a struct {
 		Value     string  `json:"value"`
 		ExpiresAt float64 `json:"expires_at"`
 	}
 	if err := json.Unmarshal(body, &a); err != nil {
-		return pool.Credential{}, protocolErrorf("openai: mint: answer is not JSON: %v", err)
+		return mint.Credential{}, protocolErrorf("openai: mint: answer is not JSON: %v", err)
 	}
 	if a.Value == "" || a.ExpiresAt <= 0 {
-		return pool.Credential{}, protocolErrorf("openai: mint: answer has no value or expires_at")
+		return mint.Credential{}, protocolErrorf("openai: mint: answer has no value or expires_at")
 	}
-	return pool.Credential{Token: a.Value, ExpiresAt: time.UnixMilli(int64(a.ExpiresAt * 1000))}, nil
+	return mint.Credential{Token: a.Value, ExpiresAt: time.UnixMilli(int64(a.ExpiresAt * 1000))}, nil
 }

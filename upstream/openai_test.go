@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -21,7 +22,7 @@ func TestOpenAISendsExactlyTheDocumentedBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := o.Mint(context.Background())
+	c, err := o.Mint(context.Background(), mint.Request{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestOpenAIErrorsInNavaisWordsWithoutTheKey(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{})
 	key := "sk-proj-wrongwrongwrong123456"
 	o, _ := NewOpenAI(OpenAIConfig{APIKey: key, BaseURL: sim.URL(), Session: RealtimeSession{Model: "m", Voice: "v", TTLSeconds: 60}})
-	_, err := o.Mint(context.Background())
+	_, err := o.Mint(context.Background(), mint.Request{})
 	var se *StatusError
 	if !errors.As(err, &se) || !errors.Is(err, ErrBadKey) {
 		t.Fatalf("got %v", err)

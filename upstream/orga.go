@@ -15,7 +15,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // DefaultOrgaBaseURL is Orga AI's production API.
@@ -36,7 +36,7 @@ type OrgaConfig struct {
 	// Now is the clock, for the "ttl" answer. default: time.Now
 	Now func() time.Time
 	// PerCallerEmail mints for one caller, sending the caller's email
-	// (pool.CallerFrom) as ?email=, as older Orga accounts that bind
+	// (mint.Request.Caller) as ?email=, as older Orga accounts that bind
 	// tokens to an email need. Such credentials can't be pooled.
 	PerCallerEmail bool
 }
@@ -104,35 +104,34 @@ type orgaSecret struct {
 }
 
 // Mint asks Orga for a client secret, then for the ICE servers with it.
-func (o *Orga) Mint(ctx context.Context) (pool.Credential, error) {
+func (o *Orga) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) {
 	var email string
 	if o.cfg.PerCallerEmail {
-		c, _ := pool.CallerFrom(ctx)
-		if c.Email == "" {
-			return pool.Credential{}, &pool.Error{Code: pool.CodeForbidden,
+		if r.Caller == nil || r.Caller.Email == "" {
+			return mint.Credential{}, &mint.Error{Code: mint.CodeForbidden,
 				Message: "this profile mints for one caller and needs a verified email in the caller's JWT: an email claim with email_verified true"}
 		}
-		email = c.Email
+		email = r.Caller.Email
 	}
 	sent := o.cfg.Now()
 	body, err := o.call(ctx, http.MethodPost, "/v1/realtime/client-secrets", email, "mint", o.cfg.APIKey)
 	if err != nil {
-		return pool.Credential{}, err
+		return mint.Credential{}, err
 	}
 	token, exp, err := decodeOrgaSecret(body, sent)
 	if err != nil {
-		return pool.Credential{}, err
+		return mint.Credential{}, err
 	}
 
 	body, err = o.call(ctx, http.MethodGet, "/v1/realtime/ice-config", "", "ice", token)
 	if err != nil {
-		return pool.Credential{}, err
+		return mint.Credential{}, err
 	}
 	ice, err := parseICE(body)
 	if err != nil {
-		return pool.Credential{}, err
+		return mint.Credential{}, err
 	}
-	return pool.Credential{Token: token, ICEServers: ice, ExpiresAt: exp}, nil
+	return mint.Credential{Token: token, ICEServers: ice, ExpiresAt: exp}, nil
 }
 
 // call makes one authorised request and returns the body of a 2xx answer.

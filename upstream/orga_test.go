@@ -12,7 +12,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -39,7 +39,7 @@ func TestOrgaMintsFromEveryAnswerShape(t *testing.T) {
 	for _, shape := range []upstreamtest.Shape{upstreamtest.ShapeReference, upstreamtest.ShapeGuide, upstreamtest.ShapeTokenOnly} {
 		t.Run(shape.String(), func(t *testing.T) {
 			sim := startSim(t, upstreamtest.Config{Shape: shape, TTL: 90 * time.Second})
-			c, err := newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey).Mint(context.Background())
+			c, err := newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey).Mint(context.Background(), mint.Request{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,7 +138,7 @@ func TestOrgaRejectsUnusableAnswers(t *testing.T) {
 				w.Write([]byte(tt.ice))
 			}))
 			defer srv.Close()
-			_, err := newOrga(t, srv.URL, "k").Mint(context.Background())
+			_, err := newOrga(t, srv.URL, "k").Mint(context.Background(), mint.Request{})
 			var pe *protocolError
 			if !errors.As(err, &pe) || retryable(err) {
 				t.Fatalf("got %v; want a protocol error that is not retried", err)
@@ -155,7 +155,7 @@ func TestOrgaErrorsCarryNoSecrets(t *testing.T) {
 		w.Write([]byte(`{"detail":"slow down, ` + strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ") + `"}`))
 	}))
 	defer srv.Close()
-	_, err := newOrga(t, srv.URL, key).Mint(context.Background())
+	_, err := newOrga(t, srv.URL, key).Mint(context.Background(), mint.Request{})
 	var se *StatusError
 	if !errors.As(err, &se) || se.Code != 429 || se.RetryAfter != 7*time.Second {
 		t.Fatalf("got %v", err)
@@ -167,7 +167,7 @@ func TestOrgaErrorsCarryNoSecrets(t *testing.T) {
 
 func TestOrgaBadKeyMatchesErrBadKey(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{})
-	_, err := newOrga(t, sim.URL(), "sk_orga_ai_wrong").Mint(context.Background())
+	_, err := newOrga(t, sim.URL(), "sk_orga_ai_wrong").Mint(context.Background(), mint.Request{})
 	if !errors.Is(err, ErrBadKey) || retryable(err) {
 		t.Fatalf("got %v; want ErrBadKey, not retryable", err)
 	}
@@ -177,7 +177,7 @@ func TestOrgaHonoursTheDeadline(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{Latency: time.Hour})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey).Mint(ctx)
+	_, err := newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey).Mint(ctx, mint.Request{})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v; want the deadline", err)
 	}
@@ -188,15 +188,15 @@ func TestGuardedOrgaPausesOnTheProvidersQuota(t *testing.T) {
 	sim := startSim(t, upstreamtest.Config{Quota: 1, RetryAfter: 2 * time.Second, Now: func() time.Time { return t0 }})
 	g := NewGuard(GuardConfig{Provider: "orga"})
 	m := g.Wrap(newOrga(t, sim.URL(), upstreamtest.DefaultAPIKey))
-	if _, err := m.Mint(context.Background()); err != nil {
+	if _, err := m.Mint(context.Background(), mint.Request{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := m.Mint(context.Background())
-	if !errors.Is(err, pool.ErrUnavailable) || pool.RetryAfter(err) != 2*time.Second {
-		t.Fatalf("over quota: %v (retry after %v); want unavailable for 2s", err, pool.RetryAfter(err))
+	_, err := m.Mint(context.Background(), mint.Request{})
+	if !errors.Is(err, mint.ErrUnavailable) || mint.RetryAfter(err) != 2*time.Second {
+		t.Fatalf("over quota: %v (retry after %v); want unavailable for 2s", err, mint.RetryAfter(err))
 	}
 	before := sim.Counts().MintCalls
-	if _, err := m.Mint(context.Background()); !errors.Is(err, pool.ErrUnavailable) || sim.Counts().MintCalls != before {
+	if _, err := m.Mint(context.Background(), mint.Request{}); !errors.Is(err, mint.ErrUnavailable) || sim.Counts().MintCalls != before {
 		t.Fatalf("during the pause: %v; want unavailable without a call", err)
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // RealtimeConfig configures Realtime.
@@ -102,7 +102,7 @@ func NewRealtime(cfg RealtimeConfig) (*Realtime, error) {
 	r := &Realtime{cfg: cfg}
 	// The realtime profile's own model and voice are open to whoever may
 	// use it, whichever other profile also names them.
-	own := cfg.Options.Session(NavaiRequest{})
+	own := cfg.Options.Session(mint.NavaiRequest{})
 	for _, x := range cfg.Restricted {
 		if SameModel(x.Model, own.Model) {
 			x.Model = ""
@@ -127,34 +127,17 @@ const (
 	LabelOpenAIRequestKey = "openai_request_key" // the caller's own key
 )
 
-// Plan is how one Navai request is served.
-type Plan struct {
-	// Needs are the profiles the caller must be allowed besides the
-	// realtime profile (Profile, checked before Resolve): the pooled
-	// profile, or the restricted ones whose model or voice the session
-	// uses.
-	Needs []string
-	// Pooled is the profile whose pool has the session; "" to mint it on
-	// demand with Minter, counted under Label.
-	Pooled string
-	Minter pool.Minter
-	Label  string
-	// Refused, when set, is why an on-demand mint is not offered; it
-	// applies once the caller is allowed every profile of Needs.
-	Refused error
-}
-
 // Profile is the realtime profile: the Navai routes' own.
 func (r *Realtime) Profile() string { return r.cfg.Profile }
 
 // Resolve plans the answer to a Navai request. Its error is the request's
 // fault (its key); it is answered after checking the caller may use the
 // realtime profile, as Navai's handler checks nothing else first.
-func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
-	var plan Plan
+func (r *Realtime) Resolve(req mint.NavaiRequest) (mint.Plan, error) {
+	var plan mint.Plan
 	key, fromRequest, err := r.cfg.Options.Key(req)
 	if err != nil {
-		return Plan{}, err
+		return mint.Plan{}, err
 	}
 	session := r.cfg.Options.Session(req)
 	if !fromRequest {
@@ -176,7 +159,7 @@ func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
 	}
 	o, err := NewOpenAI(OpenAIConfig{APIKey: key, BaseURL: r.cfg.BaseURL, Session: session, Client: r.cfg.Client})
 	if err != nil {
-		plan.Refused = &pool.Error{Code: pool.CodeInvalid, Message: err.Error()}
+		plan.Refused = &mint.Error{Code: mint.CodeInvalid, Message: err.Error()}
 		return plan, nil
 	}
 	plan.Minter, plan.Label = o, LabelOpenAIRequestKey
@@ -193,7 +176,7 @@ func (r *Realtime) Resolve(req NavaiRequest) (Plan, error) {
 // realtime profile's OnDemand allows. A caller's own key is held to the
 // same rules.
 func (r *Realtime) onDemand(s RealtimeSession) error {
-	refuse := func(msg string) error { return &pool.Error{Code: pool.CodeForbidden, Message: msg} }
+	refuse := func(msg string) error { return &mint.Error{Code: mint.CodeForbidden, Message: msg} }
 	switch p := r.cfg.OnDemand; {
 	case p.PooledOnly:
 		return refuse("only the server's pooled sessions are offered: leave model, voice, instructions, language, accent and tone out")

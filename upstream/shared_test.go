@@ -12,7 +12,7 @@ import (
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
 	"github.com/tokenpool/tokenpool/limiter"
-	"github.com/tokenpool/tokenpool/pool"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // replicas returns n guards sharing one Redis, as n replicas would.
@@ -39,15 +39,15 @@ func TestSharedState(t *testing.T) {
 
 	t.Run("a 429 on one replica pauses every replica for its Retry-After", func(t *testing.T) {
 		gs := replicas(t, 2, "")
-		if _, err := gs[0].Wrap(&scripted{script: []error{err429}}).Mint(ctx); pool.RetryAfter(err) != 3*time.Second {
+		if _, err := gs[0].Wrap(&scripted{script: []error{err429}}).Mint(ctx, mint.Request{}); mint.RetryAfter(err) != 3*time.Second {
 			t.Fatalf("got %v", err)
 		}
 		other := &scripted{script: []error{nil}}
-		_, err := gs[1].Wrap(other).Mint(ctx)
-		if !errors.Is(err, pool.ErrUnavailable) || other.calls.Load() != 0 {
+		_, err := gs[1].Wrap(other).Mint(ctx, mint.Request{})
+		if !errors.Is(err, mint.ErrUnavailable) || other.calls.Load() != 0 {
 			t.Fatalf("the other replica: %v after %d calls; want unavailable without a call", err, other.calls.Load())
 		}
-		if ra := pool.RetryAfter(err); ra < 2*time.Second || ra > 3*time.Second {
+		if ra := mint.RetryAfter(err); ra < 2*time.Second || ra > 3*time.Second {
 			t.Fatalf("retry after %v, want what is left of 3s", ra)
 		}
 		if gs[1].Available() {
@@ -55,18 +55,43 @@ func TestSharedState(t *testing.T) {
 		}
 	})
 
+	t.Run("a fleet pause read before a resume is not taken up after it", func(t *testing.T) {
+		gs := replicas(t, 2, "")
+		if _, err := gs[0].Wrap(&scripted{script: []error{err429}}).Mint(ctx, mint.Request{}); !errors.Is(err, mint.ErrUnavailable) {
+			t.Fatalf("got %v", err)
+		}
+		// gs[1] reads the fleet's pause as a mint does; the operator's
+		// resume lands before it takes the pause up.
+		g := gs[1]
+		resumes := g.resumes.Load()
+		h, err := g.cfg.Shared.gate(ctx, "orga")
+		if err != nil || h.wait <= 0 {
+			t.Fatalf("the fleet's pause: %+v, %v", h, err)
+		}
+		for _, r := range gs {
+			r.Resume()
+		}
+		if _, err := g.cfg.Shared.Resume(ctx, "orga"); err != nil {
+			t.Fatal(err)
+		}
+		g.fleetSays(h, resumes)
+		if !g.Available() {
+			t.Fatal("the resumed replica took up the pause it read before the resume")
+		}
+	})
+
 	t.Run("a breaker opening on one replica stops the others", func(t *testing.T) {
 		gs := replicas(t, 3, "")
 		failing := &scripted{script: []error{err500}}
 		for range 2 {
-			gs[0].Wrap(failing).Mint(ctx)
+			gs[0].Wrap(failing).Mint(ctx, mint.Request{})
 		}
 		if gs[0].State() != "open" {
 			t.Fatalf("state %s", gs[0].State())
 		}
 		for _, g := range gs[1:] {
 			healthy := &scripted{script: []error{nil}}
-			if _, err := g.Wrap(healthy).Mint(ctx); !errors.Is(err, pool.ErrUnavailable) || healthy.calls.Load() != 0 {
+			if _, err := g.Wrap(healthy).Mint(ctx, mint.Request{}); !errors.Is(err, mint.ErrUnavailable) || healthy.calls.Load() != 0 {
 				t.Fatalf("another replica: %v after %d calls; want unavailable without a call", err, healthy.calls.Load())
 			}
 		}
@@ -75,7 +100,7 @@ func TestSharedState(t *testing.T) {
 		// replica reads, so the test waits for it.
 		start := time.Now()
 		poll.Until(t, "the other replicas to mint again", 5*time.Second, func() bool {
-			_, err := gs[1].Wrap(&scripted{script: []error{nil}}).Mint(ctx)
+			_, err := gs[1].Wrap(&scripted{script: []error{nil}}).Mint(ctx, mint.Request{})
 			return err == nil
 		})
 		if waited := time.Since(start); waited < time.Second {
@@ -89,11 +114,11 @@ func TestSharedState(t *testing.T) {
 			mu    sync.Mutex
 			times []time.Time
 		)
-		m := mintFunc(func(context.Context) (pool.Credential, error) {
+		m := mintFunc(func(context.Context) (mint.Credential, error) {
 			mu.Lock()
 			times = append(times, time.Now())
 			mu.Unlock()
-			return pool.Credential{Token: "t"}, nil
+			return mint.Credential{Token: "t"}, nil
 		})
 		var wg sync.WaitGroup
 		stop := time.Now().Add(2500 * time.Millisecond)
@@ -104,7 +129,7 @@ func TestSharedState(t *testing.T) {
 					defer wg.Done()
 					for time.Now().Before(stop) {
 						cctx, cancel := context.WithTimeout(ctx, time.Second)
-						g.Wrap(m).Mint(cctx)
+						g.Wrap(m).Mint(cctx, mint.Request{})
 						cancel()
 					}
 				}()
@@ -129,6 +154,6 @@ func TestSharedState(t *testing.T) {
 	})
 }
 
-type mintFunc func(context.Context) (pool.Credential, error)
+type mintFunc func(context.Context) (mint.Credential, error)
 
-func (f mintFunc) Mint(ctx context.Context) (pool.Credential, error) { return f(ctx) }
+func (f mintFunc) Mint(ctx context.Context, r mint.Request) (mint.Credential, error) { return f(ctx) }

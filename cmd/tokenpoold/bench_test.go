@@ -6,6 +6,9 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,3 +92,82 @@ func fetchB(b *testing.B, base, bearer string) int {
 type testingWriter struct{ b *testing.B }
 
 func (w testingWriter) Write(p []byte) (int, error) { w.b.Log(string(p)); return len(p), nil }
+
+// BenchmarkCredentialsRoute compares, in one run, the pooled handouts per
+// second of POST /v1/credentials with POST /v1/session-config: one
+// daemon, a full pool whose refiller is stopped (so only handouts run),
+// 16 callers in a closed loop, and the two routes in alternating rounds
+// of 250 handouts each, so the machine's noise falls on both alike. Run
+// it once per count: -benchtime 1x (the pool holds one run's handouts).
+func BenchmarkCredentialsRoute(b *testing.B) {
+	const (
+		rounds   = 6
+		perRound = 250
+		callers  = 16
+	)
+	rs := redistest.New(b)
+	sim := startSim(b, upstreamtest.Config{})
+	d := fullPool(b, rs, sim, 2*rounds*perRound+100, nil)
+	bearer := callerJWT(b, "bench")
+	routes := []struct{ name, path, body string }{
+		{"session-config", "/v1/session-config", `{"profile":"default"}`},
+		{"credentials", "/v1/credentials", `{"profile":"default"}`},
+	}
+	took := make([]time.Duration, len(routes))
+	for b.Loop() {
+		for r := range rounds {
+			order := []int{0, 1}
+			if r%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, i := range order {
+				took[i] += closedLoop(b, d.url+routes[i].path, routes[i].body, bearer, callers, perRound)
+			}
+		}
+	}
+	b.StopTimer()
+	if st, _ := d.pool.Stats(context.Background(), "default"); st.Direct != 0 {
+		b.Fatalf("%d handouts missed the pool", st.Direct)
+	}
+	rate := func(i int) float64 { return float64(rounds*perRound) / took[i].Seconds() }
+	b.ReportMetric(rate(0), "session-config-handouts/s")
+	b.ReportMetric(rate(1), "credentials-handouts/s")
+	b.ReportMetric(rate(1)/rate(0), "credentials/session-config")
+	b.ReportMetric(0, "ns/op")
+}
+
+// closedLoop sends n POSTs of body to url from callers callers, each
+// sending its next as its last is answered, and returns how long they took.
+func closedLoop(b *testing.B, url, body, bearer string, callers, n int) time.Duration {
+	var (
+		next   atomic.Int64
+		failed atomic.Int64
+		wg     sync.WaitGroup
+	)
+	start := time.Now()
+	for range callers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+bearer)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%s: %d of %d requests failed", url, f, n)
+	}
+	return elapsed
+}

@@ -36,14 +36,22 @@ func startDemo(cfg *Config) (*demo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	// Both providers, simulated: Orga as "default", OpenAI Realtime with
-	// Navai's defaults as "realtime".
+	// Three providers, simulated: Orga as "default", OpenAI Realtime with
+	// Navai's defaults as "realtime", and Gemini Live with its preset's
+	// defaults as "gemini" (the simulator speaks every preset).
 	navai := upstream.NavaiOptions{APIKey: upstreamtest.DefaultOpenAIKey, TTLSeconds: upstream.NavaiDefaultTTLSeconds}
 	orga := newProfile("default", "orga", cfg)
 	orga.Orga, orga.KeyEnv = upstream.OrgaConfig{APIKey: upstreamtest.DefaultAPIKey, BaseURL: sim.URL()}, "ORGA_API_KEY"
 	openai := newProfile("realtime", "openai", cfg)
 	openai.Navai, openai.OpenAIBaseURL, openai.KeyEnv = navai, sim.URL(), "OPENAI_API_KEY"
-	cfg.Profiles = Profiles{List: []Profile{orga, openai}, Default: "default", Realtime: "realtime"}
+	gemini := newProfile("gemini", "gemini", cfg)
+	preset, _ := upstream.PresetByName("gemini")
+	if gemini.Endpoint, _, err = preset.Endpoint(sim.URL(), nil); err != nil {
+		_ = sim.Close()
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	gemini.Key, gemini.KeyEnv = upstreamtest.PresetKey("gemini"), "GEMINI_API_KEY"
+	cfg.Profiles = Profiles{List: []Profile{orga, gemini, openai}, Default: "default", Realtime: "realtime"}
 	if len(cfg.JWTSecret) == 0 {
 		cfg.JWTSecret = make([]byte, minJWTSecret)
 		_, _ = rand.Read(cfg.JWTSecret)
@@ -82,9 +90,11 @@ func (d *demo) announce(m *Main) {
 	}()
 }
 
-// printCurl prints one line starting with "curl " that fetches a
-// credential as it stands: a caller JWT valid for a day, signed with the
-// demo's secret. It goes to stdout, never to the logs.
+// printCurl prints two lines starting with "curl " that fetch a
+// credential as they stand: the default (Orga) profile's from
+// /v1/session-config, and the Gemini profile's from /v1/credentials, with
+// a caller JWT valid for a day, signed with the demo's secret. They go to
+// stdout, never to the logs.
 func (d *demo) printCurl(m *Main) error {
 	now := time.Now()
 	claims := jwt.RegisteredClaims{
@@ -104,8 +114,10 @@ func (d *demo) printCurl(m *Main) error {
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
-	_, err = fmt.Fprintf(m.Stdout, "curl -sS -X POST -H 'Authorization: Bearer %s' http://%s/v1/session-config\n",
-		token, net.JoinHostPort(host, port))
+	base := "http://" + net.JoinHostPort(host, port)
+	_, err = fmt.Fprintf(m.Stdout, "curl -sS -X POST -H 'Authorization: Bearer %s' %s/v1/session-config\n"+
+		"curl -sS -X POST -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"profile\":\"gemini\"}' %s/v1/credentials\n",
+		token, base, token, base)
 	return err
 }
 

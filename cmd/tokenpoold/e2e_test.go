@@ -74,7 +74,7 @@ func TestDemo(t *testing.T) {
 		done <- run(ctx, []string{"-demo", "-addr", "127.0.0.1:0"}, envOf(nil), outW, io.Discard)
 		outW.Close()
 	}()
-	lines := make(chan string, 1)
+	lines := make(chan string, 2)
 	go func() {
 		sc := bufio.NewScanner(outR)
 		for sc.Scan() {
@@ -83,11 +83,13 @@ func TestDemo(t *testing.T) {
 			}
 		}
 	}()
-	var line string
-	select {
-	case line = <-lines:
-	case <-time.After(15 * time.Second):
-		t.Fatal("no curl line within 15s")
+	var line, credentialsLine string
+	for _, l := range []*string{&line, &credentialsLine} {
+		select {
+		case *l = <-lines:
+		case <-time.After(15 * time.Second):
+			t.Fatal("no curl line within 15s")
+		}
 	}
 
 	headerFile := filepath.Join(t.TempDir(), "headers")
@@ -138,6 +140,18 @@ func TestDemo(t *testing.T) {
 	second := runLine(line).credential(t)
 	if second.EphemeralToken == first.EphemeralToken {
 		t.Fatal("a second run gave the same token")
+	}
+
+	// The second line fetches the Gemini profile's credential from the
+	// route every profile has.
+	if _, err := exec.LookPath("curl"); err == nil {
+		out, err := exec.Command("sh", "-c", credentialsLine).Output()
+		var a struct{ Provider, Profile, Token, URL string }
+		if err != nil || json.Unmarshal(out, &a) != nil || a.Provider != "gemini" || !strings.HasPrefix(a.Token, "auth_tokens/") || a.URL == "" {
+			t.Fatalf("%s: %v: %s", credentialsLine, err, out)
+		}
+	} else if !strings.Contains(credentialsLine, `-d '{"profile":"gemini"}'`) || !strings.HasSuffix(credentialsLine, "/v1/credentials") {
+		t.Fatalf("unexpected curl line %q", credentialsLine)
 	}
 
 	url := regexp.MustCompile(`http://\S+`).FindString(line)

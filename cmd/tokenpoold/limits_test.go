@@ -132,9 +132,15 @@ func TestAPooledHandoutIsOneRedisCommand(t *testing.T) {
 	}
 
 	mon := startMonitor(t, rs.Addr)
-	const handouts = 20
+	const handouts = 20 // half on /v1/session-config, half on /v1/credentials
 	for i := range handouts {
-		if r := fetch(t, d.url, bearer); r.status != http.StatusOK || r.header.Get("X-Credential-Source") != "pool" {
+		r := reply{}
+		if i%2 == 0 {
+			r = fetch(t, d.url, bearer)
+		} else {
+			r.status, r.header, r.body = post(t, d.url+"/v1/credentials", `{"profile":"default"}`, bearer)
+		}
+		if r.status != http.StatusOK || r.header.Get("X-Credential-Source") != "pool" {
 			t.Fatalf("handout %d: %d %s %s", i+1, r.status, r.header.Get("X-Credential-Source"), r.body)
 		}
 	}

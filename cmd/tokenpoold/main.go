@@ -34,6 +34,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/api"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 )
@@ -293,7 +294,7 @@ func (m *Main) realtime() (api.Realtime, error) {
 		if p.Provider != "openai" {
 			continue
 		}
-		session := p.Navai.Session(upstream.NavaiRequest{})
+		session := p.Navai.Session(mint.NavaiRequest{})
 		if p.Target > 0 {
 			pooled[p.Name] = session
 		}
@@ -425,7 +426,7 @@ func (m *Main) guard(provider string) *upstream.Guard {
 }
 
 // minter builds a profile's minter behind its provider's guard.
-func (m *Main) minter(p Profile) (pool.Minter, error) {
+func (m *Main) minter(p Profile) (mint.Minter, error) {
 	switch p.Provider {
 	case "orga":
 		oc := p.Orga
@@ -440,7 +441,7 @@ func (m *Main) minter(p Profile) (pool.Minter, error) {
 			return upstream.MissingKey, nil
 		}
 		o, err := upstream.NewOpenAI(upstream.OpenAIConfig{
-			APIKey: p.Navai.APIKey, BaseURL: p.OpenAIBaseURL, Session: p.Navai.Session(upstream.NavaiRequest{}),
+			APIKey: p.Navai.APIKey, BaseURL: p.OpenAIBaseURL, Session: p.Navai.Session(mint.NavaiRequest{}),
 			Client: m.providerClient("openai"),
 		})
 		if err != nil {
@@ -448,7 +449,14 @@ func (m *Main) minter(p Profile) (pool.Minter, error) {
 		}
 		return m.guard("openai").Wrap(o), nil
 	}
-	return nil, fmt.Errorf("unknown provider %q", p.Provider)
+	if p.Endpoint.URL == "" {
+		return nil, fmt.Errorf("unknown provider %q", p.Provider)
+	}
+	e, err := upstream.NewEndpointMinter(p.Endpoint, p.Key, m.providerClient(p.Provider))
+	if err != nil {
+		return nil, err
+	}
+	return m.guard(p.Provider).Wrap(e), nil
 }
 
 // providerClient is the HTTP client of a provider's calls: one connection

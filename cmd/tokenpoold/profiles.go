@@ -37,6 +37,9 @@ type Profile struct {
 	Navai         upstream.NavaiOptions
 	OpenAIBaseURL string
 	OnDemand      upstream.OnDemand
+	// A preset's or an http profile's endpoint, and the key it mints with.
+	Endpoint upstream.Endpoint
+	Key      string
 }
 
 // newProfile is a profile of provider with the configuration's sizing.
@@ -142,8 +145,13 @@ type (
 		Shards       *int        `yaml:"shards"`
 		MinRemaining string      `yaml:"min_remaining"`
 		Allow        *accessSpec `yaml:"allow"`
+		Fallback     []string    `yaml:"fallback"`
 		Orga         *orgaSpec   `yaml:"orga"`
 		OpenAI       *openaiSpec `yaml:"openai"`
+		HTTP         *httpSpec   `yaml:"http"`
+		// Preset holds a preset's block, named after its provider; its
+		// settings are the preset's to check.
+		Preset map[string]yaml.Node `yaml:",inline"`
 	}
 	accessSpec struct {
 		APIKeys []string            `yaml:"api_keys"`
@@ -191,14 +199,22 @@ func knownFields(n *yaml.Node, t reflect.Type, path string) error {
 	}
 	fields := map[string]reflect.Type{}
 	var names []string
+	inline := false // an inline map takes the other keys: its owner checks them
 	for i := 0; i < t.NumField(); i++ {
-		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if opts == "inline" {
+			inline = true
+			continue
+		}
 		fields[tag] = t.Field(i).Type
 		names = append(names, tag)
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k := n.Content[i]
 		ft, ok := fields[k.Value]
+		if !ok && inline {
+			continue
+		}
 		if !ok {
 			return fmt.Errorf("line %d: unknown field %q (want one of %s)", k.Line, path+k.Value, strings.Join(names, ", "))
 		}
@@ -331,6 +347,9 @@ func profilesOf(f fileSpec, cfg *Config, getenv func(string) string) (Profiles, 
 	if ps.Realtime, err = pick(ps, f.RealtimeProfile, "realtime_profile", "openai"); err != nil {
 		return Profiles{}, err
 	}
+	if err := checkFallbacks(ps); err != nil {
+		return Profiles{}, err
+	}
 	for _, p := range ps.List {
 		od := p.OnDemand
 		if p.Name != ps.Realtime && (od.PooledOnly || len(od.Models) > 0 || len(od.Voices) > 0) {
@@ -394,13 +413,31 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		}
 		return envName, strings.TrimSpace(getenv(envName)), nil
 	}
+	for k := range s.Preset {
+		if k != s.Provider {
+			return p, fmt.Errorf("unknown field %q: a block of settings is named after the profile's provider (%q)", k, s.Provider)
+		}
+	}
+	p.Fallback = s.Fallback
+	if s.HTTP != nil && s.Provider != "http" {
+		return p, fmt.Errorf("http: not allowed in a %s profile", s.Provider)
+	}
 	switch s.Provider {
 	case "orga":
 		return p, resolveOrga(&p, s, cfg, key)
 	case "openai":
 		return p, resolveOpenAI(&p, s, cfg, key)
+	case "http":
+		return p, resolveHTTP(&p, s.HTTP, key)
 	}
-	return p, fmt.Errorf("provider: want orga or openai, got %q", s.Provider)
+	if pr, ok := upstream.PresetByName(s.Provider); ok {
+		if s.Orga != nil || s.OpenAI != nil {
+			return p, fmt.Errorf("orga, openai: not allowed in a %s profile", s.Provider)
+		}
+		block := s.Preset[s.Provider]
+		return p, resolvePreset(&p, pr, &block, key)
+	}
+	return p, fmt.Errorf("provider: want orga, openai, http or one of %s, got %q", strings.Join(upstream.PresetNames(), ", "), s.Provider)
 }
 
 // keyReader reads a provider key from the variable a field names (or its

@@ -1,6 +1,9 @@
-// Command upstream-sim runs the simulated Orga AI provider of
+// Command upstream-sim runs the simulated providers of
 // upstream/upstreamtest as a standalone server, for docker-compose, load
-// tests and trying tokenpool without a provider account.
+// tests and trying tokenpool without a provider account: Orga AI, OpenAI
+// Realtime and every preset (gemini, xai, deepgram, …) at their own paths,
+// each preset accepting the key upstreamtest.PresetKey gives
+// ("sim-<provider>-key").
 //
 //	upstream-sim -addr :8081 -ttl 120s -latency 100ms -failure-rate 0.01 -quota 50 -shape reference
 package main
@@ -61,7 +64,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	log.Info("simulated provider listening", "url", sim.URL(), "shape", sh.String(),
-		"latency", latency.String(), "failure_rate", *failure, "quota", *quota)
+		"latency", latency.String(), "failure_rate", *failure, "quota", *quota,
+		"presets", upstreamtest.PresetNames(), "preset_keys", "sim-<provider>-key")
 	<-ctx.Done()
 	c := sim.Counts()
 	log.Info("stopping", "mint_calls", c.MintCalls, "minted", c.Minted, "rate_limited", c.RateLimited, "failed", c.Failed)

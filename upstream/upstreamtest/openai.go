@@ -3,7 +3,6 @@ package upstreamtest
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -85,19 +84,10 @@ func object(raw json.RawMessage) (map[string]json.RawMessage, bool) {
 // openai answers POST /v1/realtime/client_secrets, validating the body as
 // OpenAI does.
 func (s *Server) openai(w http.ResponseWriter, r *http.Request) {
-	arrived := s.now()
-	if !s.delay(r) {
+	arrived, body, cfg, reject, ok := s.receive(r, func(body []byte) { s.openaiBodies = append(s.openaiBodies, body) })
+	if !ok {
 		return
 	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	s.counts.MintCalls++
-	s.callTimes = append(s.callTimes, arrived)
-	s.openaiBodies = append(s.openaiBodies, body)
-	cfg := s.cfg
-	reject := s.rejectKey
-	s.mu.Unlock()
-
 	if reject || bearer(r) != cfg.OpenAIKey {
 		s.count(func(c *Counts) { c.Unauthorized++ })
 		openaiError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key",

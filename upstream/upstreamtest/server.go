@@ -1,5 +1,7 @@
 // Package upstreamtest is a simulated realtime provider speaking Orga AI's
-// exact wire format (UPSTREAMS.md), for tests, the demo and load tests.
+// and OpenAI's exact wire formats (UPSTREAMS.md), and every preset
+// provider's token endpoint (presets.go), for tests, the demo and load
+// tests.
 //
 // It mints real HS256 JWTs with a real exp, hands out per-token TURN
 // credentials, and can be made slow, flaky, rate-limited or to reject the
@@ -15,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -89,6 +92,7 @@ type Mint struct {
 	TURNCredential string
 	ICEFetched     bool
 	Consumed       bool
+	Provider       string // a preset's name; "" for Orga and OpenAI
 }
 
 // Counts are the calls the simulator answered, by outcome.
@@ -114,7 +118,8 @@ type Server struct {
 	callTimes []time.Time   // guarded by mu: arrival of every mint call
 	emails    []string      // guarded by mu: ?email= of each Orga mint call that had one
 
-	openaiBodies [][]byte // guarded by mu
+	openaiBodies [][]byte        // guarded by mu
+	presetReqs   []PresetRequest // guarded by mu
 	mints        map[string]*Mint
 	order        []string // tokens in mint order
 	counts       Counts
@@ -276,8 +281,13 @@ func (s *Server) Consume(token string) error {
 	return nil
 }
 
-// ServeHTTP answers the Orga AI endpoints.
+// ServeHTTP answers the Orga AI and OpenAI endpoints, and every preset
+// provider's (presets.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p := s.presetFor(r); p != nil {
+		s.preset(w, r, p)
+		return
+	}
 	switch {
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/realtime/client-secrets":
 		s.mint(w, r)
@@ -379,6 +389,23 @@ func (s *Server) mint(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// receive takes a mint call: waits the latency (ok false when the caller
+// gave up first), reads the body, counts the call and records it (under
+// the lock), and returns the configuration it is answered under.
+func (s *Server) receive(r *http.Request, record func(body []byte)) (arrived time.Time, body []byte, cfg Config, reject, ok bool) {
+	arrived = s.now()
+	if !s.delay(r) {
+		return arrived, nil, cfg, false, false
+	}
+	body, _ = io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.counts.MintCalls++
+	s.callTimes = append(s.callTimes, arrived)
+	record(body)
+	return arrived, body, s.cfg, s.rejectKey, true
+}
+
 // count updates the counts under the lock.
 func (s *Server) count(f func(*Counts)) {
 	s.mu.Lock()
@@ -398,7 +425,20 @@ func (s *Server) maybeFail(cfg Config) bool {
 // takeQuota counts a mint against the per-second quota, or a ThrottleNext,
 // and answers 429 when over; it reports whether the mint may go on.
 func (s *Server) takeQuota(w http.ResponseWriter, cfg Config, arrived time.Time) bool {
+	retry, over := s.overQuota(cfg, arrived)
+	if !over {
+		return true
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+	writeJSON(w, http.StatusTooManyRequests, map[string]string{"detail": "Rate limit exceeded"})
+	return false
+}
+
+// overQuota counts a mint against the per-second quota, or a
+// ThrottleNext, and reports whether it is over, and the wait to ask for.
+func (s *Server) overQuota(cfg Config, arrived time.Time) (time.Duration, bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	retry := s.throttle
 	s.throttle = 0
 	if retry == 0 && cfg.Quota > 0 {
@@ -412,14 +452,10 @@ func (s *Server) takeQuota(w http.ResponseWriter, cfg Config, arrived time.Time)
 		}
 	}
 	if retry == 0 {
-		s.mu.Unlock()
-		return true
+		return 0, false
 	}
 	s.counts.RateLimited++
-	s.mu.Unlock()
-	w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-	writeJSON(w, http.StatusTooManyRequests, map[string]string{"detail": "Rate limit exceeded"})
-	return false
+	return retry, true
 }
 
 // record keeps a minted credential.
