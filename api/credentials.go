@@ -54,7 +54,7 @@ func (s *Server) credential(c *gin.Context, h pool.Handout) {
 	}
 	// The extras are a JSON object whose names the provider's description
 	// keeps apart from the fields above (upstream.Endpoint.Check).
-	if x := bytes.TrimSpace(h.Extra); len(x) > 2 && x[0] == '{' {
+	if x := bytes.TrimSpace(h.Extra); len(x) > 2 && x[0] == '{' && x[len(x)-1] == '}' && json.Valid(x) {
 		b = append(append(b[:len(b)-1], ','), x[1:]...)
 	}
 	c.Data(http.StatusOK, "application/json; charset=utf-8", b)

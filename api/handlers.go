@@ -48,14 +48,14 @@ func (s *Server) postSessionConfig(c *gin.Context) {
 		s.failLimited(c, err)
 		return
 	}
-	s.handOut(c, req.Profile, route{answer: s.sessionConfig})
+	s.handOut(c, req.Profile, route{sessionShape: true, answer: s.sessionConfig})
 }
 
 // getSessionConfig answers GET /api/orga-client-secrets: the same body,
 // for the Orga client SDK's plain GET. ?profile= picks a profile, which
 // must carry ICE servers: the SDK requires them.
 func (s *Server) getSessionConfig(c *gin.Context) {
-	s.handOut(c, c.Query("profile"), route{iceOnly: true, answer: s.sessionConfig})
+	s.handOut(c, c.Query("profile"), route{sessionShape: true, iceOnly: true, answer: s.sessionConfig})
 }
 
 // sessionConfig writes a handout as the session-config answer.
@@ -76,6 +76,10 @@ func (s *Server) sessionConfig(c *gin.Context, h pool.Handout) {
 
 // route is what a credential route serves.
 type route struct {
+	// sessionShape: the answer is the session-config shape, which has
+	// room for Orga's and OpenAI's credentials only: a preset's extras
+	// (a URL, a signed URL) would be lost.
+	sessionShape bool
 	// iceOnly: only profiles whose credentials carry ICE servers (the
 	// Orga SDK's GET requires them).
 	iceOnly bool
@@ -101,16 +105,23 @@ func (s *Server) handOut(c *gin.Context, profile string, rt route) {
 	case !info.Access.allows(who):
 		s.failLimited(c, errNotAllowed)
 		return
+	case rt.sessionShape && info.Provider != "orga" && info.Provider != "openai":
+		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
+			"that profile is a %s profile: fetch it from POST /v1/credentials, whose answer carries what its client needs", info.Provider))
+		return
 	case rt.iceOnly && !info.ICE:
 		s.failLimited(c, errorf(http.StatusBadRequest, codeBadRequest,
 			"that profile's credentials carry no ICE servers, which the Orga SDK needs: fetch it from POST /v1/credentials"))
 		return
 	}
-	h, refused, err := s.take(c, profile)
+	h, limited, refused, err := s.take(c, profile)
 	if refused {
 		return
 	}
-	if err != nil && rt.fallback && standIn(err) {
+	// A fallback stands in only once the caller's limits counted this
+	// request: when they could not be read, neither may a fallback's
+	// take go unlimited.
+	if err != nil && limited && rt.fallback && standIn(err) {
 		h, err = s.fallBack(c, profile, info.Fallback, who, err)
 	}
 	if err != nil {
@@ -153,16 +164,17 @@ func (s *Server) fallBack(c *gin.Context, profile string, fallbacks []string, wh
 }
 
 // take hands out one credential of profile behind the caller's limits,
-// both in one round trip. refused reports that a limit refused, and the
-// answer is written.
-func (s *Server) take(c *gin.Context, profile string) (h pool.Handout, refused bool, err error) {
+// both in one round trip. limited reports that the limits counted the
+// request and allowed it; refused that a limit refused, and the answer
+// is written.
+func (s *Server) take(c *gin.Context, profile string) (h pool.Handout, limited, refused bool, err error) {
 	checks := c.MustGet(ctxChecks).([]limiter.Check)
 	who := c.MustGet(ctxCaller).(caller)
 	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), who.minted(), checks)
 	if ds != nil && !s.decided(c, checks, ds) {
-		return pool.Handout{}, true, nil
+		return pool.Handout{}, false, true, nil
 	}
-	return h, false, err
+	return h, ds != nil, false, err
 }
 
 // failLimited answers err to a request that takes nothing, once the

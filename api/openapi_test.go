@@ -77,6 +77,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			"assistant": {Provider: "openai"},
 			"staff":     {Provider: "orga", ICE: true, Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
 			"voice":     {Provider: "gemini", Fallback: []string{"staff", "default"}},
+			"acme":      {Provider: "acme"}, // an http profile's provider
 		},
 		JWTSecret: testSecret, PerUser: perUser,
 		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
@@ -214,6 +215,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("an unknown profile is 400", "POST", "/v1/session-config", `{"profile":"nope"}`, "application/json", fresh(), 400)
 	check("an unknown profile is 400 on GET /v1/credentials", "GET", "/v1/credentials?profile=nope", "", "", fresh(), 400)
 	check("a preset's credential carries its extras", "GET", "/v1/credentials?profile=voice", "", "", fresh(), 200)
+	check("an http profile's credential", "GET", "/v1/credentials?profile=acme", "", "", fresh(), 200)
+	check("a preset's profile on session-config is 400", "POST", "/v1/session-config", `{"profile":"voice"}`, "application/json", fresh(), 400)
 	fp.mu.Lock()
 	fp.down = map[string]error{"voice": &mint.UnavailableError{Err: errors.New("upstream: gemini: circuit breaker open")}}
 	fp.mu.Unlock()

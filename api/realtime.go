@@ -57,7 +57,7 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 	var h pool.Handout
 	if plan.Pooled != "" {
 		var refused bool
-		if h, refused, err = s.take(c, plan.Pooled); refused {
+		if h, _, refused, err = s.take(c, plan.Pooled); refused {
 			return
 		}
 	} else {

@@ -69,7 +69,7 @@ type Minter interface {
 
 // ErrUnavailable: no credential can be had now; try again later. Errors
 // that match it may carry a RetryAfter (see UnavailableError).
-var ErrUnavailable = errors.New("no credential available")
+var ErrUnavailable = errors.New("mint: no credential available")
 
 // UnavailableError says no credential can be had now and when to try
 // again. It matches ErrUnavailable. Minters return it when they won't call
@@ -79,6 +79,7 @@ type UnavailableError struct {
 	RetryAfter time.Duration // zero: unknown
 }
 
+// Error is the cause's message.
 func (e *UnavailableError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the cause.
@@ -120,4 +121,5 @@ type Error struct {
 	Message string // shown to the caller: never a secret
 }
 
+// Error is the message for the caller.
 func (e *Error) Error() string { return e.Message }

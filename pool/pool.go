@@ -70,6 +70,7 @@ const (
 	DefaultMinRemaining      = 30 * time.Second
 	DefaultRefillConcurrency = 32
 	DefaultMintTimeout       = 10 * time.Second
+	DefaultMaxClockSkew      = 2 * time.Second
 )
 
 // Config configures a Pool. Zero values mean the documented default.
@@ -79,7 +80,8 @@ type Config struct {
 	// Profiles lists the profiles; at least one.
 	Profiles []Profile
 	// MaxClockSkew is added to each profile's MinRemaining to allow for
-	// clocks of provider, daemon and Redis that disagree. default: 2s
+	// clocks of provider, daemon and Redis that disagree.
+	// default: DefaultMaxClockSkew
 	MaxClockSkew time.Duration
 	// ExpiryJitter retires each entry early by a random part, up to this
 	// fraction, of its usable life, so entries minted together don't all go
@@ -184,7 +186,7 @@ func New(cfg Config) (*Pool, error) {
 		return nil, errors.New("pool: config: no profiles")
 	}
 	if cfg.MaxClockSkew <= 0 {
-		cfg.MaxClockSkew = 2 * time.Second
+		cfg.MaxClockSkew = DefaultMaxClockSkew
 	}
 	if cfg.ExpiryJitter == 0 {
 		cfg.ExpiryJitter = 0.1
@@ -347,28 +349,6 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, wh
 	}
 	h, err := p.mintDirect(ctx, pr, who)
 	return h, ds, err
-}
-
-// Fallback hands a caller of profile from, whose take found nothing and
-// whose provider could not mint, one credential of profile to instead:
-// as GetLimited, behind no checks (the caller's limits counted the take
-// of from), and counted as a fallback of from. It never goes further:
-// to's own fallbacks are not tried.
-func (p *Pool) Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller) (Handout, error) {
-	pr, ok := p.profiles[from]
-	if !ok {
-		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, from)
-	}
-	h, _, err := p.GetLimited(ctx, to, requestID, who, nil)
-	if err != nil {
-		return Handout{}, err
-	}
-	h.FallbackFor = from
-	p.metrics.fellBack(from, to)
-	if err := p.countInAny(ctx, pr, "fallbacks", 1); err != nil {
-		p.log.Warn("pool: counting a fallback", "profile", from, "err", err)
-	}
-	return h, nil
 }
 
 // take takes from pr's pool behind checks: from one shard picked at

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/tokenpool/tokenpool/mint"
 )
@@ -74,8 +75,16 @@ func (e Endpoint) Check() error {
 	if err := CheckBaseURL(e.URL); err != nil {
 		return fmt.Errorf("url: %w", err)
 	}
-	if e.KeyHeader == "" || strings.ContainsAny(e.KeyHeader, " :\r\n") {
+	if !httpguts.ValidHeaderFieldName(e.KeyHeader) {
 		return fmt.Errorf("key header: want a header name, got %q", e.KeyHeader)
+	}
+	if !httpguts.ValidHeaderFieldValue(e.KeyScheme) || strings.Contains(e.KeyScheme, " ") {
+		return fmt.Errorf("key scheme: want one word such as Bearer, got %q", e.KeyScheme)
+	}
+	for k, v := range e.Header {
+		if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("header %q: not a valid header name and value", k)
+		}
 	}
 	if e.Token == "" {
 		return errors.New("token: say where the answer holds the token")
@@ -145,14 +154,24 @@ func (m *EndpointMinter) Mint(ctx context.Context, _ mint.Request) (mint.Credent
 		return mint.Credential{}, fmt.Errorf("%s: mint: reading answer: %w", e.Provider, err)
 	}
 	if resp.StatusCode/100 != 2 {
+		g := readGoogleError(body)
 		return mint.Credential{}, &StatusError{
 			Provider: e.Provider, Op: "mint", Code: resp.StatusCode,
-			RetryAfter:  retryAfterOf(resp.Header, body, m.now()),
-			Body:        snippet(body, m.key),
-			KeyRejected: googleKeyInvalid(body),
+			RetryAfter:  retryAfterOf(resp.Header, g, m.now()),
+			Body:        snippet(body, m.secrets()...),
+			KeyRejected: g.keyInvalid,
 		}
 	}
 	return m.read(body, sent)
+}
+
+// secrets are what no error may carry: the key, and for a Basic pair
+// each half of it.
+func (m *EndpointMinter) secrets() []string {
+	if m.e.KeyScheme == "Basic" {
+		return append([]string{m.key}, strings.Split(m.key, ":")...)
+	}
+	return []string{m.key}
 }
 
 // request builds the call.
@@ -283,57 +302,49 @@ func absoluteTime(provider, path string, v any) (time.Time, error) {
 
 // retryAfterOf reads how long a provider asks us to wait: Retry-After,
 // else Azure's retry-after-ms, else a Google RetryInfo's retryDelay in the
-// error body. Zero when none says.
-func retryAfterOf(h http.Header, body []byte, now time.Time) time.Duration {
+// error body (g). Zero when none says.
+func retryAfterOf(h http.Header, g googleError, now time.Time) time.Duration {
 	if d := parseRetryAfter(h.Get("Retry-After"), now); d > 0 {
 		return d
 	}
 	if ms, err := strconv.Atoi(strings.TrimSpace(h.Get("Retry-After-Ms"))); err == nil && ms > 0 {
 		return time.Duration(ms) * time.Millisecond
 	}
-	// https://ai.google.dev/gemini-api/docs/troubleshooting: a 429's
-	// details carry google.rpc.RetryInfo {"retryDelay": "37s"}.
-	var g struct {
+	return g.retryDelay
+}
+
+// googleError is what a Google error answer says beside its status
+// (https://ai.google.dev/gemini-api/docs/troubleshooting): a 429's
+// google.rpc.RetryInfo {"retryDelay": "37s"}, and a bad key's ErrorInfo
+// reason API_KEY_INVALID (with 400 INVALID_ARGUMENT, not 401).
+type googleError struct {
+	retryDelay time.Duration
+	keyInvalid bool
+}
+
+// readGoogleError reads body as a Google error answer; the zero value
+// when it is none.
+func readGoogleError(body []byte) googleError {
+	var doc struct {
 		Error struct {
 			Details []struct {
 				Type       string `json:"@type"`
 				RetryDelay string `json:"retryDelay"`
+				Reason     string `json:"reason"`
 			} `json:"details"`
 		} `json:"error"`
 	}
-	if json.Unmarshal(body, &g) == nil {
-		for _, d := range g.Error.Details {
-			if strings.HasSuffix(d.Type, "google.rpc.RetryInfo") {
-				if v, err := time.ParseDuration(d.RetryDelay); err == nil && v > 0 {
-					return v
-				}
-			}
+	var g googleError
+	if json.Unmarshal(body, &doc) != nil {
+		return g
+	}
+	for _, d := range doc.Error.Details {
+		if v, err := time.ParseDuration(d.RetryDelay); err == nil && v > 0 && strings.HasSuffix(d.Type, "google.rpc.RetryInfo") {
+			g.retryDelay = v
 		}
+		g.keyInvalid = g.keyInvalid || d.Reason == "API_KEY_INVALID"
 	}
-	return 0
-}
-
-// googleKeyInvalid reports whether a Google error answer says the API key
-// is not valid: 400 INVALID_ARGUMENT with the ErrorInfo reason
-// API_KEY_INVALID
-// (https://ai.google.dev/gemini-api/docs/troubleshooting).
-func googleKeyInvalid(body []byte) bool {
-	var g struct {
-		Error struct {
-			Details []struct {
-				Reason string `json:"reason"`
-			} `json:"details"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(body, &g) != nil {
-		return false
-	}
-	for _, d := range g.Error.Details {
-		if d.Reason == "API_KEY_INVALID" {
-			return true
-		}
-	}
-	return false
+	return g
 }
 
 // lookup follows a dot path through decoded JSON: keys through objects,

@@ -1,6 +1,8 @@
-// Package upstream mints credentials from the realtime providers (Orga AI,
-// OpenAI Realtime) and guards them with a circuit breaker, retries and
-// back-off, so the pool and the API never hammer a failing provider.
+// Package upstream mints credentials from the realtime providers (Orga
+// AI and OpenAI Realtime with minters of their own, every other provider
+// as an Endpoint described as data: see Presets) and guards them with a
+// circuit breaker, retries and back-off, so the pool and the API never
+// hammer a failing provider.
 package upstream
 
 import (
@@ -22,7 +24,7 @@ var ErrBadKey = errors.New("upstream: provider rejected the API key")
 
 // StatusError is a non-2xx answer from a provider.
 type StatusError struct {
-	Provider   string // "orga", "openai"
+	Provider   string // "orga", "openai", a preset's name or an http profile's
 	Op         string // what was asked: "mint", "ice"
 	Code       int
 	RetryAfter time.Duration // from a Retry-After header; zero when absent

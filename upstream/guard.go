@@ -11,10 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tokenpool/tokenpool/internal/backoff"
-
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/tokenpool/tokenpool/internal/backoff"
 	"github.com/tokenpool/tokenpool/mint"
 )
 

@@ -86,13 +86,16 @@ func CheckBaseURL(u string) error {
 }
 
 // NewHTTPClient returns a client for provider calls: pooled keep-alive
-// connections sized for concurrent mints, and no overall timeout, since
-// every call carries its context's deadline.
+// connections sized for concurrent mints, no overall timeout, since every
+// call carries its context's deadline, and no redirect followed: Go drops
+// only Authorization and cookies on a redirect to another host, and a
+// provider key travels in headers such as xi-api-key or x-goog-api-key
+// too. A redirect is answered as the provider's failure.
 func NewHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 256
 	t.MaxIdleConnsPerHost = 64
-	return &http.Client{Transport: t}
+	return &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 // orgaSecret accepts both spellings of the mint answer (UPSTREAMS.md).

@@ -40,10 +40,6 @@ type Preset struct {
 	// base URL, {ws} the same with ws:// or wss:// for its scheme, and
 	// {setting} a setting's value.
 	Static map[string]string
-	// SingleUse: the provider's documentation says a credential starts
-	// one session at most. Pooled says what one entry is, for the docs.
-	SingleUse bool
-	Pooled    string
 	// Tune makes the rare change data can't say (a field computed from
 	// two settings), after the settings are placed. nil: none.
 	Tune func(e *Endpoint, v Values) error
@@ -90,6 +86,7 @@ const (
 	Object       // a JSON object, passed on as it is
 )
 
+// String names the kind in a configuration error.
 func (k Kind) String() string {
 	return [...]string{"a whole number", "text", "true or false", "a list of text", "a map"}[k]
 }
@@ -143,6 +140,11 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 	if err := CheckBaseURL(base); err != nil {
 		return Endpoint{}, nil, fmt.Errorf("base_url: %w", err)
 	}
+	bu, _ := url.Parse(base) // parsed by CheckBaseURL
+	if bu.RawQuery != "" || bu.Fragment != "" || bu.User != nil {
+		return Endpoint{}, nil, errors.New("base_url: want a URL without a query, fragment or user")
+	}
+	base = bu.String() // the scheme in lower case
 	v, err := p.values(raw)
 	if err != nil {
 		return Endpoint{}, nil, err
@@ -204,10 +206,12 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 	}
 	u, rest, _ := strings.Cut(base+path, "?")
 	e.URL = u
-	if q, err := url.ParseQuery(rest); err == nil {
-		for k, vs := range q {
-			query[k] = append(vs, query[k]...)
-		}
+	fixed, err := url.ParseQuery(rest)
+	if err != nil {
+		return Endpoint{}, nil, fmt.Errorf("the preset's path %q: %w", p.Path, err)
+	}
+	for k, vs := range fixed {
+		query[k] = append(vs, query[k]...)
 	}
 	if len(query) > 0 {
 		e.URL += "?" + query.Encode()

@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,5 +126,54 @@ func TestEveryPresetsErrorsAreRead(t *testing.T) {
 				t.Fatalf("the error carries the key: %v", err)
 			}
 		})
+	}
+}
+
+// A provider's redirect is not followed: the key, in whatever header the
+// provider reads it from, never reaches the host it points to.
+func TestAProvidersRedirectKeepsTheKey(t *testing.T) {
+	var leaked atomic.Bool
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("xi-api-key") != "" {
+			leaked.Store(true)
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{"token":"t"}`))
+	}))
+	defer other.Close()
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, strings.Replace(other.URL, "127.0.0.1", "localhost", 1)+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirecting.Close()
+	p, _ := PresetByName("elevenlabs")
+	e, _, err := p.Endpoint(redirecting.URL, map[string]any{"token_type": "realtime_scribe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewEndpointMinter(e, "sk-eleven-secret", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Mint(context.Background(), mint.Request{})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusTemporaryRedirect || leaked.Load() {
+		t.Fatalf("got %v (key sent on: %v); want the redirect answered as a failure, the key kept", err, leaked.Load())
+	}
+}
+
+// docs/providers.md has a row for every preset, citing the page its
+// description follows, and the simulator speaks every preset.
+func TestEveryPresetIsDocumentedAndSimulated(t *testing.T) {
+	doc, err := os.ReadFile("../docs/providers.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range Presets {
+		if !strings.Contains(string(doc), "| `"+p.Name+"` | [") || !strings.Contains(string(doc), "("+p.Doc+")") {
+			t.Errorf("docs/providers.md: no row for %s citing %s", p.Name, p.Doc)
+		}
+	}
+	if got, want := upstreamtest.PresetNames(), PresetNames(); !slices.Equal(slices.Sorted(slices.Values(got)), want) {
+		t.Errorf("the simulator speaks %v; the presets are %v", got, want)
 	}
 }

@@ -34,7 +34,6 @@ var Presets = []Preset{
 		},
 		Token:  "name",
 		Static: map[string]string{"url": "{ws}/ws/google.ai.generativelanguage.{api_version}.GenerativeService.BidiGenerateContentConstrained"},
-		Pooled: "a token for `uses` sessions (default 1), to be started within `ttl_seconds`",
 		Tune: func(e *Endpoint, v Values) error {
 			// expireTime and newSessionExpireTime must each be under 20 h
 			// ahead.
@@ -62,7 +61,6 @@ var Presets = []Preset{
 		},
 		Token: "value", ExpiresAt: "expires_at",
 		Static: map[string]string{"url": "{base}/openai/v1/realtime/calls"},
-		Pooled: "a client secret bound to the deployment, voice and instructions; it can start sessions until it expires",
 	},
 	{
 		// xAI Voice Agent API client secrets.
@@ -76,7 +74,6 @@ var Presets = []Preset{
 		},
 		Token: "value", ExpiresAt: "expires_at",
 		Static: map[string]string{"url": "{ws}/v1/realtime"},
-		Pooled: "a client secret; it can start sessions until it expires",
 	},
 	{
 		// ElevenLabs Agents: a conversation token (WebRTC, a LiveKit JWT)
@@ -92,8 +89,7 @@ var Presets = []Preset{
 			{Name: "branch_id", Kind: String, To: inQuery + "branch_id"},
 			{Name: "environment", Kind: String, To: inQuery + "environment"},
 		},
-		Token: "token", JWTExpiry: true, TTL: 15 * time.Minute, SingleUse: true,
-		Pooled: "a conversation token (webrtc) or a single-use signed URL (websocket) for the agent",
+		Token: "token", JWTExpiry: true, TTL: 15 * time.Minute,
 		Tune: func(e *Endpoint, v Values) error {
 			if v["connection"] != "websocket" {
 				return nil
@@ -120,8 +116,7 @@ var Presets = []Preset{
 		Settings: []Setting{
 			{Name: "token_type", Kind: String, Required: true, Enum: []string{"realtime_scribe", "tts_websocket"}, To: inPath + "token_type"},
 		},
-		Token: "token", TTL: 15 * time.Minute, SingleUse: true,
-		Pooled: "a single-use token of token_type",
+		Token: "token", TTL: 15 * time.Minute,
 	},
 	{
 		// AssemblyAI Universal Streaming temporary tokens: the raw key in
@@ -135,9 +130,8 @@ var Presets = []Preset{
 			{Name: "ttl_seconds", Kind: Int, Default: 600, Min: 1, Max: 600, To: inQuery + "expires_in_seconds", TTL: true},
 			{Name: MaxSessionSetting, Kind: Int, Min: 60, Max: 10800, To: inQuery + "max_session_duration_seconds"},
 		},
-		Token: "token", ExpiresIn: "expires_in_seconds", SingleUse: true,
+		Token: "token", ExpiresIn: "expires_in_seconds",
 		Static: map[string]string{"url": "{ws}/v3/ws"},
-		Pooled: "a single-session token, to be redeemed within ttl_seconds",
 	},
 	{
 		// Deepgram short-lived access tokens (a JWT; only the WebSocket's
@@ -153,7 +147,6 @@ var Presets = []Preset{
 		},
 		Token: "access_token", ExpiresIn: "expires_in",
 		Static: map[string]string{"url": "{ws}/v1/listen"},
-		Pooled: "an access token (a JWT) usable until it expires",
 	},
 	{
 		// Cartesia access tokens with grants; the answer is the token only.
@@ -167,8 +160,7 @@ var Presets = []Preset{
 			{Name: "ttl_seconds", Kind: Int, Default: 600, Min: 1, Max: 3600, To: inBody + "expires_in", TTL: true},
 			{Name: "version", Kind: String, Default: "2026-03-01", To: inHeader + "Cartesia-Version"},
 		},
-		Token:  "token",
-		Pooled: "an access token with the grants, usable until it expires",
+		Token: "token",
 	},
 	{
 		// Speechmatics temporary real-time keys (client_ref binds only
@@ -181,14 +173,13 @@ var Presets = []Preset{
 			{Name: "ttl_seconds", Kind: Int, Default: 600, Min: 60, Max: 86400, To: inBody + "ttl", TTL: true},
 			{Name: "rt_url", Kind: String, Default: "wss://eu2.rt.speechmatics.com/v2", To: inStatic + "url"},
 		},
-		Token:  "key_value",
-		Pooled: "a temporary real-time key, usable for any number of sessions until it expires",
+		Token: "key_value",
 	},
 	{
 		// Soniox temporary API keys (client_reference_id only tags usage;
 		// none is sent).
-		// https://soniox.com/docs/api-reference/auth/create_temporary_api_key
-		Name: "soniox", Doc: "https://soniox.com/docs/api-reference/auth/create_temporary_api_key",
+		// https://soniox.com/docs/stt/api-reference/auth/create_temporary_api_key
+		Name: "soniox", Doc: "https://soniox.com/docs/stt/api-reference/auth/create_temporary_api_key",
 		BaseURL: "https://api.soniox.com", KeyEnv: "SONIOX_API_KEY",
 		Method: "POST", Path: "/v1/auth/temporary-api-key", KeyHeader: "Authorization", KeyScheme: "Bearer",
 		Settings: []Setting{
@@ -198,7 +189,6 @@ var Presets = []Preset{
 			{Name: "single_use", Kind: Bool, Default: true, To: inBody + "single_use"},
 		},
 		Token: "api_key", ExpiresAt: "expires_at",
-		Pooled: "a temporary API key of usage_type (single-use unless single_use is false)",
 	},
 	{
 		// Fish Audio ephemeral tokens: always single-use; end_user_id
@@ -213,8 +203,7 @@ var Presets = []Preset{
 			{Name: MaxSessionSetting, Kind: Int, Min: 1, Max: 86400, To: inBody + "max_session_duration_seconds"},
 			{Name: "allowed_origins", Kind: Strings, To: inBody + "allowed_origins"},
 		},
-		Token: "token", ExpiresAt: "expires_at", ExpiresIn: "expires_in", SingleUse: true,
-		Pooled: "a single-use token with the scopes",
+		Token: "token", ExpiresAt: "expires_at", ExpiresIn: "expires_in",
 	},
 	{
 		// Hume access tokens: OAuth2 client credentials, Basic auth with
@@ -226,6 +215,5 @@ var Presets = []Preset{
 		Form:  url.Values{"grant_type": {"client_credentials"}},
 		Token: "access_token", ExpiresIn: "expires_in", TTL: 30 * time.Minute,
 		Static: map[string]string{"url": "{ws}/v0/evi/chat"},
-		Pooled: "an access token, usable for any number of sessions until it expires",
 	},
 }

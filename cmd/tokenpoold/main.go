@@ -468,27 +468,6 @@ func (m *Main) providerClient(provider string) *http.Client {
 	return upstream.TraceCalls(m.httpClient, m.tracer, provider)
 }
 
-// providerAdmin lifts a provider's pause and open breaker: the fleet's
-// flags in Redis, and this replica's own pause at once.
-type providerAdmin struct {
-	shared *upstream.Shared
-	guards map[string]*upstream.Guard
-}
-
-func (a providerAdmin) Resume(ctx context.Context, provider string) ([]string, error) {
-	if g := a.guards[provider]; g != nil {
-		g.Resume()
-	}
-	return a.shared.Resume(ctx, provider)
-}
-
-func rateString(l limiter.Limit) string {
-	if l.Rate == 0 {
-		return "unlimited"
-	}
-	return fmt.Sprintf("%d/%s", l.Rate, l.Period)
-}
-
 // openMetrics serves GET /metrics on addr (TOKENPOOL_METRICS_ADDR), a
 // listener of its own: the API's port serves none, so a public load
 // balancer never exposes them. A scrape reads the pool's figures from

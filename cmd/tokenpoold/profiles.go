@@ -428,14 +428,20 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 	case "openai":
 		return p, resolveOpenAI(&p, s, cfg, key)
 	case "http":
-		return p, resolveHTTP(&p, s.HTTP, key)
+		if err := resolveHTTP(&p, s.HTTP, key); err != nil {
+			return p, err
+		}
+		return p, checkLife(p, "http.ttl_seconds")
 	}
 	if pr, ok := upstream.PresetByName(s.Provider); ok {
 		if s.Orga != nil || s.OpenAI != nil {
 			return p, fmt.Errorf("orga, openai: not allowed in a %s profile", s.Provider)
 		}
 		block := s.Preset[s.Provider]
-		return p, resolvePreset(&p, pr, &block, key)
+		if err := resolvePreset(&p, pr, &block, key); err != nil {
+			return p, err
+		}
+		return p, checkLife(p, s.Provider+".ttl_seconds")
 	}
 	return p, fmt.Errorf("provider: want orga, openai, http or one of %s, got %q", strings.Join(upstream.PresetNames(), ", "), s.Provider)
 }

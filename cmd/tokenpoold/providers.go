@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
 )
 
@@ -99,15 +102,27 @@ func resolvePreset(p *Profile, pr *upstream.Preset, block *yaml.Node, key keyRea
 	return nil
 }
 
+// checkLife refuses a token life (field) that leaves a handout nothing
+// above the profile's least remaining life: every credential would be
+// wasted before its first caller.
+func checkLife(p Profile, field string) error {
+	least := cmp.Or(p.MinRemaining, pool.DefaultMinRemaining) + pool.DefaultMaxClockSkew
+	if ttl := p.Endpoint.TTL; ttl > 0 && ttl <= least {
+		return fmt.Errorf("%s: a token that lives %s is never handed out: a handout needs min_remaining (%s) and %s of clock skew left; want more, or a shorter min_remaining",
+			field, ttl, cmp.Or(p.MinRemaining, pool.DefaultMinRemaining), pool.DefaultMaxClockSkew)
+	}
+	return nil
+}
+
 // resolveHTTP reads an http profile's block: an endpoint none of the
 // presets describe.
 func resolveHTTP(p *Profile, s *httpSpec, key keyReader) error {
 	if s == nil {
 		return errors.New("http: describe the endpoint (method, url, key_header, token, and expires_at, expires_in or ttl_seconds)")
 	}
-	p.Provider = cmp.Or(s.Name, strings.ToLower(p.Name))
+	p.Provider = cmp.Or(s.Name, p.Name)
 	if !providerNameRE.MatchString(p.Provider) || upstream.IsProvider(p.Provider) {
-		return fmt.Errorf("http.name: want 1-32 of a-z 0-9 - and no preset's name, got %q", p.Provider)
+		return fmt.Errorf("http.name: the provider's name (default: the profile's): want 1-32 of a-z 0-9 - and no other provider's name, got %q", p.Provider)
 	}
 	if s.APIKeyEnv == "" {
 		return errors.New("http.api_key_env: required: the variable holding the key")
@@ -123,6 +138,9 @@ func resolveHTTP(p *Profile, s *httpSpec, key keyReader) error {
 		Provider: p.Provider, Method: strings.ToUpper(cmp.Or(s.Method, http.MethodPost)), URL: s.URL,
 		KeyHeader: cmp.Or(s.KeyHeader, "Authorization"), KeyScheme: s.KeyScheme, Header: s.Headers,
 		Body: s.Body, Token: s.Token, ExpiresAt: s.ExpiresAt, ExpiresIn: s.ExpiresIn, Extra: s.Extras,
+	}
+	if e.Method == http.MethodGet && len(s.Body) > 0 {
+		return errors.New("http.body: a GET sends no body; use method: POST, or leave body out")
 	}
 	if s.TTL != nil {
 		if *s.TTL < 1 || *s.TTL > int(24*time.Hour/time.Second) {
@@ -188,4 +206,28 @@ func checkFallbacks(ps Profiles) error {
 		}
 	}
 	return nil
+}
+
+// providerAdmin lifts a provider's pause and open breaker: the fleet's
+// flags in Redis, and this replica's own pause at once.
+type providerAdmin struct {
+	shared *upstream.Shared
+	guards map[string]*upstream.Guard
+}
+
+func (a providerAdmin) Resume(ctx context.Context, provider string) ([]string, error) {
+	// The fleet's flags first: a mint reading them between the two steps
+	// reads them lifted, or is one the local resume marks stale.
+	lifted, err := a.shared.Resume(ctx, provider)
+	if g := a.guards[provider]; g != nil {
+		g.Resume()
+	}
+	return lifted, err
+}
+
+func rateString(l limiter.Limit) string {
+	if l.Rate == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%d/%s", l.Rate, l.Period)
 }

@@ -1,0 +1,30 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tokenpool/tokenpool/mint"
+)
+
+// Fallback hands a caller of profile from, whose take found nothing and
+// whose provider could not mint, one credential of profile to instead:
+// as GetLimited, behind no checks (the caller's limits counted the take
+// of from), and counted as a fallback of from. It never goes further:
+// to's own fallbacks are not tried.
+func (p *Pool) Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller) (Handout, error) {
+	pr, ok := p.profiles[from]
+	if !ok {
+		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, from)
+	}
+	h, _, err := p.GetLimited(ctx, to, requestID, who, nil)
+	if err != nil {
+		return Handout{}, err
+	}
+	h.FallbackFor = from
+	p.metrics.fellBack(from, to)
+	if err := p.countInAny(ctx, pr, "fallbacks", 1); err != nil {
+		p.log.Warn("pool: counting a fallback", "profile", from, "err", err)
+	}
+	return h, nil
+}
