@@ -138,29 +138,9 @@ func (m *EndpointMinter) Mint(ctx context.Context, _ mint.Request) (mint.Credent
 	if err != nil {
 		return mint.Credential{}, err
 	}
-	resp, err := m.client.Do(req)
+	body, err := roundTrip(m.client, req, e.Provider, "mint", m.now(), m.secrets()...)
 	if err != nil {
-		// A *url.Error quotes the whole URL, whose query may be settings
-		// but never a secret; keep only its cause all the same.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return mint.Credential{}, fmt.Errorf("%s: mint: %w", e.Provider, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return mint.Credential{}, fmt.Errorf("%s: mint: reading answer: %w", e.Provider, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		g := readGoogleError(body)
-		return mint.Credential{}, &StatusError{
-			Provider: e.Provider, Op: "mint", Code: resp.StatusCode,
-			RetryAfter:  retryAfterOf(resp.Header, g, m.now()),
-			Body:        snippet(body, m.secrets()...),
-			KeyRejected: g.keyInvalid,
-		}
+		return mint.Credential{}, err
 	}
 	return m.read(body, sent)
 }
@@ -271,15 +251,24 @@ func (m *EndpointMinter) expiry(doc any, token string, sent time.Time) (time.Tim
 		}
 	}
 	if e.JWTExpiry {
-		var claims jwt.RegisteredClaims
-		if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err == nil && claims.ExpiresAt != nil {
-			return claims.ExpiresAt.Time, nil
+		if exp, ok := jwtExpiry(token); ok {
+			return exp, nil
 		}
 	}
 	if e.TTL > 0 {
 		return sent.Add(e.TTL), nil
 	}
 	return time.Time{}, protocolErrorf("%s: mint: answer says nothing of when the token expires", e.Provider)
+}
+
+// jwtExpiry reads a token's exp claim, unverified: a provider's own JWT,
+// whose expiry its answer did not say.
+func jwtExpiry(token string) (time.Time, bool) {
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err != nil || claims.ExpiresAt == nil {
+		return time.Time{}, false
+	}
+	return claims.ExpiresAt.Time, true
 }
 
 // absoluteTime reads an expiry: RFC 3339 text (a zone-less one is UTC) or
@@ -301,8 +290,10 @@ func absoluteTime(provider, path string, v any) (time.Time, error) {
 }
 
 // retryAfterOf reads how long a provider asks us to wait: Retry-After,
-// else Azure's retry-after-ms, else a Google RetryInfo's retryDelay in the
-// error body (g). Zero when none says.
+// else Azure OpenAI's retry-after-ms
+// (https://learn.microsoft.com/en-us/azure/foundry/openai/how-to/troubleshoot-errors),
+// else a Google RetryInfo's retryDelay in the error body (g). Zero when
+// none says.
 func retryAfterOf(h http.Header, g googleError, now time.Time) time.Duration {
 	if d := parseRetryAfter(h.Get("Retry-After"), now); d > 0 {
 		return d

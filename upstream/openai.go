@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -116,21 +115,9 @@ func (o *OpenAI) Mint(ctx context.Context, r mint.Request) (mint.Credential, err
 	req.Header.Set("Authorization", "Bearer "+o.cfg.APIKey)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	resp, err := o.cfg.Client.Do(req)
+	body, err := roundTrip(o.cfg.Client, req, "openai", "mint", time.Now(), o.cfg.APIKey)
 	if err != nil {
-		return mint.Credential{}, fmt.Errorf("openai: mint: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return mint.Credential{}, fmt.Errorf("openai: mint: reading answer: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return mint.Credential{}, &StatusError{
-			Provider: "openai", Op: "mint", Code: resp.StatusCode,
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-			Body:       snippet(body, o.cfg.APIKey),
-		}
+		return mint.Credential{}, err
 	}
 	return decodeOpenAISecret(body)
 }

@@ -7,13 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tokenpool/tokenpool/mint"
 )
@@ -154,28 +151,7 @@ func (o *Orga) call(ctx context.Context, method, path, email, op, bearer string)
 	if method == http.MethodPost {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := o.cfg.Client.Do(req)
-	if err != nil {
-		// A *url.Error quotes the whole URL; keep only its cause.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("orga: %s: %s %s%s: %w", op, method, o.cfg.BaseURL, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return nil, fmt.Errorf("orga: %s: reading answer: %w", op, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return nil, &StatusError{
-			Provider: "orga", Op: op, Code: resp.StatusCode,
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), o.cfg.Now()),
-			Body:       snippet(body, o.cfg.APIKey, bearer, email),
-		}
-	}
-	return body, nil
+	return roundTrip(o.cfg.Client, req, "orga", op, o.cfg.Now(), o.cfg.APIKey, bearer, email)
 }
 
 // decodeOrgaSecret reads a mint answer in either spelling: the token and
@@ -196,31 +172,22 @@ func decodeOrgaSecret(body []byte, sent time.Time) (string, time.Time, error) {
 	return token, exp, err
 }
 
-// orgaExpiry takes the expiry from expires_at (ISO-8601; zone-less means
-// UTC), else ttl seconds from when the mint was sent, else the JWT's exp.
+// orgaExpiry takes the expiry from expires_at (ISO-8601, where zone-less
+// means UTC, or Unix seconds), else ttl seconds from when the mint was
+// sent, else the JWT's exp.
 func orgaExpiry(sec orgaSecret, token string, sent time.Time) (time.Time, error) {
 	if raw := bytes.TrimSpace(sec.ExpiresAt); len(raw) > 0 && string(raw) != "null" {
-		var s string
-		if err := json.Unmarshal(raw, &s); err == nil {
-			for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999"} {
-				if t, err := time.Parse(layout, s); err == nil {
-					return t, nil
-				}
-			}
-			return time.Time{}, protocolErrorf("orga: mint: expires_at %q is not ISO-8601", s)
-		}
-		var unix float64
-		if err := json.Unmarshal(raw, &unix); err == nil && unix > 0 {
-			return time.UnixMilli(int64(unix * 1000)), nil
-		}
-		return time.Time{}, protocolErrorf("orga: mint: expires_at is neither a string nor a number")
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		_ = dec.Decode(&v) // raw is valid JSON: the answer decoded
+		return absoluteTime("orga", "expires_at", v)
 	}
 	if sec.TTL != nil && *sec.TTL > 0 {
 		return sent.Add(time.Duration(*sec.TTL * float64(time.Second))), nil
 	}
-	var claims jwt.RegisteredClaims
-	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err == nil && claims.ExpiresAt != nil {
-		return claims.ExpiresAt.Time, nil
+	if exp, ok := jwtExpiry(token); ok {
+		return exp, nil
 	}
 	return time.Time{}, protocolErrorf("orga: mint: answer has no expires_at or ttl, and the token has no exp")
 }

@@ -151,14 +151,15 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 	}
 	e := Endpoint{
 		Provider: p.Name, Method: p.Method, KeyHeader: p.KeyHeader, KeyScheme: p.KeyScheme,
-		Body: deepCopy(p.Body), Form: p.Form, Token: p.Token, ExpiresAt: p.ExpiresAt, ExpiresIn: p.ExpiresIn,
-		JWTExpiry: p.JWTExpiry, TTL: p.TTL, Extra: maps.Clone(p.Extra),
-	}
-	if p.Body == nil {
-		e.Body = nil
+		Body: deepCopy(p.Body), Header: map[string]string{}, Times: map[string]time.Duration{}, Form: p.Form,
+		Token: p.Token, ExpiresAt: p.ExpiresAt, ExpiresIn: p.ExpiresIn,
+		JWTExpiry: p.JWTExpiry, TTL: p.TTL, Extra: maps.Clone(p.Extra), Static: map[string]string{},
 	}
 	path, query := p.Path, url.Values{}
 	static := maps.Clone(p.Static)
+	if static == nil {
+		static = map[string]string{}
+	}
 	for _, s := range p.Settings {
 		val, ok := v[s.Name]
 		if !ok {
@@ -172,37 +173,25 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 		case inQuery:
 			query.Set(name, fmt.Sprint(val))
 		case inBody:
-			if e.Body == nil {
-				e.Body = map[string]any{}
-			}
 			setPath(e.Body, name, val)
-		case inPath:
-			path = strings.ReplaceAll(path, "{"+name+"}", url.PathEscape(fmt.Sprint(val)))
-		case inHeader:
-			if e.Header == nil {
-				e.Header = map[string]string{}
-			}
-			e.Header[name] = fmt.Sprint(val)
-		case inTime:
-			if e.Times == nil {
-				e.Times = map[string]time.Duration{}
-			}
-			e.Times[name] = time.Duration(val.(int)) * time.Second
 		case inFlags:
 			flags := map[string]any{}
 			for _, f := range val.([]string) {
 				flags[f] = true
 			}
-			if e.Body == nil {
-				e.Body = map[string]any{}
-			}
 			setPath(e.Body, name, flags)
+		case inPath:
+			path = strings.ReplaceAll(path, "{"+name+"}", url.PathEscape(fmt.Sprint(val)))
+		case inHeader:
+			e.Header[name] = fmt.Sprint(val)
+		case inTime:
+			e.Times[name] = time.Duration(val.(int)) * time.Second
 		case inStatic:
-			if static == nil {
-				static = map[string]string{}
-			}
 			static[name] = fmt.Sprint(val)
 		}
+	}
+	if p.Body == nil && len(e.Body) == 0 && len(e.Times) == 0 {
+		e.Body = nil // a call without a body (a GET, a path-only POST)
 	}
 	u, rest, _ := strings.Cut(base+path, "?")
 	e.URL = u
@@ -221,9 +210,6 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 		s = strings.ReplaceAll(s, "{ws}", "ws"+strings.TrimPrefix(base, "http"))
 		for name, val := range v {
 			s = strings.ReplaceAll(s, "{"+name+"}", fmt.Sprint(val))
-		}
-		if e.Static == nil {
-			e.Static = map[string]string{}
 		}
 		e.Static[k] = s
 	}
