@@ -57,16 +57,23 @@ func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, _ 
 	return h, ds, err
 }
 
-func (p *fakePool) MintOnce(_ context.Context, profile string, _ mint.Minter, _ *mint.Caller, _ string) (pool.Handout, error) {
+func (p *fakePool) MintOnce(ctx context.Context, profile string, _ mint.Minter, _ *mint.Caller, _ string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
+	ds, err := p.limits.AllowAll(ctx, checks)
+	if err != nil {
+		return pool.Handout{}, nil, err
+	}
+	if !limiter.Allowed(checks, ds) {
+		return pool.Handout{}, ds, limiter.ErrDenied
+	}
 	h, err := p.get(profile)
 	h.Source = pool.SourceOnDemand
-	return h, err
+	return h, ds, err
 }
 
-func (p *fakePool) Fallback(_ context.Context, from, to, _ string, _ *mint.Caller) (pool.Handout, error) {
-	h, err := p.get(to)
+func (p *fakePool) Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller, quotas []limiter.Check) (pool.Handout, []limiter.Decision, error) {
+	h, ds, err := p.GetLimited(ctx, to, requestID, who, quotas)
 	h.FallbackFor = from
-	return h, err
+	return h, ds, err
 }
 
 func (p *fakePool) get(profile string) (pool.Handout, error) {

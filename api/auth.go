@@ -309,6 +309,9 @@ type ProfileInfo struct {
 	// /v1/credentials when its pool is empty and its provider can't mint:
 	// the first the caller may use.
 	Fallback []string
+	// Quotas cap the sessions handed out of this profile; nil: the
+	// daemon's default (Config.Quotas).
+	Quotas []Quota
 }
 
 // allows reports whether the caller may use a profile under a.

@@ -25,6 +25,7 @@ const (
 	codeTooLarge         = "body_too_large"
 	codeMediaType        = "unsupported_media_type"
 	codeRateLimited      = "rate_limited"
+	codeQuotaExceeded    = "quota_exceeded"
 	codeUnavailable      = "unavailable"
 	codeProvider         = "provider_error"
 	codeNotReady         = "not_ready"

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -122,7 +123,9 @@ func (s *Server) handOut(c *gin.Context, profile string, rt route) {
 	// request: when they could not be read, neither may a fallback's
 	// take go unlimited.
 	if err != nil && limited && rt.fallback && standIn(err) {
-		h, err = s.fallBack(c, profile, info.Fallback, who, err)
+		if h, refused, err = s.fallBack(c, profile, info.Fallback, who, err); refused {
+			return
+		}
 	}
 	if err != nil {
 		s.fail(c, err)
@@ -147,20 +150,26 @@ func standIn(err error) bool {
 
 // fallBack hands the caller a credential of the first of fallbacks it may
 // use, or answers err, the take's failure, when it may use none (or the
-// fallback fails too: its failure is answered).
-func (s *Server) fallBack(c *gin.Context, profile string, fallbacks []string, who caller, err error) (pool.Handout, error) {
+// fallback fails too: its failure is answered). The fallback spends the
+// quotas of the profile asked for (the failed take gave its sessions
+// back); refused reports that one is exhausted, and the 429 written.
+func (s *Server) fallBack(c *gin.Context, profile string, fallbacks []string, who caller, err error) (_ pool.Handout, refused bool, _ error) {
 	for _, fb := range fallbacks {
 		if !s.may(who, fb) {
 			continue
 		}
-		h, ferr := s.pool.Fallback(c.Request.Context(), profile, fb, requestID(c), who.minted())
+		quotas := s.quotaChecks(who, profile)
+		h, ds, ferr := s.pool.Fallback(c.Request.Context(), profile, fb, requestID(c), who.minted(), quotas)
+		if ds != nil && !s.decided(c, quotas, ds) {
+			return pool.Handout{}, true, nil
+		}
 		if ferr != nil {
 			s.log.Warn("fallback failed too", "request_id", requestID(c), "profile", profile, "fallback", fb, "err", ferr.Error())
-			return h, ferr
+			return h, false, ferr
 		}
-		return h, nil
+		return h, false, nil
 	}
-	return pool.Handout{}, err
+	return pool.Handout{}, false, err
 }
 
 // take hands out one credential of profile behind the caller's limits,
@@ -168,8 +177,11 @@ func (s *Server) fallBack(c *gin.Context, profile string, fallbacks []string, wh
 // request and allowed it; refused that a limit refused, and the answer
 // is written.
 func (s *Server) take(c *gin.Context, profile string) (h pool.Handout, limited, refused bool, err error) {
-	checks := c.MustGet(ctxChecks).([]limiter.Check)
 	who := c.MustGet(ctxCaller).(caller)
+	checks := c.MustGet(ctxChecks).([]limiter.Check)
+	if quotas := s.quotaChecks(who, profile); len(quotas) > 0 {
+		checks = slices.Concat(checks, quotas) // after the rates: see limiter.Check
+	}
 	h, ds, err := s.pool.GetLimited(c.Request.Context(), profile, requestID(c), who.minted(), checks)
 	if ds != nil && !s.decided(c, checks, ds) {
 		return pool.Handout{}, false, true, nil

@@ -265,7 +265,11 @@ func (s *Server) refuse(c *gin.Context, ds ...limiter.Decision) {
 	for _, d := range ds {
 		d.SetHeaders(c.Writer.Header(), d.Policy)
 	}
-	policy := ds[len(ds)-1].Policy
-	s.metrics.denied(policy)
-	s.fail(c, errorf(http.StatusTooManyRequests, codeRateLimited, "too many requests (%s limit); retry later", policy))
+	last := ds[len(ds)-1]
+	s.metrics.denied(last.Policy)
+	if last.Quota {
+		s.fail(c, errorf(http.StatusTooManyRequests, codeQuotaExceeded, "session quota %s is used up until its window ends; retry later", last.Policy))
+		return
+	}
+	s.fail(c, errorf(http.StatusTooManyRequests, codeRateLimited, "too many requests (%s limit); retry later", last.Policy))
 }

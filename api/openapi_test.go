@@ -77,9 +77,10 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			"assistant": {Provider: "openai"},
 			"staff":     {Provider: "orga", ICE: true, Access: &Access{Claims: map[string][]string{"role": {"staff"}}}},
 			"voice":     {Provider: "gemini", Fallback: []string{"staff", "default"}},
-			"acme":      {Provider: "acme"}, // an http profile's provider
+			"acme":      {Provider: "acme", Quotas: []Quota{{Name: "daily", Sessions: 1, Per: 24 * time.Hour}}}, // an http profile's provider
 		},
-		JWTSecret: testSecret, PerUser: perUser,
+		Quotas:    []Quota{{Name: "org", Sessions: 100, Per: 24 * time.Hour, By: "org"}},
+		JWTSecret: testSecret, PerUser: perUser, QuotaAdmin: failingQuotas{fp, limiter.New(rs.Client(), rs.Prefix)},
 		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		Logger: discardLogger(),
 	})
@@ -93,7 +94,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	tightIP, _ := limiter.Parse("1/m")
 	s2, err := New(Config{
 		Pool: fp, Limiter: limiter.New(rs.Client(), rs.Prefix+"tight"), JWTSecret: testSecret, PerIP: tightIP,
-		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
+		QuotaAdmin: limiter.New(rs.Client(), rs.Prefix+"tight"), Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		Logger: discardLogger(),
 	})
 	if err != nil {
@@ -215,7 +216,9 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("an unknown profile is 400", "POST", "/v1/session-config", `{"profile":"nope"}`, "application/json", fresh(), 400)
 	check("an unknown profile is 400 on GET /v1/credentials", "GET", "/v1/credentials?profile=nope", "", "", fresh(), 400)
 	check("a preset's credential carries its extras", "GET", "/v1/credentials?profile=voice", "", "", fresh(), 200)
-	check("an http profile's credential", "GET", "/v1/credentials?profile=acme", "", "", fresh(), 200)
+	daily := fresh()
+	check("an http profile's credential", "GET", "/v1/credentials?profile=acme", "", "", daily, 200)
+	check("past its daily quota is 429", "GET", "/v1/credentials?profile=acme", "", "", daily, 429)
 	check("a preset's profile on session-config is 400", "POST", "/v1/session-config", `{"profile":"voice"}`, "application/json", fresh(), 400)
 	fp.mu.Lock()
 	fp.down = map[string]error{"voice": &mint.UnavailableError{Err: errors.New("upstream: gemini: circuit breaker open")}}
@@ -242,6 +245,16 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("prewarm without an admin key is 401", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5}`, "application/json", fresh(), 401)
 	check("prewarm 413", "POST", "/v1/admin/profiles/default/prewarm", big, "application/json", admin, 413)
 	check("prewarm 415", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5}`, "text/plain", admin, 415)
+	check("usage 200", "GET", "/v1/admin/usage?by=subject&window=24h", "", "", admin, 200)
+	check("usage by tenant 200", "GET", "/v1/admin/usage?by=tenant", "", "", admin, 200)
+	check("usage by something else is 400", "GET", "/v1/admin/usage?by=ip", "", "", admin, 400)
+	check("usage without an admin key is 401", "GET", "/v1/admin/usage", "", "", fresh(), 401)
+	check("a quota reset 200", "POST", "/v1/admin/quotas/reset", `{"subject":"user:someone"}`, "application/json", admin, 200)
+	check("a reset naming nobody is 400", "POST", "/v1/admin/quotas/reset", `{}`, "application/json", admin, 400)
+	check("a reset of no such quota is 404", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme","quota":"nope"}`, "application/json", admin, 404)
+	check("a reset without an admin key is 401", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", fresh(), 401)
+	check("a reset 413", "POST", "/v1/admin/quotas/reset", big, "application/json", admin, 413)
+	check("a reset 415", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "text/plain", admin, 415)
 	check("resume 200", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 200)
 	check("resume of a provider no profile uses is 404", "POST", "/v1/admin/providers/azure/resume", "", "", admin, 404)
 	check("resume without an admin key is 401", "POST", "/v1/admin/providers/orga/resume", "", "", fresh(), 401)
@@ -258,6 +271,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("the admin report with Redis away is 503", "GET", "/v1/admin/profiles", "", "", admin, 503)
 	check("a prewarm with Redis away is 503", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 503)
 	check("a resume with Redis away is 503", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 503)
+	check("usage with Redis away is 503", "GET", "/v1/admin/usage", "", "", admin, 503)
+	check("a quota reset with Redis away is 503", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", admin, 503)
 	fp.mu.Lock()
 	fp.readyErr = nil
 	fp.mu.Unlock()
@@ -266,6 +281,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("admin report over the per-IP limit is 429", "GET", "/v1/admin/profiles", "", "", admin, 429)
 	check("a prewarm over the per-IP limit is 429", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 429)
 	check("a resume over the per-IP limit is 429", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 429)
+	check("usage over the per-IP limit is 429", "GET", "/v1/admin/usage", "", "", admin, 429)
+	check("a quota reset over the per-IP limit is 429", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", admin, 429)
 	base = srv.URL
 	check("GET /openapi.yaml 200", "GET", "/openapi.yaml", "", "", "", 200)
 	check("an unknown route is a 404 in the Error shape", "GET", "/nope", "", "", "", 404)
@@ -286,6 +303,33 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	if len(missing) > 0 {
 		t.Fatalf("documented answers never produced by this test:\n%s", strings.Join(missing, "\n"))
 	}
+}
+
+// failingQuotas is the limiter's quota admin, failing while the fake
+// pool's Redis is away.
+type failingQuotas struct {
+	fp *fakePool
+	*limiter.Limiter
+}
+
+func (f failingQuotas) down() error {
+	f.fp.mu.Lock()
+	defer f.fp.mu.Unlock()
+	return f.fp.readyErr
+}
+
+func (f failingQuotas) QuotaUsage(ctx context.Context, pattern string, max int) ([]limiter.Usage, bool, error) {
+	if err := f.down(); err != nil {
+		return nil, false, err
+	}
+	return f.Limiter.QuotaUsage(ctx, pattern, max)
+}
+
+func (f failingQuotas) ResetQuotas(ctx context.Context, keys []string) (int, error) {
+	if err := f.down(); err != nil {
+		return 0, err
+	}
+	return f.Limiter.ResetQuotas(ctx, keys)
 }
 
 // fakeRealtime plans every Navai request onto the "assistant" pool, or

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"slices"
 
 	"github.com/gin-gonic/gin"
 
@@ -61,10 +62,12 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 			return
 		}
 	} else {
-		if !s.applyLimits(c, c.MustGet(ctxChecks).([]limiter.Check)) {
+		checks := slices.Concat(c.MustGet(ctxChecks).([]limiter.Check), s.quotaChecks(who, rt.Profile()))
+		var ds []limiter.Decision
+		h, ds, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, who.minted(), plan.Label, checks)
+		if ds != nil && !s.decided(c, checks, ds) {
 			return
 		}
-		h, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, who.minted(), plan.Label)
 	}
 	if err != nil {
 		s.fail(c, err)

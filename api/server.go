@@ -37,10 +37,10 @@ type Pool interface {
 	GetLimited(ctx context.Context, profile, requestID string, who *mint.Caller, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// MintOnce mints one credential with m for one request of who under
 	// the profile, never pooled (a Navai session no pool has).
-	MintOnce(ctx context.Context, profile string, m mint.Minter, who *mint.Caller, label string) (pool.Handout, error)
+	MintOnce(ctx context.Context, profile string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// Fallback hands a caller of profile from one credential of profile to
-	// instead, behind no checks (see pool.Pool.Fallback).
-	Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller) (pool.Handout, error)
+	// instead, behind quotas alone (see pool.Pool.Fallback).
+	Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller, quotas []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// Return puts back a handout whose caller has gone before receiving it.
 	Return(h pool.Handout)
 	Ready(ctx context.Context) error
@@ -127,6 +127,12 @@ type Config struct {
 	// RequestTimeout bounds each credential request, a direct mint on a
 	// miss included. default: 3s
 	RequestTimeout time.Duration
+	// Quotas are the daemon's default session quotas, shared by every
+	// profile without its own (ProfileInfo.Quotas). default: none
+	Quotas []Quota
+	// QuotaAdmin serves GET /v1/admin/usage and POST
+	// /v1/admin/quotas/reset to admins. default: none, the routes are off
+	QuotaAdmin QuotaAdmin
 
 	// Admin serves the admin routes (GET /v1/admin/profiles, POST
 	// /v1/admin/profiles/{name}/prewarm) to holders of AdminKeys, separate
@@ -207,6 +213,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if err := scopeQuotas(&cfg); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -296,6 +305,10 @@ func (s *Server) routes() error {
 		admin.POST("/profiles/:name/prewarm", s.postPrewarm)
 		if s.cfg.Providers != nil {
 			admin.POST("/providers/:provider/resume", s.postResume)
+		}
+		if s.cfg.QuotaAdmin != nil {
+			admin.GET("/usage", s.getUsage)
+			admin.POST("/quotas/reset", s.postQuotaReset)
 		}
 	}
 

@@ -67,7 +67,9 @@ func (c *DenyCache) Denied(policy, key string) (Decision, bool) {
 func (c *DenyCache) Remember(checks []Check, ds []Decision) {
 	now := c.now()
 	for i, d := range ds {
-		if d.Allowed || d.RetryAfter <= 0 || i >= len(checks) {
+		if d.Allowed || d.RetryAfter <= 0 || i >= len(checks) || d.Quota {
+			// A quota's refusal is not kept: its window can last a day,
+			// and an operator may reset it on any replica.
 			continue
 		}
 		k := denyKey(checks[i].Policy, checks[i].Key)

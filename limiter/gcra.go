@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,15 @@ type Check struct {
 	Policy string // names the limit in the headers, e.g. "user"
 	Key    string // what is limited, e.g. "user:alice"
 	Limit  Limit
+	// Quota makes the check a session quota instead of a rate: at most
+	// Limit.Rate events per fixed window of Limit.Period (windows start at
+	// whole multiples of the period since the Unix epoch, by the Redis
+	// clock of the key), spent by a take that hands out or reserves a
+	// credential and refunded (RefundQuota) when none is delivered. A
+	// quota check is never counted when another quota of the same call
+	// refuses: quotas are spent all together or not at all. Quota checks
+	// come after the rates in a call.
+	Quota bool
 }
 
 // LuaGCRA defines limits(kb, ab, n, peek, t) for Redis scripts that apply
@@ -32,7 +42,48 @@ type Check struct {
 // check reports its state. It returns whether every check allowed, and a
 // flat list {allowed, remaining, retry after s, reset after s} per check
 // reached. t is the script's TIME reply (nil: limits() asks).
+//
+// A triple whose burst is 0 is a quota (Check.Quota; quotas follow the
+// rates): its key holds the window's count and expires when the window
+// ends. The quotas are read together and spent together, only when all
+// allow; an allowed quota reports its window's end (ms) instead of a
+// retry time.
 const LuaGCRA = `
+local function quotas(kb, ab, q, n, peek, t, out)
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local counts, ends = {}, {}
+  for i = q, n do
+    local limit, period = tonumber(ARGV[ab + 3*i - 1]), math.floor(tonumber(ARGV[ab + 3*i]) * 1000)
+    ends[i] = (math.floor(now / period) + 1) * period
+    counts[i] = tonumber(redis.call('GET', KEYS[kb + i])) or 0
+    if not peek and counts[i] >= limit then
+      for j = q, i - 1 do -- reached, not spent
+        table.insert(out, 1)
+        table.insert(out, tonumber(ARGV[ab + 3*j - 1]) - counts[j])
+        table.insert(out, string.format('%d', ends[j]))
+        table.insert(out, tostring((ends[j] - now) / 1000))
+      end
+      table.insert(out, 0)
+      table.insert(out, 0)
+      table.insert(out, tostring((ends[i] - now) / 1000))
+      table.insert(out, tostring((ends[i] - now) / 1000))
+      return false, out
+    end
+  end
+  for i = q, n do
+    local limit = tonumber(ARGV[ab + 3*i - 1])
+    if not peek then
+      counts[i] = counts[i] + 1
+      redis.call('SET', KEYS[kb + i], counts[i], 'PXAT', string.format('%d', ends[i]))
+    end
+    table.insert(out, 1)
+    table.insert(out, math.max(limit - counts[i], 0))
+    table.insert(out, string.format('%d', ends[i]))
+    table.insert(out, tostring((ends[i] - now) / 1000))
+  end
+  return true, out
+end
+
 local function limits(kb, ab, n, peek, t)
   local out, ok = {}, true
   if n == 0 then return ok, out end
@@ -42,6 +93,7 @@ local function limits(kb, ab, n, peek, t)
   for i = 1, n do
     local key = KEYS[kb + i]
     local burst, rate, period = tonumber(ARGV[ab + 3*i - 2]), tonumber(ARGV[ab + 3*i - 1]), tonumber(ARGV[ab + 3*i])
+    if burst == 0 then return quotas(kb, ab, i, n, peek, t, out) end
     local emission = period / rate
     local tat = tonumber(redis.call('GET', key)) or now
     tat = math.max(tat, now)
@@ -84,9 +136,17 @@ local _, out = limits(0, 0, #KEYS, false)
 return out
 `)
 
-// key is the Redis key of a limited key: redis_rate's own, so replicas
-// that check a limit with redis_rate and with LuaGCRA share it.
-func (l *Limiter) key(k string) string { return "rate:" + l.prefix + k }
+// key is the Redis key of a check: for a rate, redis_rate's own, so
+// replicas that check a limit with redis_rate and with LuaGCRA share it.
+func (l *Limiter) key(c Check) string {
+	if c.Quota {
+		return l.quotaPrefix() + c.Key
+	}
+	return "rate:" + l.prefix + c.Key
+}
+
+// quotaPrefix starts every quota's key.
+func (l *Limiter) quotaPrefix() string { return strings.TrimSuffix(l.prefix, "rl:") + "quota:" }
 
 // ScriptArgs returns the KEYS and ARGV that LuaGCRA's limits() reads for
 // checks, in order.
@@ -94,8 +154,12 @@ func (l *Limiter) ScriptArgs(checks []Check) (keys []string, args []any) {
 	keys = make([]string, len(checks))
 	args = make([]any, 0, 3*len(checks))
 	for i, c := range checks {
-		keys[i] = l.key(c.Key)
-		args = append(args, c.Limit.Burst, c.Limit.Rate, c.Limit.Period.Seconds())
+		keys[i] = l.key(c)
+		burst := c.Limit.Burst
+		if c.Quota {
+			burst = 0
+		}
+		args = append(args, burst, c.Limit.Rate, c.Limit.Period.Seconds())
 	}
 	return keys, args
 }
@@ -111,14 +175,23 @@ func Decisions(checks []Check, reply []any) ([]Decision, error) {
 		r := reply[4*i : 4*i+4]
 		ok, okOK := r[0].(int64)
 		rem, remOK := r[1].(int64)
-		retry, err1 := seconds64(r[2])
 		reset, err2 := seconds64(r[3])
+		var (
+			retry  time.Duration
+			window int64
+			err1   error
+		)
+		if checks[i].Quota && ok == 1 {
+			window, err1 = windowEnd(r[2])
+		} else {
+			retry, err1 = seconds64(r[2])
+		}
 		if !okOK || !remOK || err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("limiter: unexpected reply for check %d: %v", i+1, r)
 		}
 		out[i] = Decision{
 			Policy: checks[i].Policy, Allowed: ok == 1, Limit: checks[i].Limit, Remaining: int(rem),
-			RetryAfter: max(retry, 0), ResetAfter: max(reset, 0),
+			RetryAfter: max(retry, 0), ResetAfter: max(reset, 0), Quota: checks[i].Quota, Window: window,
 		}
 	}
 	return out, nil
@@ -136,6 +209,15 @@ func Allowed(checks []Check, ds []Decision) bool {
 		}
 	}
 	return true
+}
+
+// windowEnd reads an allowed quota's window end, ms.
+func windowEnd(v any) (int64, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, fmt.Errorf("unexpected %T", v)
+	}
+	return strconv.ParseInt(s, 10, 64)
 }
 
 // seconds64 reads a script's seconds string as redis_rate does.
@@ -200,9 +282,16 @@ func (l *Limiter) AllowAtOnce(ctx context.Context, checks []Check) ([]Decision, 
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	for j := cut + 1; j < len(checks); j++ {
-		if errs[j] == nil && ds[j].Allowed {
-			// Best effort: a failed refund costs the caller one event.
+	for j := range checks {
+		if j == cut || errs[j] != nil || !ds[j].Allowed || j < cut && !checks[j].Quota {
+			continue
+		}
+		// Best effort: a failed refund costs the caller one event. A
+		// quota is refunded wherever it stands, since quotas are spent all
+		// together or not at all; a rate only past the cut.
+		if checks[j].Quota {
+			_ = l.RefundQuota(rctx, checks[j], ds[j].Window)
+		} else {
 			_ = l.Refund(rctx, checks[j])
 		}
 	}
@@ -235,11 +324,52 @@ func (l *Limiter) allow(ctx context.Context, checks []Check) ([]Decision, error)
 // checks at once, in different slots). It is GCRA's exact inverse while
 // nothing else counted meanwhile, and never more than one event.
 func (l *Limiter) Refund(ctx context.Context, c Check) error {
-	if err := refundScript.Run(ctx, l.rdb, []string{l.key(c.Key)}, c.Limit.Rate, c.Limit.Period.Seconds()).Err(); err != nil {
+	if err := refundScript.Run(ctx, l.rdb, []string{l.key(c)}, c.Limit.Rate, c.Limit.Period.Seconds()).Err(); err != nil {
 		return fmt.Errorf("limiter: refund: %w", err)
 	}
 	return nil
 }
+
+// RefundQuota gives back the session a quota check spent in the window
+// ending at window (Decision.Window): nothing when that window is over,
+// so a refund never frees a session of a later window.
+func (l *Limiter) RefundQuota(ctx context.Context, c Check, window int64) error {
+	if err := refundQuotaScript.Run(ctx, l.rdb, []string{l.key(c)}, window).Err(); err != nil {
+		return fmt.Errorf("limiter: refund a quota: %w", err)
+	}
+	return nil
+}
+
+// RefundQuotas gives back what the quota decisions among ds, the
+// decisions of checks, spent: for a request that delivered nothing.
+// Each refund is tried; the first error is returned.
+func (l *Limiter) RefundQuotas(ctx context.Context, checks []Check, ds []Decision) error {
+	var first error
+	for i, d := range ds {
+		if i < len(checks) && d.Quota && d.Allowed {
+			if err := l.RefundQuota(ctx, checks[i], d.Window); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// LuaRefundQuota defines refund_quota(key, window) for scripts that undo
+// a take: the count in key goes down by one if key is still the window
+// ending at window (ms), and the key goes when it reaches 0.
+const LuaRefundQuota = `
+local function refund_quota(key, window)
+  if redis.call('PEXPIRETIME', key) ~= tonumber(window) then return 0 end
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+  return 1
+end
+`
+
+// refundQuotaScript is refund_quota on KEYS[1], ARGV[1].
+var refundQuotaScript = redis.NewScript(LuaRefundQuota + `
+return refund_quota(KEYS[1], ARGV[1])
+`)
 
 // refundScript moves a key's theoretical arrival time back by one
 // emission interval: the event counted last is given back.

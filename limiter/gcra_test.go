@@ -142,7 +142,7 @@ func TestRefundGivesBackOneEvent(t *testing.T) {
 	if err := l.Refund(ctx, Check{Policy: "user", Key: "user:none", Limit: lim}); err != nil {
 		t.Fatalf("refund of a key never counted: %v", err)
 	}
-	if n, _ := srv.Client().Exists(ctx, l.key("user:none")).Result(); n != 0 {
+	if n, _ := srv.Client().Exists(ctx, l.key(Check{Key: "user:none"})).Result(); n != 0 {
 		t.Fatal("a refund created a key")
 	}
 }

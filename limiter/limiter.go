@@ -87,6 +87,11 @@ type Decision struct {
 	RetryAfter time.Duration
 	// ResetAfter is how long until the full burst is available again.
 	ResetAfter time.Duration
+	// Quota marks a quota's decision (Check.Quota). Window is, when it
+	// allowed, the end of the window it spent in (ms by its key's Redis
+	// clock), which RefundQuota names.
+	Quota  bool
+	Window int64
 }
 
 // Allow counts one event for key against lim.

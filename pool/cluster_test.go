@@ -182,7 +182,8 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 	wide, _ := limiter.Parse("10/m")
 	// The keys of the three live in three slots; the user's on another
 	// master than the profile's.
-	checks := []limiter.Check{{Policy: "ip", Key: "ip:192.0.2.1", Limit: wide}, {Policy: "user", Key: "user:alice", Limit: lim}}
+	checks := []limiter.Check{{Policy: "ip", Key: "ip:192.0.2.1", Limit: wide}, {Policy: "user", Key: "user:alice", Limit: lim},
+		{Policy: "day", Key: "day:alice", Quota: true, Limit: limiter.Limit{Rate: 5, Burst: 5, Period: 1000 * time.Hour}}}
 	if _, _, err := st.TakeLimited(ctx, "default", "warm", 0, checks); err != nil { // loads scripts and slots
 		t.Fatal(err)
 	}
@@ -212,7 +213,7 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 	start := time.Now()
 	h, ds, err := st.TakeLimited(ctx, "default", "req-1", 0, checks)
 	took := time.Since(start)
-	if err != nil || len(ds) != 2 || !ds[0].Allowed || !ds[1].Allowed || ds[1].Remaining != 0 {
+	if err != nil || len(ds) != 3 || !ds[0].Allowed || !ds[1].Allowed || ds[1].Remaining != 0 || !ds[2].Allowed || ds[2].Remaining != 3 {
 		t.Fatalf("take: %+v %+v %v", h, ds, err)
 	}
 	t.Logf("limits and take with 300 ms per script call: %v", took)
@@ -229,6 +230,9 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 	after := clusterSnapshot(t, cc, "default")
 	if fmt.Sprint(before.keys) != fmt.Sprint(after.keys) {
 		t.Fatalf("a denied take changed the pool:\nbefore %v\nafter  %v", before.keys, after.keys)
+	}
+	if us, _, err := limiter.New(cc, "").QuotaUsage(ctx, "*", 0); err != nil || len(us) != 1 || us[0].Used != 2 {
+		t.Fatalf("the quota after two handouts and a denial: %+v %v, want 2 spent", us, err)
 	}
 	for i, tau := range []time.Duration{demandTauFast, demandTauSlow} {
 		// after's rate as of before's time

@@ -29,11 +29,12 @@ type Handout struct {
 	FallbackFor string
 	mint.Credential
 
-	claim    string    // the take's claim key suffix, for Return; "" unless pooled
-	tag      string    // the hash tag of the shard it was taken from, for Return
-	sentAt   time.Time // when its take was sent, by this host's clock, for Return
-	epoch    string    // the dataset it was taken from, for Return
-	deadline int64     // its take's deadline by Redis's clock, for Return
+	claim    string     // the take's claim key suffix, for Return; "" unless pooled
+	tag      string     // the hash tag of the shard it was taken from, for Return
+	sentAt   time.Time  // when its take was sent, by this host's clock, for Return
+	epoch    string     // the dataset it was taken from, for Return
+	deadline int64      // its take's deadline by Redis's clock, for Return
+	quota    quotaSpend // what its request spent of its quotas, for Return
 }
 
 // LogValue keeps the credential out of logs.

@@ -28,9 +28,27 @@ import (
 // while retire > now + min remaining (the caller adds its clock-skew margin).
 
 // luaPrelude is shared by the scripts below.
-const luaPrelude = `
+const luaPrelude = limiter.LuaRefundQuota + `
 local function fmt(ms)
   return string.format('%d', ms)
+end
+
+-- A take's undo record, beside its claim (<claim key>:u, same TTL): the
+-- quota sessions it spent, as {key, window end, ...}, which undoing the
+-- take refunds.
+local function undo_key(claim_key)
+  return claim_key .. ':u'
+end
+
+-- undo gives back what the take under claim_key spent, once.
+local function undo(claim_key)
+  local v = redis.call('GET', undo_key(claim_key))
+  if not v then return end
+  local u = cjson.decode(v)
+  if u.q then
+    for i = 1, #u.q, 2 do refund_quota(u.q[i], u.q[i + 1]) end
+  end
+  redis.call('DEL', undo_key(claim_key))
 end
 
 local function clock(override)
@@ -234,6 +252,20 @@ if not ok then
   redis.call('SET', claim_key, '!' .. fmt(#lim / 4), 'PX', claim_ttl)
   return {DENIED, '', '', 0, 0, lim, now}
 end
+-- What undoing this take gives back: the quota sessions its first call
+-- spent (a quota's decision reports its window's end).
+local spent = {}
+if not claimed then
+  for i = 1, n do
+    if tonumber(ARGV[limit_args_after + 3 * i - 2]) == 0 and lim[4 * i - 3] == 1 then
+      table.insert(spent, KEYS[limit_keys_after + i])
+      table.insert(spent, lim[4 * i - 1])
+    end
+  end
+end
+local function keep_undo()
+  if #spent > 0 then redis.call('SET', undo_key(claim_key), cjson.encode({q = spent}), 'PX', claim_ttl) end
+end
 if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
   if retire > cutoff then return {AGAIN, id, body, 0, 0, lim, now} end
@@ -302,9 +334,11 @@ if hit then
   end
   redis.call('HSET', stats, unpack(fields))
   redis.call('SET', claim_key, hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', claim_ttl)
+  keep_undo()
   return {HANDED, hit, hit_body, evicted, foreign, lim, now}
 end
 if n > 0 then redis.call('SET', claim_key, '0', 'PX', claim_ttl) end
+keep_undo() -- the sessions are held for the request's direct mint
 if math.floor(counts / 2) % 2 == 1 then
   table.insert(fields, 'misses')
   table.insert(fields, fmt((tonumber(st[5]) or 0) + 1))
@@ -343,6 +377,7 @@ elseif claimed and claimed ~= '0' and string.sub(claimed, 1, 1) ~= '!' then
   r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
   if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
 end
+if claimed then undo(KEYS[4]) end
 redis.call('SET', KEYS[4], '-' .. r, 'PX', ARGV[2])
 return r
 `
@@ -373,6 +408,7 @@ if not claimed then
   if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[3], 'misses', -1) end
   return 0
 end
+undo(KEYS[4])
 return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
 `)
 

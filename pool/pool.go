@@ -330,33 +330,47 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, wh
 		return Handout{}, nil, ErrClosed
 	default:
 	}
-	var ds []limiter.Decision
+	h, spent, err := p.getLimited(ctx, pr, requestID, who, checks)
+	if err != nil && !errors.Is(err, limiter.ErrDenied) {
+		p.refund(spent) // nothing delivered: its quotas' sessions go back
+		return Handout{}, spent.ds, err
+	}
+	h.quota = spent
+	return h, spent.ds, err
+}
+
+// getLimited is GetLimited on pr: it returns what the request spent of
+// its quotas with the handout or the error.
+func (p *Pool) getLimited(ctx context.Context, pr *profile, requestID string, who *mint.Caller, checks []limiter.Check) (Handout, quotaSpend, error) {
+	spent := quotaSpend{checks: checks}
 	if pr.Target > 0 {
-		h, taken, err := p.take(ctx, pr, requestID, checks)
+		h, taken, tag, err := p.take(ctx, pr, requestID, checks)
 		p.refill.wake()
+		spent.ds, spent.tag = taken, tag
 		if !errors.Is(err, ErrEmpty) {
-			return h, taken, err
+			return h, spent, err
 		}
-		ds = taken
 	} else if len(checks) > 0 {
 		var err error
-		if ds, err = p.store.limits.AllowAll(ctx, checks); err != nil {
-			return Handout{}, nil, storeError("limits", err)
+		if spent.ds, err = p.store.limits.AllowAll(ctx, checks); err != nil {
+			return Handout{}, spent, storeError("limits", err)
 		}
-		if !limiter.Allowed(checks, ds) {
-			return Handout{}, ds, fmt.Errorf("pool: %w", limiter.ErrDenied)
+		if !limiter.Allowed(checks, spent.ds) {
+			return Handout{}, spent, fmt.Errorf("pool: %w", limiter.ErrDenied)
 		}
 	}
 	h, err := p.mintDirect(ctx, pr, who)
-	return h, ds, err
+	return h, spent, err
 }
 
 // take takes from pr's pool behind checks: from one shard picked at
 // random, then from the others in turn while they are empty or failing
 // (see takeOrder). The first take that reaches Redis applies the checks
 // and counts the demand; a miss is counted once, when every shard that
-// answered was empty. It fails only when no shard answered.
-func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+// answered was empty. It fails only when no shard answered. spentIn is
+// the shard whose take script applied the checks (its undo record holds
+// the quotas they spent), "" when they were applied beside the takes.
+func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks []limiter.Check) (_ Handout, _ []limiter.Decision, spentIn string, _ error) {
 	counts := countDemand | countMiss
 	if len(pr.tags) > 1 {
 		counts = countDemand
@@ -376,6 +390,9 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 		h, taken, err = p.store.takeFrom(ctx, pr.tags[i], requestID, pr.minLife, c, cnt)
 		if ds == nil {
 			ds = taken
+			if taken != nil && p.store.cluster == nil {
+				spentIn = pr.tags[i]
+			}
 		}
 		var ue *UnrecoveredError
 		if errors.As(err, &ue) {
@@ -404,17 +421,17 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 	})
 	if err == nil {
 		p.metrics.handout(pr.Name, SourcePool)
-		return h, ds, nil
+		return h, ds, spentIn, nil
 	}
 	if answered < 0 || ctx.Err() != nil || !errors.Is(err, ErrEmpty) && !errors.Is(err, ErrUnavailable) {
-		return Handout{}, ds, err // no shard answered, or denied, or the request ended
+		return Handout{}, ds, spentIn, err // no shard answered, or denied, or the request ended
 	}
 	if len(pr.tags) > 1 {
 		// Best effort: a counter.
 		_ = p.store.count(ctx, pr.tags[answered], "misses", 1)
 	}
 	p.metrics.miss(pr.Name)
-	return Handout{}, ds, ErrEmpty
+	return Handout{}, ds, spentIn, ErrEmpty
 }
 
 // Return puts back a handout whose caller never received it (the client
@@ -424,6 +441,9 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 // on a short context of its own, since the request's is usually what ended.
 // On-demand handouts (settings no pool has) can't be pooled.
 func (p *Pool) Return(h Handout) {
+	if h.Source != SourcePool || h.quota.tag != h.tag {
+		p.refund(h.quota) // else recovering the take refunds them
+	}
 	pr, ok := p.profiles[h.Profile]
 	if !ok || pr.Target == 0 {
 		return
@@ -475,26 +495,38 @@ func (p *Pool) countInAny(ctx context.Context, pr *profile, counter string, n in
 	return err
 }
 
-// MintOnce mints one credential with m for one request, under the named
-// profile's bound on request mints, and never pools it: for settings or a
-// key that no pooled profile has. It counts the mint under label in the
-// fleet's on-demand counters (OnDemand). The credential has the
-// profile's least life left.
-func (p *Pool) MintOnce(ctx context.Context, profileName string, m mint.Minter, who *mint.Caller, label string) (Handout, error) {
+// MintOnce mints one credential with m for one request of who, behind
+// checks (applied first, as GetLimited applies them to a profile without
+// a pool), under the named profile's bound on request mints, and never
+// pools it: for settings or a key that no pooled profile has. It counts
+// the mint under label in the fleet's on-demand counters (OnDemand). The
+// credential has the profile's least life left.
+func (p *Pool) MintOnce(ctx context.Context, profileName string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
-		return Handout{}, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
+	}
+	spent := quotaSpend{checks: checks}
+	if len(checks) > 0 {
+		var err error
+		if spent.ds, err = p.store.limits.AllowAll(ctx, checks); err != nil {
+			return Handout{}, nil, storeError("limits", err)
+		}
+		if !limiter.Allowed(checks, spent.ds) {
+			return Handout{}, spent.ds, fmt.Errorf("pool: %w", limiter.ErrDenied)
+		}
 	}
 	h, err := p.mintFor(ctx, pr, m, who)
 	if err != nil {
-		return Handout{}, err
+		p.refund(spent)
+		return Handout{}, spent.ds, err
 	}
-	h.Source = SourceOnDemand
+	h.Source, h.quota = SourceOnDemand, spent
 	if err := p.store.countOnDemand(ctx, label); err != nil {
 		p.log.Warn("pool: counting an on-demand mint", "label", label, "err", err)
 	}
 	p.metrics.handout(pr.Name, SourceOnDemand)
-	return h, nil
+	return h, spent.ds, nil
 }
 
 // OnDemand returns the fleet's on-demand mint counters by label.

@@ -59,6 +59,9 @@ type Endpoint struct {
 	// holds it. Static adds fixed fields (a WebSocket URL).
 	Extra  map[string]string
 	Static map[string]string
+	// SingleUse says the provider's page promises a token starts one
+	// session at most (see Preset.SingleUse).
+	SingleUse bool
 }
 
 // reservedField are the fields of every /v1/credentials answer, which an

@@ -43,7 +43,14 @@ type Preset struct {
 	// Tune makes the rare change data can't say (a field computed from
 	// two settings), after the settings are placed. nil: none.
 	Tune func(e *Endpoint, v Values) error
+	// SingleUse reports whether, with settings v, the provider's page
+	// says a token starts one session at most. nil: it doesn't say so (a
+	// token may start sessions until it expires).
+	SingleUse func(v Values) bool
 }
+
+// always is SingleUse for a provider whose every token is single-use.
+func always(Values) bool { return true }
 
 // Where a Setting goes.
 const (
@@ -154,6 +161,7 @@ func (p *Preset) Endpoint(base string, raw map[string]any) (Endpoint, Values, er
 		Body: deepCopy(p.Body), Header: map[string]string{}, Times: map[string]time.Duration{}, Form: p.Form,
 		Token: p.Token, ExpiresAt: p.ExpiresAt, ExpiresIn: p.ExpiresIn,
 		JWTExpiry: p.JWTExpiry, TTL: p.TTL, Extra: maps.Clone(p.Extra), Static: map[string]string{},
+		SingleUse: p.SingleUse != nil && p.SingleUse(v),
 	}
 	path, query := p.Path, url.Values{}
 	static := maps.Clone(p.Static)

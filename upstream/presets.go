@@ -44,6 +44,7 @@ var Presets = []Preset{
 			e.Times["expireTime"] = time.Duration(end) * time.Second
 			return nil
 		},
+		SingleUse: func(v Values) bool { return v.Int("uses") == 1 },
 	},
 	{
 		// Azure OpenAI Realtime (GA, /openai/v1): OpenAI's client secret
@@ -106,6 +107,7 @@ var Presets = []Preset{
 			e.Extra = map[string]string{"signedUrl": "signed_url"}
 			return nil
 		},
+		SingleUse: func(v Values) bool { return v["connection"] == "websocket" },
 	},
 	{
 		// ElevenLabs single-use tokens: consumed on use, expire after 15
@@ -117,6 +119,7 @@ var Presets = []Preset{
 			{Name: "token_type", Kind: String, Required: true, Enum: []string{"realtime_scribe", "tts_websocket"}, To: inPath + "token_type"},
 		},
 		Token: "token", TTL: 15 * time.Minute,
+		SingleUse: always,
 	},
 	{
 		// AssemblyAI Universal Streaming temporary tokens: the raw key in
@@ -131,7 +134,8 @@ var Presets = []Preset{
 			{Name: MaxSessionSetting, Kind: Int, Min: 60, Max: 10800, To: inQuery + "max_session_duration_seconds"},
 		},
 		Token: "token", ExpiresIn: "expires_in_seconds",
-		Static: map[string]string{"url": "{ws}/v3/ws"},
+		Static:    map[string]string{"url": "{ws}/v3/ws"},
+		SingleUse: always,
 	},
 	{
 		// Deepgram short-lived access tokens (a JWT; only the WebSocket's
@@ -189,6 +193,7 @@ var Presets = []Preset{
 			{Name: "single_use", Kind: Bool, Default: true, To: inBody + "single_use"},
 		},
 		Token: "api_key", ExpiresAt: "expires_at",
+		SingleUse: func(v Values) bool { return v["single_use"] == true },
 	},
 	{
 		// Fish Audio ephemeral tokens: always single-use; end_user_id
@@ -204,6 +209,7 @@ var Presets = []Preset{
 			{Name: "allowed_origins", Kind: Strings, To: inBody + "allowed_origins"},
 		},
 		Token: "token", ExpiresAt: "expires_at", ExpiresIn: "expires_in",
+		SingleUse: always,
 	},
 	{
 		// Hume access tokens: OAuth2 client credentials, Basic auth with

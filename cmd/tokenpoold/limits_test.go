@@ -123,8 +123,19 @@ func fullPool(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, tar
 func TestAPooledHandoutIsOneRedisCommand(t *testing.T) {
 	rs := redistest.StartProcess(t)
 	sim := startSim(t, upstreamtest.Config{})
-	d := fullPool(t, rs, sim, 30, nil)
-	bearer := callerJWT(t, "alice")
+	// Under a caller's quota and its tenant's, both spent in the take.
+	d := fullPool(t, rs, sim, 30, map[string]string{"TOKENPOOL_CONFIG": writeConfig(t, `
+quotas:
+  - sessions: 1000
+    per: 24h
+  - sessions: 1000
+    per: 24h
+    by: claim:org_id
+profiles:
+  default:
+    provider: orga
+`)})
+	bearer := claimsJWT(t, map[string]any{"sub": "alice", "org_id": "acme"})
 	fetch(t, d.url, bearer) // loads the script (EVALSHA, NOSCRIPT, EVAL once)
 	rdb := rs.Client()
 	if err := rdb.Ping(context.Background()).Err(); err != nil { // connected before MONITOR
@@ -142,6 +153,9 @@ func TestAPooledHandoutIsOneRedisCommand(t *testing.T) {
 		}
 		if r.status != http.StatusOK || r.header.Get("X-Credential-Source") != "pool" {
 			t.Fatalf("handout %d: %d %s %s", i+1, r.status, r.header.Get("X-Credential-Source"), r.body)
+		}
+		if want := fmt.Sprintf(`"org_id-sessions-24h";r=%d;`, 1000-2-i); !strings.Contains(strings.Join(r.header.Values("RateLimit"), ","), want) {
+			t.Fatalf("handout %d: RateLimit %q, want the tenant's quota %s", i+1, r.header.Values("RateLimit"), want)
 		}
 	}
 	cmds := mon.stop(t, rdb)

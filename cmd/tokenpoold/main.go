@@ -323,13 +323,15 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 	if err != nil {
 		return err
 	}
+	warnQuotaReuse(m.log, ps)
 	apiProfiles := map[string]api.ProfileInfo{}
 	for _, p := range ps.List {
 		apiProfiles[p.Name] = p.ProfileInfo
 	}
+	lim := limiter.New(m.rdb, "")
 	ac := api.Config{
-		Pool: m.pool, Limiter: limiter.New(m.rdb, ""),
-		Profiles: apiProfiles, DefaultProfile: ps.Default,
+		Pool: m.pool, Limiter: lim, QuotaAdmin: lim,
+		Profiles: apiProfiles, DefaultProfile: ps.Default, Quotas: ps.Quotas,
 		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudiences: cfg.JWTAudiences, JWTCookie: cfg.JWTCookie,
 		JWTAssumeEmailVerified: cfg.JWTAssumeEmailVerified,
 		Issuers:                cfg.Issuers,

@@ -56,6 +56,9 @@ type Profiles struct {
 	List     []Profile // sorted by name
 	Default  string    // for /v1/session-config and /api/orga-client-secrets
 	Realtime string    // for the Navai routes; "" when no OpenAI profile
+	// Quotas are the file's default quotas, for every profile without
+	// its own.
+	Quotas []api.Quota
 }
 
 // Get returns the named profile.
@@ -116,10 +119,11 @@ func openAIFromEnv(getenv func(string) string) bool {
 // The TOKENPOOL_CONFIG file.
 type (
 	fileSpec struct {
-		DefaultProfile  string    `yaml:"default_profile"`
-		RealtimeProfile string    `yaml:"realtime_profile"`
-		Auth            authSpec  `yaml:"auth"`
-		Profiles        yaml.Node `yaml:"profiles"`
+		DefaultProfile  string      `yaml:"default_profile"`
+		RealtimeProfile string      `yaml:"realtime_profile"`
+		Auth            authSpec    `yaml:"auth"`
+		Quotas          []quotaSpec `yaml:"quotas"`
+		Profiles        yaml.Node   `yaml:"profiles"`
 	}
 	authSpec struct {
 		Issuers []issuerSpec `yaml:"issuers"`
@@ -146,9 +150,11 @@ type (
 		MinRemaining string      `yaml:"min_remaining"`
 		Allow        *accessSpec `yaml:"allow"`
 		Fallback     []string    `yaml:"fallback"`
-		Orga         *orgaSpec   `yaml:"orga"`
-		OpenAI       *openaiSpec `yaml:"openai"`
-		HTTP         *httpSpec   `yaml:"http"`
+		// Quotas: nil, the file's default; an empty list, none.
+		Quotas *[]quotaSpec `yaml:"quotas"`
+		Orga   *orgaSpec    `yaml:"orga"`
+		OpenAI *openaiSpec  `yaml:"openai"`
+		HTTP   *httpSpec    `yaml:"http"`
 		// Preset holds a preset's block, named after its provider; its
 		// settings are the preset's to check.
 		Preset map[string]yaml.Node `yaml:",inline"`
@@ -193,6 +199,14 @@ var (
 func knownFields(n *yaml.Node, t reflect.Type, path string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
+	}
+	if t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode {
+		for i, item := range n.Content {
+			if err := knownFields(item, t.Elem(), fmt.Sprintf("%s[%d].", strings.TrimSuffix(path, "."), i)); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
 		return nil
@@ -350,6 +364,9 @@ func profilesOf(f fileSpec, cfg *Config, getenv func(string) string) (Profiles, 
 	if err := checkFallbacks(ps); err != nil {
 		return Profiles{}, err
 	}
+	if ps.Quotas, err = quotasOf(f.Quotas); err != nil {
+		return Profiles{}, err
+	}
 	for _, p := range ps.List {
 		od := p.OnDemand
 		if p.Name != ps.Realtime && (od.PooledOnly || len(od.Models) > 0 || len(od.Voices) > 0) {
@@ -419,6 +436,12 @@ func resolveProfile(name string, s profileSpec, cfg *Config, getenv func(string)
 		}
 	}
 	p.Fallback = s.Fallback
+	if s.Quotas != nil {
+		var err error
+		if p.Quotas, err = quotasOf(*s.Quotas); err != nil {
+			return p, err
+		}
+	}
 	if s.HTTP != nil && s.Provider != "http" {
 		return p, fmt.Errorf("http: not allowed in a %s profile", s.Provider)
 	}

@@ -106,3 +106,26 @@ func StartSentinel(tb testing.TB) *Sentinel {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Topologies names the two shapes a test of scripts runs on, for
+// OnTopology.
+var Topologies = []string{"one Redis", "a Cluster"}
+
+// OnTopology starts a Redis of the named topology (one of Topologies)
+// and returns a client, closed when the test ends, and the key prefix to
+// use on it ("" on a Cluster, whose slots the default prefix spreads
+// over).
+func OnTopology(tb testing.TB, topo string) (redis.UniversalClient, string) {
+	tb.Helper()
+	if topo == "one Redis" {
+		s := New(tb)
+		return s.Client(), s.Prefix
+	}
+	var addrs []string
+	for _, n := range StartCluster(tb, 3) {
+		addrs = append(addrs, n.Addr)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
+	tb.Cleanup(func() { cc.Close() })
+	return cc, ""
+}

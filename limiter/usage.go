@@ -1,0 +1,114 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Usage is one quota key's state in its current window.
+type Usage struct {
+	Key     string    // the check's Key (Check.Key), without the limiter's prefix
+	Used    int       // sessions spent in the window
+	Resets  time.Time // the window's end, by the key's Redis clock
+	Missing bool      // the key expired between the scan and the read
+}
+
+// QuotaUsage lists the quota keys matching pattern (a SCAN MATCH pattern
+// of Check.Key, with \ escaping), on every master of a Cluster. It reads
+// at most max keys (0: no bound) and says whether more matched.
+func (l *Limiter) QuotaUsage(ctx context.Context, pattern string, max int) (out []Usage, more bool, err error) {
+	prefix := l.quotaPrefix()
+	var mu sync.Mutex
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		it := c.Scan(ctx, 0, escapeGlob(prefix)+pattern, 1000).Iterator()
+		var keys []string
+		for it.Next(ctx) {
+			keys = append(keys, it.Val())
+		}
+		if err := it.Err(); err != nil {
+			return err
+		}
+		us, err := readUsage(ctx, c, prefix, keys)
+		mu.Lock()
+		out = append(out, us...)
+		mu.Unlock()
+		return err
+	}
+	if cc, ok := l.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, l.rdb)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("limiter: quota usage: %w", err)
+	}
+	if max > 0 && len(out) > max {
+		return out[:max], true, nil
+	}
+	return out, false, nil
+}
+
+// readUsage reads keys' counts and expiry times in one pipeline on c.
+func readUsage(ctx context.Context, c redis.Cmdable, prefix string, keys []string) ([]Usage, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	pipe := c.Pipeline()
+	gets := make([]*redis.StringCmd, len(keys))
+	ends := make([]*redis.DurationCmd, len(keys))
+	for i, k := range keys {
+		gets[i] = pipe.Get(ctx, k)
+		ends[i] = pipe.PExpireTime(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+		return nil, err
+	}
+	out := make([]Usage, 0, len(keys))
+	for i, k := range keys {
+		u := Usage{Key: strings.TrimPrefix(k, prefix)}
+		n, err := gets[i].Int()
+		if err != nil {
+			u.Missing = true
+		}
+		u.Used = n
+		if d, err := ends[i].Result(); err == nil && d > 0 {
+			u.Resets = time.UnixMilli(d.Milliseconds())
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// ResetQuotas deletes the quota keys of keys (Check.Key values): their
+// windows start over empty. It returns how many existed.
+func (l *Limiter) ResetQuotas(ctx context.Context, keys []string) (int, error) {
+	n := 0
+	for _, k := range keys {
+		// One key a call: on a Cluster they lie in different slots.
+		d, err := l.rdb.Del(ctx, l.quotaPrefix()+k).Result()
+		if err != nil {
+			return n, fmt.Errorf("limiter: reset a quota: %w", err)
+		}
+		n += int(d)
+	}
+	return n, nil
+}
+
+// EscapeGlob escapes s for a SCAN MATCH pattern.
+func EscapeGlob(s string) string { return escapeGlob(s) }
+
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
