@@ -5,7 +5,6 @@ import (
 	"context"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -66,14 +65,9 @@ func (s *Server) getUsage(c *gin.Context) {
 		}
 		window = d
 	}
-	limit := 20
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 1000 {
-			s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, "limit: want 1 to 1000"))
-			return
-		}
-		limit = n
+	limit, ok := s.queryLimit(c, 20)
+	if !ok {
+		return
 	}
 	var (
 		rows      []usageRow

@@ -57,7 +57,7 @@ func (p *fakePool) GetLimited(ctx context.Context, profile, requestID string, _ 
 	return h, ds, err
 }
 
-func (p *fakePool) MintOnce(ctx context.Context, profile string, _ mint.Minter, _ *mint.Caller, _ string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
+func (p *fakePool) MintOnce(ctx context.Context, profile, _ string, _ mint.Minter, _ *mint.Caller, _ string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error) {
 	ds, err := p.limits.AllowAll(ctx, checks)
 	if err != nil {
 		return pool.Handout{}, nil, err

@@ -72,12 +72,13 @@ type caller struct {
 	// viaCookie: the JWT came in the cookie, which a browser attaches to
 	// requests another site makes too, so the request's origin is checked.
 	viaCookie bool
+	tenant    string // the tenant claim's value (Config.TenantClaim), for the ledger
 }
 
 // minted is who a credential minted for c is for, as a per-caller minter
-// reads it.
+// and the issuance ledger read it.
 func (c caller) minted() *mint.Caller {
-	return &mint.Caller{Subject: c.subject, Email: c.email}
+	return &mint.Caller{Subject: c.subject, Email: c.email, Tenant: c.tenant}
 }
 
 // authenticator checks caller credentials: a JWT (Authorization: Bearer,

@@ -145,6 +145,9 @@ func (s *Server) authenticate(c *gin.Context) {
 	if s.refusedBefore(c, user) {
 		return
 	}
+	if s.cfg.TenantClaim != "" {
+		who.tenant, _ = Quota{By: s.cfg.TenantClaim}.who(who)
+	}
 	c.Set(ctxCaller, who)
 	c.Set(ctxChecks, append(ips, user))
 	c.Next()

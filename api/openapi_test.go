@@ -22,6 +22,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
@@ -80,6 +81,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 			"acme":      {Provider: "acme", Quotas: []Quota{{Name: "daily", Sessions: 1, Per: 24 * time.Hour}}}, // an http profile's provider
 		},
 		Quotas:    []Quota{{Name: "org", Sessions: 100, Per: 24 * time.Hour, By: "org"}},
+		Ledger:    fakeLedger{fp},
 		JWTSecret: testSecret, PerUser: perUser, QuotaAdmin: failingQuotas{fp, limiter.New(rs.Client(), rs.Prefix)},
 		Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		Logger: discardLogger(),
@@ -94,7 +96,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	tightIP, _ := limiter.Parse("1/m")
 	s2, err := New(Config{
 		Pool: fp, Limiter: limiter.New(rs.Client(), rs.Prefix+"tight"), JWTSecret: testSecret, PerIP: tightIP,
-		QuotaAdmin: limiter.New(rs.Client(), rs.Prefix+"tight"), Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
+		QuotaAdmin: limiter.New(rs.Client(), rs.Prefix+"tight"), Ledger: fakeLedger{fp}, Admin: fp, AdminKeys: []APIKey{{Name: "ops", SHA256: sha256.Sum256([]byte("admin-key-1"))}}, Providers: fp,
 		Logger: discardLogger(),
 	})
 	if err != nil {
@@ -255,6 +257,14 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("a reset without an admin key is 401", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", fresh(), 401)
 	check("a reset 413", "POST", "/v1/admin/quotas/reset", big, "application/json", admin, 413)
 	check("a reset 415", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "text/plain", admin, 415)
+	check("ledger 200", "GET", "/v1/admin/ledger?subject=user:a&since=2026-01-01T00:00:00Z", "", "", admin, 200)
+	check("ledger with a bad cursor is 400", "GET", "/v1/admin/ledger?after=nope", "", "", admin, 400)
+	check("ledger without an admin key is 401", "GET", "/v1/admin/ledger", "", "", fresh(), 401)
+	check("lookup 200", "POST", "/v1/admin/ledger/lookup", `{"token":"leaked"}`, "application/json", admin, 200)
+	check("lookup without a token is 400", "POST", "/v1/admin/ledger/lookup", `{}`, "application/json", admin, 400)
+	check("lookup without an admin key is 401", "POST", "/v1/admin/ledger/lookup", `{"token":"leaked"}`, "application/json", fresh(), 401)
+	check("lookup 413", "POST", "/v1/admin/ledger/lookup", big, "application/json", admin, 413)
+	check("lookup 415", "POST", "/v1/admin/ledger/lookup", `{"token":"x"}`, "text/plain", admin, 415)
 	check("resume 200", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 200)
 	check("resume of a provider no profile uses is 404", "POST", "/v1/admin/providers/azure/resume", "", "", admin, 404)
 	check("resume without an admin key is 401", "POST", "/v1/admin/providers/orga/resume", "", "", fresh(), 401)
@@ -272,6 +282,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("a prewarm with Redis away is 503", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 503)
 	check("a resume with Redis away is 503", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 503)
 	check("usage with Redis away is 503", "GET", "/v1/admin/usage", "", "", admin, 503)
+	check("the ledger with Redis away is 503", "GET", "/v1/admin/ledger", "", "", admin, 503)
+	check("a lookup with Redis away is 503", "POST", "/v1/admin/ledger/lookup", `{"token":"x"}`, "application/json", admin, 503)
 	check("a quota reset with Redis away is 503", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", admin, 503)
 	fp.mu.Lock()
 	fp.readyErr = nil
@@ -282,6 +294,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("a prewarm over the per-IP limit is 429", "POST", "/v1/admin/profiles/default/prewarm", `{"ready":5,"until":"`+until+`"}`, "application/json", admin, 429)
 	check("a resume over the per-IP limit is 429", "POST", "/v1/admin/providers/orga/resume", "", "", admin, 429)
 	check("usage over the per-IP limit is 429", "GET", "/v1/admin/usage", "", "", admin, 429)
+	check("the ledger over the per-IP limit is 429", "GET", "/v1/admin/ledger", "", "", admin, 429)
+	check("a lookup over the per-IP limit is 429", "POST", "/v1/admin/ledger/lookup", `{"token":"x"}`, "application/json", admin, 429)
 	check("a quota reset over the per-IP limit is 429", "POST", "/v1/admin/quotas/reset", `{"tenant":"acme"}`, "application/json", admin, 429)
 	base = srv.URL
 	check("GET /openapi.yaml 200", "GET", "/openapi.yaml", "", "", "", 200)
@@ -330,6 +344,35 @@ func (f failingQuotas) ResetQuotas(ctx context.Context, keys []string) (int, err
 		return 0, err
 	}
 	return f.Limiter.ResetQuotas(ctx, keys)
+}
+
+// fakeLedger holds one record, of the token "leaked", and fails while the
+// fake pool's Redis is away.
+type fakeLedger struct{ fp *fakePool }
+
+var leakedRecord = ledger.Record{ID: "1767225600000-0", Stream: "tp:{default}:issued", Time: time.UnixMilli(1767225600000).UTC(),
+	RequestID: "r1", Subject: "user:a", Tenant: "acme", Profile: "default", Provider: "orga", Source: "pool",
+	ExpiresAt: time.UnixMilli(1767226200000).UTC(), Fingerprint: ledger.Fingerprint([]byte("k"), "leaked")}
+
+func (f fakeLedger) Read(_ context.Context, _ ledger.Cursor, _ time.Time, match func(ledger.Record) bool, _, _ int) (ledger.Page, error) {
+	if err := (failingQuotas{fp: f.fp}).down(); err != nil {
+		return ledger.Page{}, err
+	}
+	p := ledger.Page{Next: ledger.Cursor{ID: leakedRecord.ID, Stream: leakedRecord.Stream}}
+	if match(leakedRecord) {
+		p.Records = []ledger.Record{leakedRecord}
+	}
+	return p, nil
+}
+
+func (f fakeLedger) Lookup(_ context.Context, token string) ([]ledger.Record, error) {
+	if err := (failingQuotas{fp: f.fp}).down(); err != nil {
+		return nil, err
+	}
+	if token == "leaked" {
+		return []ledger.Record{leakedRecord}, nil
+	}
+	return nil, nil
 }
 
 // fakeRealtime plans every Navai request onto the "assistant" pool, or

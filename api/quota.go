@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -120,7 +121,25 @@ func scopeQuotas(cfg *Config) error {
 		profiles[name] = p
 	}
 	cfg.Profiles = profiles
+	if cfg.TenantClaim == "" {
+		for _, q := range slices.Concat(cfg.Quotas, quotasOfProfiles(profiles)) {
+			if q.By != "" {
+				cfg.TenantClaim = q.By
+				break
+			}
+		}
+	}
 	return nil
+}
+
+// quotasOfProfiles lists the profiles' quotas, by profile name.
+func quotasOfProfiles(ps map[string]ProfileInfo) []Quota {
+	names := slices.Sorted(maps.Keys(ps))
+	var out []Quota
+	for _, n := range names {
+		out = append(out, ps[n].Quotas...)
+	}
+	return out
 }
 
 // scoped is a copy of qs in scope.

@@ -64,7 +64,7 @@ func (s *Server) realtimeSecret(c *gin.Context) {
 	} else {
 		checks := slices.Concat(c.MustGet(ctxChecks).([]limiter.Check), s.quotaChecks(who, rt.Profile()))
 		var ds []limiter.Decision
-		h, ds, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), plan.Minter, who.minted(), plan.Label, checks)
+		h, ds, err = s.pool.MintOnce(c.Request.Context(), rt.Profile(), requestID(c), plan.Minter, who.minted(), plan.Label, checks)
 		if ds != nil && !s.decided(c, checks, ds) {
 			return
 		}

@@ -37,7 +37,7 @@ type Pool interface {
 	GetLimited(ctx context.Context, profile, requestID string, who *mint.Caller, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// MintOnce mints one credential with m for one request of who under
 	// the profile, never pooled (a Navai session no pool has).
-	MintOnce(ctx context.Context, profile string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
+	MintOnce(ctx context.Context, profile, requestID string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (pool.Handout, []limiter.Decision, error)
 	// Fallback hands a caller of profile from one credential of profile to
 	// instead, behind quotas alone (see pool.Pool.Fallback).
 	Fallback(ctx context.Context, from, to, requestID string, who *mint.Caller, quotas []limiter.Check) (pool.Handout, []limiter.Decision, error)
@@ -130,6 +130,13 @@ type Config struct {
 	// Quotas are the daemon's default session quotas, shared by every
 	// profile without its own (ProfileInfo.Quotas). default: none
 	Quotas []Quota
+	// TenantClaim is the claim whose value the issuance ledger records as
+	// a caller's tenant. default: the claim of the first tenant quota
+	// (by: claim:<name>), if any
+	TenantClaim string
+	// Ledger serves GET /v1/admin/ledger and POST /v1/admin/ledger/lookup
+	// to admins. default: none, the routes are off (the ledger is off)
+	Ledger Ledger
 	// QuotaAdmin serves GET /v1/admin/usage and POST
 	// /v1/admin/quotas/reset to admins. default: none, the routes are off
 	QuotaAdmin QuotaAdmin
@@ -305,6 +312,10 @@ func (s *Server) routes() error {
 		admin.POST("/profiles/:name/prewarm", s.postPrewarm)
 		if s.cfg.Providers != nil {
 			admin.POST("/providers/:provider/resume", s.postResume)
+		}
+		if s.cfg.Ledger != nil {
+			admin.GET("/ledger", s.getLedger)
+			admin.POST("/ledger/lookup", s.postLedgerLookup)
 		}
 		if s.cfg.QuotaAdmin != nil {
 			admin.GET("/usage", s.getUsage)

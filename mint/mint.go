@@ -39,6 +39,7 @@ func (c Credential) LogValue() slog.Value {
 type Caller struct {
 	Subject string // "user:<sub>", "idp:<issuer>:<sub>" or "key:<name>"
 	Email   string // the caller's verified email; else empty
+	Tenant  string // the caller's tenant, as the issuance ledger records it; else empty
 }
 
 // Request is one mint's circumstances.

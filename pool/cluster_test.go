@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
 )
 
@@ -173,7 +174,7 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 		return slowConn{Conn: c, delay: &delay}, nil
 	}
 	cc := clusterClient(t, nodes, dial)
-	st := NewStore(cc, StoreConfig{})
+	st := NewStore(cc, StoreConfig{Ledger: ledger.Config{Key: testLedgerKey}}) // the take records its handout
 	ctx := context.Background()
 	for i := range 10 {
 		putOne(t, st, "default", fmt.Sprint("e", i), time.Now().Add(time.Hour))
@@ -210,8 +211,9 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 
 	// Every script call from now on waits 300 ms.
 	delay.Store(int64(300 * time.Millisecond))
+	pr := &profile{Profile: Profile{Name: "default", ProviderName: "orga"}, tags: []string{"default"}}
 	start := time.Now()
-	h, ds, err := st.TakeLimited(ctx, "default", "req-1", 0, checks)
+	h, ds, err := st.takeFrom(ctx, "default", "req-1", 0, checks, countDemand|countMiss, st.recordArgs(pr, issuance{requestID: "req-1"}, SourcePool))
 	took := time.Since(start)
 	if err != nil || len(ds) != 3 || !ds[0].Allowed || !ds[1].Allowed || ds[1].Remaining != 0 || !ds[2].Allowed || ds[2].Remaining != 3 {
 		t.Fatalf("take: %+v %+v %v", h, ds, err)
@@ -219,6 +221,9 @@ func TestOnAClusterTheLimitsAndTheTakeAreOneRoundTrip(t *testing.T) {
 	t.Logf("limits and take with 300 ms per script call: %v", took)
 	if took >= 600*time.Millisecond {
 		t.Fatalf("limits and take took %v at 300 ms a script call: more than one round trip", took)
+	}
+	if recs, err := cc.XRange(ctx, st.streamOf("default"), "-", "+").Result(); err != nil || len(recs) != 1 || recs[0].Values["rid"] != "req-1" {
+		t.Fatalf("the take's record: %+v %v", recs, err)
 	}
 
 	// A denied take on a Cluster leaves the pool as it was.
@@ -405,7 +410,7 @@ func TestOnAClusterADeniedTakeUncountsOnlyAMissItCounted(t *testing.T) {
 	if _, ds, err := st.TakeLimited(ctx, "default", "denied", 0, checks); err == nil || len(ds) != 1 || ds[0].Allowed { // counts a miss and takes it back
 		t.Fatalf("a take over bob's limit: %+v %v; want denied", ds, err)
 	}
-	if _, ds, err := st.takeFrom(ctx, "default", "over", 0, checks, countDemand); err == nil || len(ds) != 1 || ds[0].Allowed {
+	if _, ds, err := st.takeFrom(ctx, "default", "over", 0, checks, countDemand, nil); err == nil || len(ds) != 1 || ds[0].Allowed {
 		t.Fatalf("a take of a sharded profile over bob's limit: %+v %v; want denied", ds, err)
 	}
 	if s := mustStats(t, st, "default"); s.Misses != 1 {

@@ -35,6 +35,7 @@ type Handout struct {
 	epoch    string     // the dataset it was taken from, for Return
 	deadline int64      // its take's deadline by Redis's clock, for Return
 	quota    quotaSpend // what its request spent of its quotas, for Return
+	record   issuedRef  // a minted handout's issuance record, for Return
 }
 
 // LogValue keeps the credential out of logs.

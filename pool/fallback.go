@@ -19,7 +19,11 @@ func (p *Pool) Fallback(ctx context.Context, from, to, requestID string, who *mi
 	if !ok {
 		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, from)
 	}
-	h, ds, err := p.GetLimited(ctx, to, requestID, who, quotas)
+	tp, ok := p.profiles[to]
+	if !ok {
+		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, to)
+	}
+	h, ds, err := p.handOut(ctx, tp, issuance{requestID: requestID, who: who, fallbackFor: from}, quotas)
 	if err != nil {
 		return Handout{}, ds, err
 	}

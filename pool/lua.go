@@ -34,8 +34,9 @@ local function fmt(ms)
 end
 
 -- A take's undo record, beside its claim (<claim key>:u, same TTL): the
--- quota sessions it spent, as {key, window end, ...}, which undoing the
--- take refunds.
+-- quota sessions it spent, as q = {key, window end, ...}, which undoing
+-- the take refunds, and its issuance record, x in stream s, which undoing
+-- it deletes: nobody received that credential.
 local function undo_key(claim_key)
   return claim_key .. ':u'
 end
@@ -48,7 +49,37 @@ local function undo(claim_key)
   if u.q then
     for i = 1, #u.q, 2 do refund_quota(u.q[i], u.q[i + 1]) end
   end
+  if u.x then redis.call('XDEL', u.s, u.x) end
   redis.call('DEL', undo_key(claim_key))
+end
+
+-- unrecord deletes the issuance record of the take under claim_key (its
+-- entry could not be opened: nobody received it) and keeps the rest of
+-- its undo record.
+local function unrecord(claim_key)
+  local v = redis.call('GET', undo_key(claim_key))
+  if not v then return end
+  local u = cjson.decode(v)
+  if not u.x then return end
+  redis.call('XDEL', u.s, u.x)
+  u.x, u.s = nil, nil
+  redis.call('SET', undo_key(claim_key), cjson.encode(u), 'KEEPTTL')
+end
+
+-- issued appends the issuance record of entry id to stream: the fields
+-- ARGV[from .. to] hold after the bound and the retention, then the id.
+-- The stream keeps at most about ARGV[from] records and none older than
+-- ARGV[from + 1] ms by Redis's clock t (the bound is approximate, the age
+-- exact). It returns the record's id.
+local function issued(stream, from, to, id, t)
+  local fields = {}
+  for i = from + 2, to do table.insert(fields, ARGV[i]) end
+  table.insert(fields, 'entry')
+  table.insert(fields, id)
+  local xid = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[from], '*', unpack(fields))
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', stream, 'MINID', fmt(now - tonumber(ARGV[from + 1]))) -- exact: no record outlives the retention
+  return xid
 end
 
 local function clock(override)
@@ -140,6 +171,7 @@ var takeScript = redis.NewScript(takeSource)
 
 // takeCall is one call of takeScript, by name.
 type takeCall struct {
+	record       []any  // the issuance record's bound, retention ms and fields (issuance.args); nil: none
 	tag          string // the shard's hash tag
 	k            keys   // its keys
 	claim        string // KEYS[4] is its claim key
@@ -155,16 +187,18 @@ type takeCall struct {
 	opens        []any     // the body prefixes this replica can open (none: any)
 }
 
-// keysArgs are the call's KEYS (ready, entries, stats, claim, handed, then
-// the limits' keys) and ARGV (min remaining ms, claim TTL ms, now ms, the
-// demand taus (fast, slow) ms, ledger bound, the number of limits n, what
-// to count, the deadline ms, the epoch, the n triples, then the
+// keysArgs are the call's KEYS (ready, entries, stats, claim, handed,
+// issued, then the limits' keys) and ARGV (min remaining ms, claim TTL
+// ms, now ms, the demand taus (fast, slow) ms, ledger bound, the number
+// of limits n, what to count, the deadline ms, the epoch, the number m of
+// the record's arguments, the m arguments, the n triples, then the
 // prefixes).
 func (c *takeCall) keysArgs() ([]string, []any) {
-	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()}, c.limitKeys...)
-	args := make([]any, 0, 10+len(c.limitArgs)+len(c.opens))
+	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed(), c.k.issued()}, c.limitKeys...)
+	args := make([]any, 0, 11+len(c.record)+len(c.limitArgs)+len(c.opens))
 	args = append(args, c.minRemaining.Milliseconds(), c.claimTTL, c.now, demandTauFast.Milliseconds(),
-		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline, c.epoch)
+		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline, c.epoch, len(c.record))
+	args = append(args, c.record...)
 	args = append(args, c.limitArgs...)
 	return keys, append(args, c.opens...)
 }
@@ -215,13 +249,15 @@ func parseTakeReply(v any) (takeReply, error) {
 // chaos run's injected bugs, built with -tags chaosbug, can patch it.)
 var takeSource = luaPrelude + limiter.LuaGCRA + `
 -- KEYS and ARGV by name, in takeCall.keysArgs's order; the caller's
--- limits' keys follow KEYS[5], their triples ARGV[10], the prefixes the
--- triples.
-local ready, entries, stats, claim_key, handed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- limits' keys follow KEYS[6]; the issuance record's m arguments follow
+-- ARGV[11], the limits' triples them, the prefixes the triples.
+local ready, entries, stats, claim_key, handed, issued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local min_remaining, claim_ttl, now_arg = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local tau_fast, tau_slow, ledger_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local n, counts, deadline, epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local limit_keys_after, limit_args_after, opens_from = 5, 10, 11 + 3 * n
+local m = tonumber(ARGV[11])
+local limit_keys_after, limit_args_after = 6, 11 + m
+local opens_from = limit_args_after + 1 + 3 * n
 -- Reply statuses (takeStatus)
 local NOTHING, HANDED, AGAIN, ABANDONED, DENIED, TOO_LATE = 0, 1, 2, 3, 4, 5
 
@@ -263,8 +299,12 @@ if not claimed then
     end
   end
 end
-local function keep_undo()
-  if #spent > 0 then redis.call('SET', undo_key(claim_key), cjson.encode({q = spent}), 'PX', claim_ttl) end
+local function keep_undo(xid)
+  if #spent == 0 and not xid then return end
+  local u = {}
+  if #spent > 0 then u.q = spent end
+  if xid then u.x, u.s = xid, issued_key end
+  redis.call('SET', undo_key(claim_key), cjson.encode(u), 'PX', claim_ttl)
 end
 if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
@@ -334,7 +374,9 @@ if hit then
   end
   redis.call('HSET', stats, unpack(fields))
   redis.call('SET', claim_key, hit .. ' ' .. fmt(hit_retire) .. ' ' .. hit_body, 'PX', claim_ttl)
-  keep_undo()
+  local xid = nil
+  if m > 0 then xid = issued(issued_key, 12, 11 + m, hit, t) end
+  keep_undo(xid)
   return {HANDED, hit, hit_body, evicted, foreign, lim, now}
 end
 if n > 0 then redis.call('SET', claim_key, '0', 'PX', claim_ttl) end
@@ -414,10 +456,11 @@ return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + ton
 
 // discardScript counts an entry that was taken but could not be opened
 // (tampered with, or not an entry): discarded, not handed out. Its id stays
-// in the ledger, so it is never pooled again.
+// in the ledger, so it is never pooled again; its issuance record goes.
 //
-// KEYS: stats
-var discardScript = redis.NewScript(`
+// KEYS: stats, the take's claim
+var discardScript = redis.NewScript(luaPrelude + `
+unrecord(KEYS[2])
 redis.call('HINCRBY', KEYS[1], 'handed_out', -1)
 return redis.call('HINCRBY', KEYS[1], 'discarded', 1)
 `)

@@ -57,6 +57,8 @@ type Profile struct {
 	// each shard keeps its share of the target, and a take tries a shard
 	// at random, then the others. At most MaxShards. default: 1
 	Shards int
+	// ProviderName names the provider in the issuance ledger's records.
+	ProviderName string
 }
 
 // MaxShards bounds a profile's shards.
@@ -325,12 +327,17 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, wh
 	if !ok {
 		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
 	}
+	return p.handOut(ctx, pr, issuance{requestID: requestID, who: who}, checks)
+}
+
+// handOut is GetLimited on pr, for the request is.
+func (p *Pool) handOut(ctx context.Context, pr *profile, is issuance, checks []limiter.Check) (Handout, []limiter.Decision, error) {
 	select {
 	case <-p.closed:
 		return Handout{}, nil, ErrClosed
 	default:
 	}
-	h, spent, err := p.getLimited(ctx, pr, requestID, who, checks)
+	h, spent, err := p.getLimited(ctx, pr, is, checks)
 	if err != nil && !errors.Is(err, limiter.ErrDenied) {
 		p.refund(spent) // nothing delivered: its quotas' sessions go back
 		return Handout{}, spent.ds, err
@@ -341,10 +348,10 @@ func (p *Pool) GetLimited(ctx context.Context, profileName, requestID string, wh
 
 // getLimited is GetLimited on pr: it returns what the request spent of
 // its quotas with the handout or the error.
-func (p *Pool) getLimited(ctx context.Context, pr *profile, requestID string, who *mint.Caller, checks []limiter.Check) (Handout, quotaSpend, error) {
+func (p *Pool) getLimited(ctx context.Context, pr *profile, is issuance, checks []limiter.Check) (Handout, quotaSpend, error) {
 	spent := quotaSpend{checks: checks}
 	if pr.Target > 0 {
-		h, taken, tag, err := p.take(ctx, pr, requestID, checks)
+		h, taken, tag, err := p.take(ctx, pr, is, checks)
 		p.refill.wake()
 		spent.ds, spent.tag = taken, tag
 		if !errors.Is(err, ErrEmpty) {
@@ -359,7 +366,7 @@ func (p *Pool) getLimited(ctx context.Context, pr *profile, requestID string, wh
 			return Handout{}, spent, fmt.Errorf("pool: %w", limiter.ErrDenied)
 		}
 	}
-	h, err := p.mintDirect(ctx, pr, who)
+	h, err := p.mintDirect(ctx, pr, is)
 	return h, spent, err
 }
 
@@ -370,7 +377,8 @@ func (p *Pool) getLimited(ctx context.Context, pr *profile, requestID string, wh
 // answered was empty. It fails only when no shard answered. spentIn is
 // the shard whose take script applied the checks (its undo record holds
 // the quotas they spent), "" when they were applied beside the takes.
-func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks []limiter.Check) (_ Handout, _ []limiter.Decision, spentIn string, _ error) {
+func (p *Pool) take(ctx context.Context, pr *profile, is issuance, checks []limiter.Check) (_ Handout, _ []limiter.Decision, spentIn string, _ error) {
+	rec := p.store.recordArgs(pr, is, SourcePool)
 	counts := countDemand | countMiss
 	if len(pr.tags) > 1 {
 		counts = countDemand
@@ -387,7 +395,7 @@ func (p *Pool) take(ctx context.Context, pr *profile, requestID string, checks [
 			c, cnt = nil, 0 // applied by an earlier shard's take
 		}
 		var taken []limiter.Decision
-		h, taken, err = p.store.takeFrom(ctx, pr.tags[i], requestID, pr.minLife, c, cnt)
+		h, taken, err = p.store.takeFrom(ctx, pr.tags[i], is.requestID, pr.minLife, c, cnt, rec)
 		if ds == nil {
 			ds = taken
 			if taken != nil && p.store.cluster == nil {
@@ -444,12 +452,15 @@ func (p *Pool) Return(h Handout) {
 	if h.Source != SourcePool || h.quota.tag != h.tag {
 		p.refund(h.quota) // else recovering the take refunds them
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	defer cancel()
+	if err := p.store.unrecord(ctx, h.record); err != nil { // a pooled one's goes with its take's recovery
+		p.log.Warn("pool: deleting the record of a handout nobody received", "profile", h.Profile, "err", err)
+	}
 	pr, ok := p.profiles[h.Profile]
 	if !ok || pr.Target == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
-	defer cancel()
 	switch h.Source {
 	case SourcePool:
 		p.metrics.returned(pr.Name)
@@ -472,16 +483,28 @@ func (p *Pool) Return(h Handout) {
 
 // mintDirect mints a credential for one request on a miss. It is never
 // pooled.
-func (p *Pool) mintDirect(ctx context.Context, pr *profile, who *mint.Caller) (Handout, error) {
-	h, err := p.mintFor(ctx, pr, pr.Minter, who)
+func (p *Pool) mintDirect(ctx context.Context, pr *profile, is issuance) (Handout, error) {
+	h, err := p.mintFor(ctx, pr, pr.Minter, is.who)
 	if err != nil {
 		return Handout{}, err
 	}
-	if err := p.countInAny(ctx, pr, "direct", 1); err != nil {
-		p.log.Warn("pool: counting a direct mint", "profile", pr.Name, "err", err)
-	}
+	p.issuedInAny(ctx, pr, "direct", p.store.recordArgs(pr, is, SourceDirect), &h)
 	p.metrics.handout(pr.Name, SourceDirect)
 	return h, nil
+}
+
+// issuedInAny counts h, minted for its request, under counter and records
+// it (rec) in a shard that answers, tried as a take tries them. Best
+// effort: the credential is minted and the caller waits for it.
+func (p *Pool) issuedInAny(ctx context.Context, pr *profile, counter string, rec []any, h *Handout) {
+	var err error
+	p.takeOrder(pr, func(i int) bool {
+		err = p.store.issued(ctx, pr.tags[i], counter, rec, h)
+		return err != nil && ctx.Err() == nil
+	})
+	if err != nil {
+		p.log.Warn("pool: counting or recording a minted handout", "profile", pr.Name, "source", string(h.Source), "err", err)
+	}
 }
 
 // countInAny adds n to a counter of pr in a shard that answers, tried as
@@ -501,7 +524,7 @@ func (p *Pool) countInAny(ctx context.Context, pr *profile, counter string, n in
 // pools it: for settings or a key that no pooled profile has. It counts
 // the mint under label in the fleet's on-demand counters (OnDemand). The
 // credential has the profile's least life left.
-func (p *Pool) MintOnce(ctx context.Context, profileName string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
+func (p *Pool) MintOnce(ctx context.Context, profileName, requestID string, m mint.Minter, who *mint.Caller, label string, checks []limiter.Check) (Handout, []limiter.Decision, error) {
 	pr, ok := p.profiles[profileName]
 	if !ok {
 		return Handout{}, nil, fmt.Errorf("%w %q", ErrUnknownProfile, profileName)
@@ -522,6 +545,9 @@ func (p *Pool) MintOnce(ctx context.Context, profileName string, m mint.Minter, 
 		return Handout{}, spent.ds, err
 	}
 	h.Source, h.quota = SourceOnDemand, spent
+	if rec := p.store.recordArgs(pr, issuance{requestID: requestID, who: who}, SourceOnDemand); rec != nil {
+		p.issuedInAny(ctx, pr, "", rec, &h)
+	}
 	if err := p.store.countOnDemand(ctx, label); err != nil {
 		p.log.Warn("pool: counting an on-demand mint", "label", label, "err", err)
 	}
@@ -574,7 +600,7 @@ func (p *Pool) mintFor(ctx context.Context, pr *profile, m mint.Minter, who *min
 	if err := checkLife(c, p.now(), pr.minLife); err != nil {
 		return Handout{}, err
 	}
-	return Handout{ID: p.newID(), Profile: pr.Name, Source: SourceDirect, Credential: c}, nil
+	return Handout{ID: p.entryID(c), Profile: pr.Name, Source: SourceDirect, Credential: c}, nil
 }
 
 // MaxLife bounds a new credential's life. Providers give minutes to hours

@@ -26,7 +26,7 @@ type refiller struct {
 	store      refillStore
 	profiles   []*profile // in name order
 	now        func() time.Time
-	newID      func() string
+	entryID    func(mint.Credential) string
 	random     func() float64 // in [0, 1): the retire jitter's draw
 	jitter     float64
 	replicaID  string
@@ -113,7 +113,7 @@ func newRefiller(p *Pool, cfg Config) *refiller {
 	r := &refiller{
 		store:       p.store,
 		now:         p.now,
-		newID:       p.newID,
+		entryID:     p.entryID,
 		random:      func() float64 { return p.random() },
 		jitter:      p.jitter,
 		replicaID:   p.replicaID,
@@ -551,7 +551,7 @@ func (r *refiller) mint(round trace.SpanContext, pr *profile, tag, resID string)
 	// already minted and paid for.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer pcancel()
-	e := parked{tag: tag, putArgs: putArgs{resID: resID, entryID: r.newID(), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}}
+	e := parked{tag: tag, putArgs: putArgs{resID: resID, entryID: r.entryID(c), retire: r.retireAt(c.ExpiresAt, pr.minLife), cred: c}}
 	var err2 error
 	if _, e.sentTo, err2 = r.store.put(pctx, tag, e.putArgs, pr.minLife); err2 != nil {
 		r.park(pr.Name, e)

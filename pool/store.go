@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/mint"
 )
@@ -34,9 +35,11 @@ type Store struct {
 	sealer   *Sealer
 	waitN    int
 	waitFor  time.Duration
-	ledger   int   // ledgerMax
-	opens    []any // body prefixes this Store can open (takeScript)
-	limits   *limiter.Limiter
+	ledger   int // ledgerMax
+	// ledgerCfg is the issuance ledger's (off: no records).
+	ledgerCfg ledger.Config
+	opens     []any // body prefixes this Store can open (takeScript)
+	limits    *limiter.Limiter
 
 	replicas replicaWatch // with waitN: which primaries have the replicas WAIT needs
 	datasets datasets     // each shard's dataset as last seen (dataset.go)
@@ -128,6 +131,10 @@ type StoreConfig struct {
 	// ids that retire soonest are dropped and counted (ledger_trimmed).
 	// default: 1,000,000 (100,000 entry ids take 13.6 MB of Redis memory)
 	LedgerMax int
+	// Ledger turns on the issuance ledger (package ledger): a record per
+	// handout. Checked by ledger.Config.WithDefaults; NewStore fills in
+	// its defaults. default: off
+	Ledger ledger.Config
 }
 
 // NewStore returns a Store on rdb, a *redis.Client or *redis.ClusterClient.
@@ -144,6 +151,9 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 	if cfg.LedgerMax <= 0 {
 		cfg.LedgerMax = 1_000_000
 	}
+	if cfg.Ledger.On() {
+		cfg.Ledger, _ = cfg.Ledger.WithDefaults()
+	}
 	opens := []any{"{"} // a plain JSON entry
 	if cfg.Sealer != nil {
 		opens = cfg.Sealer.prefixes()
@@ -152,7 +162,7 @@ func NewStore(rdb redis.UniversalClient, cfg StoreConfig) *Store {
 		rdb: rdb, prefix: cfg.KeyPrefix, claimTTL: cfg.ClaimTTL, sealer: cfg.Sealer,
 		ttlArg: strconv.AppendInt(nil, cfg.ClaimTTL.Milliseconds(), 10),
 		waitN:  cfg.WaitReplicas, waitFor: cfg.WaitTimeout, ledger: cfg.LedgerMax, opens: opens,
-		limits: limiter.New(rdb, cfg.KeyPrefix),
+		limits: limiter.New(rdb, cfg.KeyPrefix), ledgerCfg: cfg.Ledger,
 	}
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
@@ -193,6 +203,7 @@ func (n KeyNames) Minting() string { return n.k.minting() }
 func (n KeyNames) Stats() string   { return n.k.stats() }
 func (n KeyNames) Handed() string  { return n.k.handed() }
 func (n KeyNames) Prewarm() string { return n.k.prewarm() }
+func (n KeyNames) Issued() string  { return n.k.issued() }
 func (n KeyNames) Pattern() string { return n.k.base + "*" }
 
 func (k keys) ready() string          { return k.base + "ready" }
@@ -202,6 +213,7 @@ func (k keys) stats() string          { return k.base + "stats" }
 func (k keys) handed() string         { return k.base + "handed" }
 func (k keys) prewarm() string        { return k.base + "prewarm" }
 func (k keys) claim(id string) string { return k.base + "claim:" + id }
+func (k keys) issued() string         { return k.base + "issued" }
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

@@ -42,7 +42,7 @@ func (s *Store) Take(ctx context.Context, profile, claimID string, minRemaining 
 // pooled again, so a failure loses nothing. An error for which even that
 // failed matches ErrUnavailable and is an *UnrecoveredError.
 func (s *Store) TakeLimited(ctx context.Context, profile, claimID string, minRemaining time.Duration, checks []limiter.Check) (Handout, []limiter.Decision, error) {
-	return s.takeFrom(ctx, profile, claimID, minRemaining, checks, countDemand|countMiss)
+	return s.takeFrom(ctx, profile, claimID, minRemaining, checks, countDemand|countMiss, nil)
 }
 
 // What a take counts in its shard's stats, besides a handout.
@@ -67,8 +67,9 @@ func (e *limitsError) Error() string { return e.err.Error() }
 func (e *limitsError) Unwrap() error { return e.err }
 
 // takeFrom is TakeLimited on one shard of a profile (tag: its hash tag),
-// counting what counts says.
-func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int) (Handout, []limiter.Decision, error) {
+// counting what counts says, and recording the handout with rec
+// (Store.recordArgs; nil: no record).
+func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining time.Duration, checks []limiter.Check, counts int, rec []any) (Handout, []limiter.Decision, error) {
 	var decisions []limiter.Decision
 	for attempt := 0; ; attempt++ {
 		claim := claimID
@@ -79,7 +80,7 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 		}
 		c := &takeCall{
 			tag: tag, k: s.keys(tag), claim: claim, minRemaining: minRemaining, claimTTL: &sendMark{v: s.ttlArg},
-			now: s.now(), ledger: s.ledger, counts: counts, opens: s.opens,
+			now: s.now(), ledger: s.ledger, counts: counts, opens: s.opens, record: rec,
 		}
 		t, err := s.callTake(ctx, c, checks)
 		if attempt == 0 {
@@ -108,7 +109,7 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred,
 				claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch, deadline: t.deadline}, decisions, nil
 		}
-		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats()}).Err(); err != nil {
+		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats(), s.keys(tag).claim(claim)}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
 		}
 		if attempt+1 >= maxDiscards {

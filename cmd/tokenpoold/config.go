@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream"
@@ -33,9 +34,15 @@ type Config struct {
 	RedisWaitReplicas   int           // TOKENPOOL_REDIS_WAIT_REPLICAS
 	RedisWaitTimeout    time.Duration // TOKENPOOL_REDIS_WAIT_TIMEOUT
 
-	SealKeys     [][]byte      // TOKENPOOL_SEAL_KEYS
-	UpstreamRate limiter.Limit // TOKENPOOL_UPSTREAM_RATE; zero: unlimited
-	MintTimeout  time.Duration // TOKENPOOL_MINT_TIMEOUT
+	SealKeys [][]byte // TOKENPOOL_SEAL_KEYS
+	// Ledger is the issuance ledger: TOKENPOOL_LEDGER_KEY (on when set),
+	// TOKENPOOL_LEDGER_RETENTION, TOKENPOOL_LEDGER_MAX_RECORDS.
+	Ledger ledger.Config
+	// LedgerTenantClaim is TOKENPOOL_LEDGER_TENANT_CLAIM: the claim a
+	// record names as the caller's tenant (default: a tenant quota's).
+	LedgerTenantClaim string
+	UpstreamRate      limiter.Limit // TOKENPOOL_UPSTREAM_RATE; zero: unlimited
+	MintTimeout       time.Duration // TOKENPOOL_MINT_TIMEOUT
 
 	OrgaAPIKey    string // ORGA_API_KEY
 	OrgaBaseURL   string // ORGA_BASE_URL
@@ -150,6 +157,8 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		MetricsAddr:            e.metricsAddr("TOKENPOOL_METRICS_ADDR"),
 		DebugAddr:              e.debugAddr("TOKENPOOL_DEBUG_ADDR", "TOKENPOOL_DEBUG_PUBLIC"),
 		Tracing:                e.tracing(),
+		Ledger:                 e.ledger(),
+		LedgerTenantClaim:      e.str("TOKENPOOL_LEDGER_TENANT_CLAIM", ""),
 	}
 	cfg.PerIPv6Net = e.ipv6Aggregate("TOKENPOOL_RATE_PER_IPV6_AGGREGATE", cfg.PerIP)
 	if cfg.IPv6NetPrefix > cfg.IPv6Prefix {
@@ -485,6 +494,27 @@ func (e *envReader) debugAddr(name, public string) string {
 		e.fail(name, fmt.Sprintf("%q is not a loopback address: profiling data is for this host only; set %s=true to serve it there anyway", v, public))
 	}
 	return v
+}
+
+// ledger reads the issuance ledger's variables.
+func (e *envReader) ledger() ledger.Config {
+	c := ledger.Config{Key: []byte(e.str("TOKENPOOL_LEDGER_KEY", ""))}
+	if raw := e.get("TOKENPOOL_LEDGER_RETENTION"); raw != "" {
+		d, err := window(raw)
+		if err != nil {
+			e.fail("TOKENPOOL_LEDGER_RETENTION", "must be a duration such as 168h or 7d")
+		}
+		c.Retention = d
+	}
+	c.MaxRecords = e.intIn("TOKENPOOL_LEDGER_MAX_RECORDS", 0, 0, 1_000_000_000)
+	if !c.On() {
+		return c
+	}
+	c, err := c.WithDefaults()
+	if err != nil {
+		e.fail("TOKENPOOL_LEDGER_KEY", strings.TrimPrefix(err.Error(), "ledger: "))
+	}
+	return c
 }
 
 func (e *envReader) level(name string) slog.Level {

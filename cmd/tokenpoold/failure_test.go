@@ -172,9 +172,12 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 		"TOKENPOOL_API_KEYS":      "backend:" + sha256hex(apiKey),
 		// Short, so a half-open probe meets the rejected key soon.
 		"TOKENPOOL_BREAKER_COOLDOWN": "300ms",
+		"TOKENPOOL_LEDGER_KEY":       testLedgerKey,
+		"TOKENPOOL_ADMIN_KEYS":       "ops:" + sha256hex("admin-key"),
 	})
-	secrets := []string{providerKey, apiKey, testJWTSecret}
+	secrets := []string{providerKey, apiKey, testJWTSecret, testLedgerKey, "admin-key"}
 	var bodies []string
+	handed := "" // the first token handed out
 	call := func(method, path string, header ...string) {
 		req, _ := http.NewRequest(method, d.url+path, nil)
 		for i := 0; i+1 < len(header); i += 2 {
@@ -189,6 +192,9 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode == 200 {
 			secrets = append(secrets, c.EphemeralToken)
+			if handed == "" {
+				handed = c.EphemeralToken
+			}
 			return
 		}
 		b, _ := json.Marshal(c)
@@ -219,6 +225,10 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	})
 	call(http.MethodPost, "/v1/session-config", "X-API-Key", apiKey)
 	call(http.MethodGet, "/readyz")
+	// An admin looks a token handed out up in the ledger.
+	if found := lookup(t, d, handed); len(found) != 1 {
+		t.Fatalf("the lookup of a token handed out found %d records", len(found))
+	}
 
 	for _, m := range sim.Minted() {
 		secrets = append(secrets, m.Token, m.TURNCredential, m.TURNUsername)

@@ -123,8 +123,9 @@ func fullPool(tb testing.TB, rs *redistest.Server, sim *upstreamtest.Server, tar
 func TestAPooledHandoutIsOneRedisCommand(t *testing.T) {
 	rs := redistest.StartProcess(t)
 	sim := startSim(t, upstreamtest.Config{})
-	// Under a caller's quota and its tenant's, both spent in the take.
-	d := fullPool(t, rs, sim, 30, map[string]string{"TOKENPOOL_CONFIG": writeConfig(t, `
+	// Under a caller's quota and its tenant's, both spent in the take, and
+	// with the issuance ledger on: its record is written by the take too.
+	d := fullPool(t, rs, sim, 30, map[string]string{"TOKENPOOL_LEDGER_KEY": testLedgerKey, "TOKENPOOL_CONFIG": writeConfig(t, `
 quotas:
   - sessions: 1000
     per: 24h
@@ -167,6 +168,10 @@ profiles:
 		if c != "evalsha" {
 			t.Fatalf("a handout ran %q, want only the take script: %v", c, cmds)
 		}
+	}
+	recs, err := rdb.XRange(context.Background(), pool.Keys("", "default").Issued(), "-", "+").Result()
+	if err != nil || len(recs) != handouts+1 {
+		t.Fatalf("%d records (%v) of %d handouts", len(recs), err, handouts+1)
 	}
 }
 

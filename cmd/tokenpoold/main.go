@@ -33,6 +33,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenpool/tokenpool/api"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
 	"github.com/tokenpool/tokenpool/mint"
 	"github.com/tokenpool/tokenpool/pool"
@@ -48,6 +49,9 @@ func main() {
 // run is main without the process: it returns the exit code. 2 means the
 // configuration is invalid.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "ledger" {
+		return ledgerCommand(ctx, args[1:], getenv, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("tokenpoold", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	demo := fs.Bool("demo", false, "run with embedded Redis and a simulated provider; print a curl line that fetches a credential")
@@ -256,13 +260,13 @@ func (m *Main) openPool(reg *prometheus.Registry) error {
 			return fmt.Errorf("profile %q: %w", p.Name, err)
 		}
 		pp := p.Profile
-		pp.Minter = minter
+		pp.Minter, pp.ProviderName = minter, p.Provider
 		profiles = append(profiles, pp)
 	}
 	var err error
 	m.pool, err = pool.New(pool.Config{
 		Store: pool.NewStore(m.rdb, pool.StoreConfig{
-			Sealer: sealer, WaitReplicas: cfg.RedisWaitReplicas, WaitTimeout: cfg.RedisWaitTimeout,
+			Sealer: sealer, WaitReplicas: cfg.RedisWaitReplicas, WaitTimeout: cfg.RedisWaitTimeout, Ledger: cfg.Ledger,
 		}),
 		Profiles:          profiles,
 		RefillConcurrency: cfg.RefillConcurrency,
@@ -329,9 +333,13 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 		apiProfiles[p.Name] = p.ProfileInfo
 	}
 	lim := limiter.New(m.rdb, "")
+	var books api.Ledger // nil: the ledger is off
+	if cfg.Ledger.On() {
+		books = ledgerAdmin{Reader: &ledger.Reader{RDB: m.rdb, Streams: m.pool.IssuedStreams()}, key: cfg.Ledger.Key}
+	}
 	ac := api.Config{
-		Pool: m.pool, Limiter: lim, QuotaAdmin: lim,
-		Profiles: apiProfiles, DefaultProfile: ps.Default, Quotas: ps.Quotas,
+		Pool: m.pool, Limiter: lim, QuotaAdmin: lim, Ledger: books,
+		Profiles: apiProfiles, DefaultProfile: ps.Default, Quotas: ps.Quotas, TenantClaim: cfg.LedgerTenantClaim,
 		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudiences: cfg.JWTAudiences, JWTCookie: cfg.JWTCookie,
 		JWTAssumeEmailVerified: cfg.JWTAssumeEmailVerified,
 		Issuers:                cfg.Issuers,
