@@ -3,12 +3,15 @@ package pool
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/mint"
 )
 
@@ -64,4 +67,58 @@ func BenchmarkRoundTrip(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkLedgerMemory measures the Redis memory of the issuance
+// ledger's records: a million records of the shape a take writes (a
+// request id, an issuer-qualified subject, a tenant, the profile, the
+// provider, the source and the entry's fingerprint and expiry), appended
+// by the script that records minted handouts (the take's issued(), with
+// its trims), against a fresh redis-server's used_memory before. Run it
+// once: -benchtime 1x.
+func BenchmarkLedgerMemory(b *testing.B) {
+	const records = 1_000_000
+	srv := redistest.StartProcess(b)
+	rdb := srv.Client()
+	ctx := context.Background()
+	st := NewStore(rdb, StoreConfig{Ledger: ledger.Config{Key: []byte("a ledger key of 32 bytes, for the bench"), MaxRecords: 2 * records}})
+	pr := &profile{Profile: Profile{Name: "default", ProviderName: "orga"}, tags: []string{"default"}}
+	used := func() int64 {
+		b.Helper()
+		info, err := rdb.InfoMap(ctx, "memory").Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := strconv.ParseInt(info["Memory"]["used_memory"], 10, 64)
+		return n
+	}
+	if err := issuedScript.Load(ctx, rdb).Err(); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		before := used()
+		exp := time.Now().Add(10 * time.Minute)
+		k := st.keys("default")
+		for from := 0; from < records; from += 1000 {
+			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i := from; i < from+1000; i++ {
+					who := &mint.Caller{Subject: fmt.Sprintf("idp:auth0:user-%06d", i%50_000), Tenant: fmt.Sprintf("tenant-%04d", i%2000)}
+					args := append([]any{""}, st.recordArgs(pr, issuance{requestID: uuid.NewString(), who: who}, SourcePool)...)
+					id := ledger.EntryID(ledger.Fingerprint(st.ledgerCfg.Key, fmt.Sprint("token-", i)), exp)
+					p.EvalSha(ctx, issuedScript.Hash(), []string{k.stats(), k.issued()}, append(args, id)...)
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		if n, err := rdb.XLen(ctx, k.issued()).Result(); err != nil || n != records {
+			b.Fatalf("%d records (%v), want %d", n, err, records)
+		}
+		grew := used() - before
+		b.ReportMetric(float64(grew)/records, "B/record")
+		b.ReportMetric(float64(grew)/(1<<20), "MiB/million")
+	}
+	b.ReportMetric(0, "ns/op")
 }

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"slices"
 
 	"github.com/redis/go-redis/v9"
@@ -58,45 +59,80 @@ func (p *Pool) entryID(c mint.Credential) string {
 	return p.newID()
 }
 
-// issuedRef is where a minted handout's record is, for Return.
-type issuedRef struct{ tag, id string }
+// issuedRef is where a minted handout's record may be, for Return: its
+// shard, and the request whose marker names it.
+type issuedRef struct{ tag, request string }
+
+// markTTL is how long a minted handout's record marker lasts: past any
+// retry of its record call, and the Return of its credential.
+const markTTL = tombstoneTTL
+
+// issuedMark is the marker of request's record: the record's id, or "-"
+// once voided. A record call that runs twice (a retry after a lost reply)
+// writes one record.
+func (k keys) issuedMark(request string) string { return k.claim(request) + ":r" }
 
 // issuedScript counts a minted handout (ARGV[1], a stats counter; "":
-// none) and appends its record, when ARGV holds one (recordArgs, then the
-// entry id).
+// none) and appends its record, when ARGV holds one (ARGV[2], the marker's
+// TTL ms, then recordArgs, then the entry id): once per marker, and not
+// after the marker was voided.
 //
-// KEYS: stats, issued
-// Reply: the record's id, or "".
+// KEYS: stats, issued, the request's record marker
+// Reply: the record's id, "-" (voided: no record), or "" (none asked).
 var issuedScript = redis.NewScript(luaPrelude + `
+local mark = redis.call('GET', KEYS[3])
+if mark then return mark end -- a retry: counted and recorded, or voided
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
-if #ARGV < 4 then return '' end
-return issued(KEYS[2], 2, #ARGV - 1, ARGV[#ARGV], redis.call('TIME'))
+if #ARGV < 5 then return '' end
+local xid = issued(KEYS[2], 3, #ARGV - 1, ARGV[#ARGV], redis.call('TIME'))
+redis.call('SET', KEYS[3], xid, 'PX', ARGV[2])
+return xid
 `)
 
-// issued counts h, minted for its request, under counter in shard tag and
-// records it with rec (recordArgs; nil: no record).
-func (s *Store) issued(ctx context.Context, tag, counter string, rec []any, h *Handout) error {
+// voidScript voids a minted handout's record (void()).
+//
+// KEYS: issued, the request's record marker. ARGV: the marker's TTL ms.
+var voidScript = redis.NewScript(luaPrelude + `
+void(KEYS[1], KEYS[2], ARGV[1])
+return 1
+`)
+
+// issued counts h, minted for request, under counter in shard tag and
+// records it with rec (recordArgs; nil: no record). h.record says where,
+// even when the call fails: it may have run.
+func (s *Store) issued(ctx context.Context, tag, request, counter string, rec []any, h *Handout) error {
 	k := s.keys(tag)
-	args := append([]any{counter}, rec...)
+	args := []any{counter, markTTL.Milliseconds()}
+	args = append(args, rec...)
 	if rec != nil {
 		args = append(args, h.ID)
+		h.record = issuedRef{tag: tag, request: request}
 	}
-	id, err := issuedScript.Run(ctx, s.rdb, []string{k.stats(), k.issued()}, args...).Text()
+	id, err := issuedScript.Run(ctx, s.rdb, []string{k.stats(), k.issued(), k.issuedMark(request)}, args...).Text()
+	if err == nil && id == "-" {
+		err = errors.New("the record was voided") // its credential went back
+	}
 	if err != nil {
 		return storeError("record", err)
-	}
-	if id != "" {
-		h.record = issuedRef{tag: tag, id: id}
 	}
 	return nil
 }
 
-// unrecord deletes a minted handout's record: its caller never got it.
+// boolArg is a script's flag argument.
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// unrecord voids a minted handout's record: its caller never got it.
 func (s *Store) unrecord(ctx context.Context, r issuedRef) error {
-	if r.id == "" {
+	if r.request == "" {
 		return nil
 	}
-	if err := s.rdb.XDel(ctx, s.keys(r.tag).issued(), r.id).Err(); err != nil {
+	k := s.keys(r.tag)
+	if err := voidScript.Run(ctx, s.rdb, []string{k.issued(), k.issuedMark(r.request)}, markTTL.Milliseconds()).Err(); err != nil {
 		return storeError("unrecord", err)
 	}
 	return nil

@@ -66,6 +66,16 @@ local function unrecord(claim_key)
   redis.call('SET', undo_key(claim_key), cjson.encode(u), 'KEEPTTL')
 end
 
+-- void deletes the record a minted handout's marker names, once: its
+-- credential goes back to the pool (or is dropped), not to its caller. The
+-- marker keeps "-" for ttl ms, so a record call that reaches Redis only
+-- now writes nothing.
+local function void(stream, marker, ttl)
+  local x = redis.call('GET', marker)
+  if x and x ~= '-' then redis.call('XDEL', stream, x) end
+  redis.call('SET', marker, '-', 'PX', ttl)
+end
+
 -- issued appends the issuance record of entry id to stream: the fields
 -- ARGV[from .. to] hold after the bound and the retention, then the id.
 -- The stream keeps at most about ARGV[from] records and none older than
@@ -532,9 +542,15 @@ return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, 
 // another replica handed it out: it is refused and counted
 // (stale_replays). A first send goes to whatever dataset is there.
 //
-// KEYS: ready, entries, minting, stats, handed
+// A credential minted for a request that goes back (its caller gone, or
+// its record not confirmed) voids that request's issuance record in the
+// same call, whatever the put does with it.
+//
+// KEYS: ready, entries, minting, stats, handed, issued, the request's
+// record marker
 // ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms
-// (0: TIME), epoch, 1 if an earlier send may have run (else 0)
+// (0: TIME), epoch, 1 if an earlier send may have run (else 0), 1 to void
+// the record (else 0), the marker's TTL ms
 // Reply: 1 pooled, 0 wasted (already unusable, or no room) or already
 // handed out, 2 refused: its dataset is gone.
 var putScript = redis.NewScript(putSource)
@@ -542,6 +558,7 @@ var putScript = redis.NewScript(putSource)
 // putSource is putScript's source: put sends it with EVAL when Redis
 // lacks the script.
 var putSource = luaPrelude + `
+if ARGV[9] == '1' then void(KEYS[6], KEYS[7], ARGV[10]) end
 if ARGV[8] == '1' and redis.call('HGET', KEYS[4], 'epoch') ~= ARGV[7]
     and not redis.call('ZSCORE', KEYS[5], ARGV[2]) and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
   redis.call('HINCRBY', KEYS[4], 'stale_replays', 1)

@@ -454,10 +454,14 @@ func (p *Pool) Return(h Handout) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	defer cancel()
-	if err := p.store.unrecord(ctx, h.record); err != nil { // a pooled one's goes with its take's recovery
-		p.log.Warn("pool: deleting the record of a handout nobody received", "profile", h.Profile, "err", err)
-	}
 	pr, ok := p.profiles[h.Profile]
+	if h.Source == SourceOnDemand || h.Source == SourceDirect && (!ok || pr.Target == 0) {
+		// Not pooled: void its record here (a pooled one's goes with its
+		// take's recovery, a direct one's with its put).
+		if err := p.store.unrecord(ctx, h.record); err != nil {
+			p.log.Warn("pool: voiding the record of a handout nobody received", "profile", h.Profile, "err", err)
+		}
+	}
 	if !ok || pr.Target == 0 {
 		return
 	}
@@ -473,7 +477,10 @@ func (p *Pool) Return(h Handout) {
 	case SourceDirect:
 		p.metrics.returned(pr.Name)
 		e := parked{tag: pr.tags[rand.N(len(pr.tags))],
-			putArgs: putArgs{entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential}}
+			putArgs: putArgs{entryID: h.ID, retire: p.refill.retireAt(h.ExpiresAt, pr.minLife), cred: h.Credential, void: h.record.request}}
+		if h.record.request != "" {
+			e.tag = h.record.tag // where its record is, which the put voids
+		}
 		var err error
 		if _, e.sentTo, err = p.store.put(ctx, e.tag, e.putArgs, pr.minLife); err != nil {
 			p.refill.park(pr.Name, e)
@@ -488,23 +495,35 @@ func (p *Pool) mintDirect(ctx context.Context, pr *profile, is issuance) (Handou
 	if err != nil {
 		return Handout{}, err
 	}
-	p.issuedInAny(ctx, pr, "direct", p.store.recordArgs(pr, is, SourceDirect), &h)
+	if err := p.issuedInAny(ctx, pr, is.requestID, "direct", p.store.recordArgs(pr, is, SourceDirect), &h); err != nil {
+		p.Return(h) // pooled for the next caller, who gets a record
+		return Handout{}, err
+	}
 	p.metrics.handout(pr.Name, SourceDirect)
 	return h, nil
 }
 
 // issuedInAny counts h, minted for its request, under counter and records
-// it (rec) in a shard that answers, tried as a take tries them. Best
-// effort: the credential is minted and the caller waits for it.
-func (p *Pool) issuedInAny(ctx context.Context, pr *profile, counter string, rec []any, h *Handout) {
+// it (rec) in a shard that answers, tried as a take tries them. Without
+// the ledger, counting is best effort: the credential is minted and the
+// caller waits for it. With it, a handout no record names must not go
+// out: the error says so, and matches ErrUnavailable.
+func (p *Pool) issuedInAny(ctx context.Context, pr *profile, request, counter string, rec []any, h *Handout) error {
 	var err error
 	p.takeOrder(pr, func(i int) bool {
-		err = p.store.issued(ctx, pr.tags[i], counter, rec, h)
-		return err != nil && ctx.Err() == nil
+		err = p.store.issued(ctx, pr.tags[i], request, counter, rec, h)
+		// A record is tried in one shard only: a call that failed may
+		// have run, and its marker is that shard's.
+		return err != nil && ctx.Err() == nil && rec == nil
 	})
-	if err != nil {
-		p.log.Warn("pool: counting or recording a minted handout", "profile", pr.Name, "source", string(h.Source), "err", err)
+	if err == nil {
+		return nil
 	}
+	p.log.Warn("pool: counting or recording a minted handout", "profile", pr.Name, "source", string(h.Source), "err", err)
+	if rec == nil {
+		return nil
+	}
+	return &mint.UnavailableError{Err: fmt.Errorf("%w: the ledger could not record the handout: %w", ErrUnavailable, err), RetryAfter: time.Second}
 }
 
 // countInAny adds n to a counter of pr in a shard that answers, tried as
@@ -546,7 +565,11 @@ func (p *Pool) MintOnce(ctx context.Context, profileName, requestID string, m mi
 	}
 	h.Source, h.quota = SourceOnDemand, spent
 	if rec := p.store.recordArgs(pr, issuance{requestID: requestID, who: who}, SourceOnDemand); rec != nil {
-		p.issuedInAny(ctx, pr, "", rec, &h)
+		if err := p.issuedInAny(ctx, pr, requestID, "", rec, &h); err != nil {
+			p.refund(spent)                     // the credential can't be pooled: it goes unused
+			_ = p.store.unrecord(ctx, h.record) // best effort: a record of a credential nobody got errs on the safe side
+			return Handout{}, spent.ds, err
+		}
 	}
 	if err := p.store.countOnDemand(ctx, label); err != nil {
 		p.log.Warn("pool: counting an on-demand mint", "label", label, "err", err)

@@ -626,8 +626,8 @@ func (r *refiller) putAnywhere(pr *profile, e *parked, sr *shardRound) bool {
 	own := max(shardIndex(pr, e.tag), 0)
 	n := len(pr.tags)
 	for k := range n {
-		if k > 0 && e.sentTo != "" {
-			return false
+		if k > 0 && (e.sentTo != "" || e.void != "") {
+			return false // or its record, which only its own shard's put voids, would stay
 		}
 		i := (own + k) % n
 		if !r.store.seen(pr.tags[i]) {

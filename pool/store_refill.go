@@ -101,6 +101,9 @@ type putArgs struct {
 	retire  time.Time
 	cred    mint.Credential
 	sentTo  string // the epoch an earlier send went to, if it may have run; "": none
+	// void names the request whose issuance record the put voids: a
+	// credential minted for it that goes back. "": none.
+	void string
 }
 
 // resendMark is the put's "an earlier send may have run" argument: "1"
@@ -149,8 +152,9 @@ func (s *Store) put(ctx context.Context, tag string, a putArgs, minRemaining tim
 	}
 	mark := &resendMark{first: a.sentTo == ""}
 	k := s.keys(tag)
-	keys := []string{k.ready(), k.entries(), k.minting(), k.stats(), k.handed()}
-	args := []any{a.resID, a.entryID, a.retire.UnixMilli(), body, minRemaining.Milliseconds(), s.now(), epoch, mark}
+	keys := []string{k.ready(), k.entries(), k.minting(), k.stats(), k.handed(), k.issued(), k.issuedMark(a.void)}
+	args := []any{a.resID, a.entryID, a.retire.UnixMilli(), body, minRemaining.Milliseconds(), s.now(), epoch, mark,
+		boolArg(a.void != ""), markTTL.Milliseconds()}
 	n, err := s.rdb.EvalSha(ctx, putScript.Hash(), keys, args...).Int64()
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		mark.notRun()

@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/pool"
 )
 
@@ -47,6 +50,28 @@ type report struct {
 	prevented   int64 // ids popped again after being handed out, dropped (duplicates_prevented)
 	orphaned    int64 // ids pooled without a body
 	perReplica  []replicaReport
+	ledger      ledgerReport
+}
+
+// ledgerReport is the issuance ledger's accounting: one record per
+// credential delivered, naming its caller, and none for anything else but
+// takes never answered.
+type ledgerReport struct {
+	records     int64 // in the ledger at the end and in the wiped datasets
+	named       int64 // credentials delivered whose one record names their caller
+	missing     int64 // credentials delivered that no record names
+	twice       int64 // records beyond the first of one credential
+	wrongCaller int64 // records of a credential naming another caller than the one that received it
+	undelivered int64 // records of credentials no caller received
+	looked      int64 // credentials delivered looked up (ledger.Reader.Lookup, as the admin route does)
+	lookupMiss  int64 // of those, found without their one record naming their caller
+}
+
+// holds reports whether the ledger's promise held: every credential
+// delivered has exactly one record, naming its caller, and the records of
+// credentials nobody received are at most the takes never answered.
+func (l ledgerReport) holds(unanswered int64) bool {
+	return l.missing == 0 && l.twice == 0 && l.wrongCaller == 0 && l.lookupMiss == 0 && l.undelivered <= max(unanswered, 0)
 }
 
 // replicaReport is what one replica's simulator minted, and where it went.
@@ -92,7 +117,7 @@ func (r *report) killBound() int64 {
 func (r *report) holds() bool {
 	cut := r.unanswered - r.lost
 	return r.duplicates == 0 && r.forged == 0 && r.statuses[-1] == 0 && r.resurrected == 0 &&
-		cut <= r.atKill && r.unaccounted() >= -r.stale && r.unaccounted() <= r.killBound()
+		cut <= r.atKill && r.unaccounted() >= -r.stale && r.unaccounted() <= r.killBound() && r.ledger.holds(r.unanswered)
 }
 
 // settle stops the replicas gracefully (they drain and pool what they
@@ -111,7 +136,11 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	if err != nil {
 		return nil, err
 	}
-	store := pool.NewStore(rdb, pool.StoreConfig{Sealer: sealer})
+	records, err := rdb.XRange(ctx, ledgerKey, "-", "+").Result()
+	if err != nil {
+		return nil, err
+	}
+	store := pool.NewStore(rdb, pool.StoreConfig{Sealer: sealer}) // no ledger: draining records nothing
 	drained := map[string]bool{}
 	for i := 0; ; i++ {
 		h, err := store.Take(ctx, "default", "chaos-drain-"+strconv.Itoa(i), 0)
@@ -204,7 +233,60 @@ func settle(ctx context.Context, w *world, acc *accounts, got *received) (*repor
 	// Every take the pool counted as handed out reached a caller, or was
 	// drained here, or was never answered: lost, or cut by a kill -9.
 	r.unanswered = sum("handed_out") - got.fromPool - r.pooled
-	return r, nil
+	r.ledger, err = accountLedger(ctx, rdb, append(acc.records, records...), got)
+	return r, err
+}
+
+// accountLedger matches the ledger's records with the credentials callers
+// received, by fingerprint.
+func accountLedger(ctx context.Context, rdb redis.UniversalClient, msgs []redis.XMessage, got *received) (ledgerReport, error) {
+	key := []byte(ledgerKeyOfRun)
+	l := ledgerReport{records: int64(len(msgs))}
+	byFP := map[string][]ledger.Record{}
+	for _, m := range msgs {
+		rec := ledger.FromStream(ledgerKey, m.ID, m.Values)
+		byFP[rec.Fingerprint] = append(byFP[rec.Fingerprint], rec)
+	}
+	delivered := map[string]bool{}
+	var sample []string
+	for tok := range got.tokens {
+		fp := ledger.Fingerprint(key, tok)
+		delivered[fp] = true
+		recs := byFP[fp]
+		switch {
+		case len(recs) == 0:
+			l.missing++
+			continue
+		case len(recs) > 1:
+			l.twice += int64(len(recs) - 1)
+		}
+		if recs[0].Subject != got.subjects[tok] {
+			l.wrongCaller++
+			continue
+		}
+		l.named++
+		if len(sample) < 20 {
+			sample = append(sample, tok)
+		}
+	}
+	for fp, recs := range byFP {
+		if !delivered[fp] {
+			l.undelivered += int64(len(recs))
+		}
+	}
+	// The admin route's lookup, on the records still in Redis.
+	reader := &ledger.Reader{RDB: rdb, Streams: []string{ledgerKey}}
+	for _, tok := range sample {
+		found, err := reader.Lookup(ctx, key, tok)
+		if err != nil {
+			return l, err
+		}
+		l.looked++
+		if len(found) > 1 || len(found) == 1 && found[0].Subject != got.subjects[tok] {
+			l.lookupMiss++
+		}
+	}
+	return l, nil
 }
 
 // print writes the report as Markdown.
@@ -253,6 +335,23 @@ func (r *report) print(out io.Writer) {
 		"%d handouts no Redis replica acknowledged in time (`unreplicated`), "+
 		"%d requests got no answer (%d of them cut by a kill -9); other answers by status (-1: a 200 without a credential): %v.\n",
 		r.delayed, r.returned, r.direct, r.lapsed, r.wipedRes, r.prevented, r.orphaned, r.unrepl, r.transport, r.atKill, r.statuses)
+	l := r.ledger
+	fmt.Fprintf(out, "\n| the issuance ledger | count |\n|---|---|\n")
+	for _, row := range []struct {
+		name string
+		n    int64
+	}{
+		{"records (those of wiped datasets included)", l.records},
+		{"credentials delivered whose one record names their caller", l.named},
+		{"**credentials delivered without a record**", l.missing},
+		{"**records beyond one per credential**", l.twice},
+		{"**records naming another caller**", l.wrongCaller},
+		{"records of credentials nobody received (at most the takes never answered)", l.undelivered},
+		{"credentials looked up as the admin route does", l.looked},
+		{"**of those, not found with their caller**", l.lookupMiss},
+	} {
+		fmt.Fprintf(out, "| %s | %d |\n", row.name, row.n)
+	}
 	verdict := "The promise held."
 	if !r.holds() {
 		verdict = "The promise did NOT hold."

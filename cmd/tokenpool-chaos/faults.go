@@ -23,6 +23,7 @@ const (
 	statsKey   = "tp:{default}:stats"
 	entriesKey = "tp:{default}:e"
 	mintingKey = "tp:{default}:minting"
+	ledgerKey  = "tp:{default}:issued" // the issuance ledger's stream
 )
 
 // fault is one kind of failure the run injects. run returns once the
@@ -41,6 +42,7 @@ type accounts struct {
 	epochs   []map[string]int64 // each wiped dataset's stats counters
 	wiped    map[string]bool    // tokens pooled in a wiped dataset
 	wipedRes int64              // mint reservations held in a wiped dataset
+	records  []redis.XMessage   // the ledger's records in each wiped dataset
 	kills    []kill
 	crashes  []time.Time // kills -9 of the primary Redis, failed over
 	delayed  int64       // takes' replies the delayTakes faults held back
@@ -150,15 +152,17 @@ func restartRedis(wipe bool) func(context.Context, *world, *accounts) error {
 			}
 			var stats, entries *redis.MapStringStringCmd
 			var held *redis.IntCmd
+			var recs *redis.XMessageSliceCmd
 			_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 				stats, entries, held = p.HGetAll(ctx, statsKey), p.HGetAll(ctx, entriesKey), p.ZCard(ctx, mintingKey)
+				recs = p.XRange(ctx, ledgerKey, "-", "+")
 				return nil
 			})
 			c.Close()
 			if err != nil {
 				return err
 			}
-			if err := a.wipedDataset(w, stats.Val(), entries.Val(), held.Val()); err != nil {
+			if err := a.wipedDataset(w, stats.Val(), entries.Val(), held.Val(), recs.Val()); err != nil {
 				return err
 			}
 		}
@@ -276,8 +280,10 @@ func wipeRedis(ctx context.Context, w *world, a *accounts) error {
 	defer c.Close()
 	var stats, entries *redis.MapStringStringCmd
 	var held *redis.IntCmd
+	var recs *redis.XMessageSliceCmd
 	_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		stats, entries, held = p.HGetAll(ctx, statsKey), p.HGetAll(ctx, entriesKey), p.ZCard(ctx, mintingKey)
+		recs = p.XRange(ctx, ledgerKey, "-", "+")
 		p.FlushAll(ctx)
 		p.Do(ctx, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
 		return nil
@@ -285,12 +291,13 @@ func wipeRedis(ctx context.Context, w *world, a *accounts) error {
 	if err != nil {
 		return err
 	}
-	return a.wipedDataset(w, stats.Val(), entries.Val(), held.Val())
+	return a.wipedDataset(w, stats.Val(), entries.Val(), held.Val(), recs.Val())
 }
 
 // wipedDataset records a dataset about to be thrown away: its counters,
-// the tokens pooled in it, and the reservations it held.
-func (a *accounts) wipedDataset(w *world, stats, entries map[string]string, held int64) error {
+// the tokens pooled in it, the reservations it held and its ledger's
+// records.
+func (a *accounts) wipedDataset(w *world, stats, entries map[string]string, held int64, records []redis.XMessage) error {
 	w.mu.Lock()
 	sealer, err := pool.NewSealer(w.keys)
 	w.mu.Unlock()
@@ -311,6 +318,7 @@ func (a *accounts) wipedDataset(w *world, stats, entries map[string]string, held
 	}
 	a.epochs = append(a.epochs, counters(stats))
 	a.wipedRes += held
+	a.records = append(a.records, records...)
 	return nil
 }
 

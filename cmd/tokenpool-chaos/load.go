@@ -19,9 +19,10 @@ import (
 // times it was handed to a caller, by source.
 type received struct {
 	mu       sync.Mutex
-	tokens   map[string]int // token -> times received
-	fromPool int64          // answers with X-Credential-Source: pool
-	statuses map[int]int64  // answers other than 200, by status
+	tokens   map[string]int    // token -> times received
+	subjects map[string]string // token -> the caller's subject
+	fromPool int64             // answers with X-Credential-Source: pool
+	statuses map[int]int64     // answers other than 200, by status
 
 	handouts  atomic.Int64 // 200 answers
 	transport atomic.Int64 // requests that got no answer
@@ -29,7 +30,7 @@ type received struct {
 }
 
 func newReceived() *received {
-	return &received{tokens: map[string]int{}, statuses: map[int]int64{}}
+	return &received{tokens: map[string]int{}, subjects: map[string]string{}, statuses: map[int]int64{}}
 }
 
 // callers drive handouts through every replica of w.
@@ -74,7 +75,7 @@ func (c *callers) caller(ctx context.Context, i int) {
 			}
 		}
 		r := c.w.replicas[k%len(c.w.replicas)]
-		if !c.once(client, r, bearer) {
+		if !c.once(client, r, bearer, "user:chaos-"+strconv.Itoa(i)) {
 			pause(ctx, 20*time.Millisecond)
 		}
 	}
@@ -82,7 +83,7 @@ func (c *callers) caller(ctx context.Context, i int) {
 
 // once asks r for one credential and records the answer. It reports
 // whether the caller may go on at once.
-func (c *callers) once(client *http.Client, r *replica, bearer string) bool {
+func (c *callers) once(client *http.Client, r *replica, bearer, subject string) bool {
 	req, _ := http.NewRequest(http.MethodPost, r.url+"/v1/session-config", nil)
 	req.Header.Set("Authorization", "Bearer "+bearer)
 	r.inFlight.Add(1)
@@ -123,6 +124,7 @@ func (c *callers) once(client *http.Client, r *replica, bearer string) bool {
 	c.got.handouts.Add(1)
 	c.got.mu.Lock()
 	c.got.tokens[a.EphemeralToken]++
+	c.got.subjects[a.EphemeralToken] = subject
 	if resp.Header.Get("X-Credential-Source") == "pool" {
 		c.got.fromPool++
 	}

@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.soak, "soak", 0, "run the soak for this long instead: no faults, steady -rate")
 	fs.Float64Var(&o.rate, "rate", 200, "handouts per second during the soak")
 	fs.DurationVar(&o.sample, "sample", time.Minute, "how often the soak samples the processes")
-	fs.StringVar(&o.inject, "inject", "", "run daemons with this bug injected (leave-pooled, drop-take, drop-recovery; built with -tags chaosbug): the run must fail")
+	fs.StringVar(&o.inject, "inject", "", "run daemons with this bug injected (leave-pooled, drop-take, drop-recovery, skip-record; built with -tags chaosbug): the run must fail")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

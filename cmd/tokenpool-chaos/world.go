@@ -357,6 +357,10 @@ func (w *world) sentinelClient() *redis.SentinelClient {
 	return redis.NewSentinelClient(&redis.Options{Addr: w.sentinelAddr, MaxRetries: -1, DialTimeout: time.Second})
 }
 
+// ledgerKeyOfRun is the replicas' TOKENPOOL_LEDGER_KEY: the run checks
+// that the ledger names every credential delivered, once.
+const ledgerKeyOfRun = "the chaos run's ledger key, 32 bytes"
+
 // env is a replica's environment.
 func (w *world) env(r *replica) []string {
 	sum := sha256.Sum256([]byte(w.adminKey))
@@ -370,6 +374,7 @@ func (w *world) env(r *replica) []string {
 		"TOKENPOOL_ADMIN_KEYS=chaos:" + hex.EncodeToString(sum[:]),
 		"TOKENPOOL_RATE_PER_USER=100000000/m", "TOKENPOOL_RATE_PER_IP=100000000/m",
 		"TOKENPOOL_SEAL_KEYS=" + r.sealKeys,
+		"TOKENPOOL_LEDGER_KEY=" + ledgerKeyOfRun,
 		"TOKENPOOL_LOG_LEVEL=warn",
 	}
 	return append(env, w.cfg.Env...)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/tokenpool/tokenpool/internal/poll"
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/pool"
 	"github.com/tokenpool/tokenpool/upstream/upstreamtest"
 )
 
@@ -179,4 +181,59 @@ func closedLoop(b *testing.B, url, body, bearer string, callers, n int) time.Dur
 		b.Fatalf("%s: %d of %d requests failed", url, f, n)
 	}
 	return elapsed
+}
+
+// BenchmarkLedgerCost compares, in one run, the pooled handouts per
+// second of a daemon with the issuance ledger on with one with it off:
+// two daemons on one Redis sharing one full pool whose refillers are
+// stopped, 16 callers in a closed loop on POST /v1/credentials, the two
+// in alternating rounds of 100 handouts (as BenchmarkCredentialsRoute).
+// Run it once per count: -benchtime 1x.
+func BenchmarkLedgerCost(b *testing.B) {
+	const (
+		rounds   = 40
+		perRound = 100
+		callers  = 16
+	)
+	rs := redistest.New(b)
+	sim := startSim(b, upstreamtest.Config{})
+	target := strconv.Itoa(2*rounds*perRound + 100)
+	on := fullPool(b, rs, sim, 2*rounds*perRound+100, map[string]string{"TOKENPOOL_LEDGER_KEY": testLedgerKey})
+	off := startDaemon(b, rs, sim, map[string]string{"TOKENPOOL_POOL_TARGET": target, "TOKENPOOL_POOL_MAX": target})
+	if err := off.pool.Drain(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	bearer := callerJWT(b, "bench")
+	daemons := []*daemon{off, on}
+	took := make([]time.Duration, 2)
+	var ratios []float64 // per round: on's handouts/s over off's
+	for b.Loop() {
+		for r := range rounds {
+			order := []int{0, 1}
+			if r%2 == 1 {
+				order = []int{1, 0}
+			}
+			var round [2]time.Duration
+			for _, i := range order {
+				round[i] = closedLoop(b, daemons[i].url+"/v1/credentials", `{"profile":"default"}`, bearer, callers, perRound)
+				took[i] += round[i]
+			}
+			ratios = append(ratios, float64(round[0])/float64(round[1]))
+		}
+	}
+	b.StopTimer()
+	ctx := context.Background()
+	if st, _ := on.pool.Stats(ctx, "default"); st.Direct != 0 {
+		b.Fatalf("%d handouts missed the pool", st.Direct)
+	}
+	if n, err := rs.Client().XLen(ctx, pool.Keys("", "default").Issued()).Result(); err != nil || n != rounds*perRound {
+		b.Fatalf("%d records (%v) of the ledger daemon's %d handouts", n, err, rounds*perRound)
+	}
+	rate := func(i int) float64 { return float64(rounds*perRound) / took[i].Seconds() }
+	sort.Float64s(ratios)
+	b.ReportMetric(rate(0), "off-handouts/s")
+	b.ReportMetric(rate(1), "on-handouts/s")
+	b.ReportMetric(rate(1)/rate(0), "on/off")
+	b.ReportMetric(ratios[len(ratios)/2], "median-round-ratio")
+	b.ReportMetric(0, "ns/op")
 }
