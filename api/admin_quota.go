@@ -58,9 +58,9 @@ func (s *Server) getUsage(c *gin.Context) {
 	}
 	var window time.Duration
 	if raw := c.Query("window"); raw != "" {
-		d, err := time.ParseDuration(raw)
-		if err != nil || d <= 0 {
-			s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, "window: want a quota's window, such as 24h"))
+		d, err := ParseWindow(raw)
+		if err != nil {
+			s.fail(c, errorf(http.StatusBadRequest, codeBadRequest, "window: %v", err))
 			return
 		}
 		window = d
@@ -89,7 +89,7 @@ func (s *Server) getUsage(c *gin.Context) {
 				continue
 			}
 			r := usageRow{Quota: q.Name, Profile: q.Scope, Sessions: u.Used, Limit: q.Sessions,
-				Remaining: max(q.Sessions-u.Used, 0), Window: q.Per.String(), Resets: u.Resets.UTC(), Exhausted: u.Used >= q.Sessions}
+				Remaining: max(q.Sessions-u.Used, 0), Window: windowString(q.Per), Resets: u.Resets.UTC(), Exhausted: u.Used >= q.Sessions}
 			who := u.Key[len(prefix):]
 			if q.By == "" {
 				r.Subject = who

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,43 @@ type Quota struct {
 	When map[string][]string
 	// Scope is the profile the quota belongs to, or QuotaDefault.
 	Scope string
+}
+
+// maxQuotaWindow bounds a quota's window.
+const maxQuotaWindow = 366 * 24 * time.Hour
+
+// ParseWindow reads a quota's window: a Go duration ("24h", "30m") or
+// whole days ("7d"), from 1s to 366 days, in whole seconds.
+func ParseWindow(raw string) (time.Duration, error) {
+	var (
+		d   time.Duration
+		err error
+	)
+	if days, ok := strings.CutSuffix(raw, "d"); ok {
+		var n int
+		n, err = strconv.Atoi(days)
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(raw)
+	}
+	if err != nil || d < time.Second || d > maxQuotaWindow || d%time.Second != 0 {
+		return 0, fmt.Errorf("want a window such as 1h, 24h or 7d (whole seconds, 1s to 366d), got %q", raw)
+	}
+	return d, nil
+}
+
+// windowString writes a window as ParseWindow reads it, shortest first:
+// "7d", "24h" stays "24h", "90m", "45s".
+func windowString(d time.Duration) string {
+	switch {
+	case d%(24*time.Hour) == 0 && d > 24*time.Hour:
+		return strconv.Itoa(int(d/(24*time.Hour))) + "d"
+	case d%time.Hour == 0:
+		return strconv.Itoa(int(d/time.Hour)) + "h"
+	case d%time.Minute == 0:
+		return strconv.Itoa(int(d/time.Minute)) + "m"
+	}
+	return strconv.Itoa(int(d/time.Second)) + "s"
 }
 
 // QuotaDefault scopes the daemon's default quotas.

@@ -49,18 +49,28 @@ type Check struct {
 // allow; an allowed quota reports its window's end (ms) instead of a
 // retry time.
 const LuaGCRA = `
+-- A quota's key holds "<count> <window end ms>": a count of an earlier
+-- window (a key not expired yet) counts as 0.
+local function quota_count(key, window)
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  local c, w = string.match(v, '^(%d+) (%d+)$')
+  if tonumber(w) ~= window then return 0 end
+  return tonumber(c)
+end
+
 local function quotas(kb, ab, q, n, peek, t, out)
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local counts, ends = {}, {}
   for i = q, n do
     local limit, period = tonumber(ARGV[ab + 3*i - 1]), math.floor(tonumber(ARGV[ab + 3*i]) * 1000)
     ends[i] = (math.floor(now / period) + 1) * period
-    counts[i] = tonumber(redis.call('GET', KEYS[kb + i])) or 0
+    counts[i] = quota_count(KEYS[kb + i], ends[i])
     if not peek and counts[i] >= limit then
-      for j = q, i - 1 do -- reached, not spent
+      for j = q, i - 1 do -- reached, not spent: no window to refund
         table.insert(out, 1)
         table.insert(out, tonumber(ARGV[ab + 3*j - 1]) - counts[j])
-        table.insert(out, string.format('%d', ends[j]))
+        table.insert(out, '0')
         table.insert(out, tostring((ends[j] - now) / 1000))
       end
       table.insert(out, 0)
@@ -74,7 +84,8 @@ local function quotas(kb, ab, q, n, peek, t, out)
     local limit = tonumber(ARGV[ab + 3*i - 1])
     if not peek then
       counts[i] = counts[i] + 1
-      redis.call('SET', KEYS[kb + i], counts[i], 'PXAT', string.format('%d', ends[i]))
+      local w = string.format('%d', ends[i])
+      redis.call('SET', KEYS[kb + i], string.format('%d', counts[i]) .. ' ' .. w, 'PXAT', w)
     end
     table.insert(out, 1)
     table.insert(out, math.max(limit - counts[i], 0))
@@ -291,6 +302,7 @@ func (l *Limiter) AllowAtOnce(ctx context.Context, checks []Check) ([]Decision, 
 		// together or not at all; a rate only past the cut.
 		if checks[j].Quota {
 			_ = l.RefundQuota(rctx, checks[j], ds[j].Window)
+			ds[j].Window = 0 // given back: a later refund of ds must not give it again
 		} else {
 			_ = l.Refund(rctx, checks[j])
 		}
@@ -346,7 +358,7 @@ func (l *Limiter) RefundQuota(ctx context.Context, c Check, window int64) error 
 func (l *Limiter) RefundQuotas(ctx context.Context, checks []Check, ds []Decision) error {
 	var first error
 	for i, d := range ds {
-		if i < len(checks) && d.Quota && d.Allowed {
+		if i < len(checks) && d.Quota && d.Allowed && d.Window > 0 {
 			if err := l.RefundQuota(ctx, checks[i], d.Window); err != nil && first == nil {
 				first = err
 			}
@@ -356,12 +368,20 @@ func (l *Limiter) RefundQuotas(ctx context.Context, checks []Check, ds []Decisio
 }
 
 // LuaRefundQuota defines refund_quota(key, window) for scripts that undo
-// a take: the count in key goes down by one if key is still the window
-// ending at window (ms), and the key goes when it reaches 0.
+// a take: the count in key goes down by one if key still counts the
+// window ending at window (ms), and the key goes when it reaches 0.
 const LuaRefundQuota = `
 local function refund_quota(key, window)
-  if redis.call('PEXPIRETIME', key) ~= tonumber(window) then return 0 end
-  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  local c, w = string.match(v, '^(%d+) (%d+)$')
+  if not w or w ~= window or tonumber(window) <= 0 then return 0 end
+  c = tonumber(c) - 1
+  if c <= 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, string.format('%d', c) .. ' ' .. w, 'KEEPTTL')
+  end
   return 1
 end
 `

@@ -88,8 +88,9 @@ type Decision struct {
 	// ResetAfter is how long until the full burst is available again.
 	ResetAfter time.Duration
 	// Quota marks a quota's decision (Check.Quota). Window is, when it
-	// allowed, the end of the window it spent in (ms by its key's Redis
-	// clock), which RefundQuota names.
+	// allowed and spent, the end of the window it spent in (ms by its
+	// key's Redis clock), which RefundQuota names; 0 when nothing is left
+	// to refund.
 	Quota  bool
 	Window int64
 }

@@ -2,9 +2,15 @@ package limiter
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
 )
@@ -48,6 +54,21 @@ func allowConcurrently(t *testing.T, l *Limiter, calls int, checks []Check) int 
 	return allowed
 }
 
+// spent is the count q's key holds ("<count> <window end>").
+func spent(t *testing.T, rdb redis.UniversalClient, l *Limiter, q Check) int {
+	t.Helper()
+	v, err := rdb.Get(context.Background(), l.key(q)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, _ := strings.Cut(v, " ")
+	n, err := strconv.Atoi(c)
+	if err != nil {
+		t.Fatalf("quota key %s holds %q", l.key(q), v)
+	}
+	return n
+}
+
 func TestAQuotaAllowsExactlyNPerWindow(t *testing.T) {
 	srv := redistest.New(t)
 	l := New(srv.Client(), srv.Prefix)
@@ -89,11 +110,23 @@ func TestQuotasAreSpentTogetherOrNotAtAll(t *testing.T) {
 			// Either way, a refused call spent neither: each quota counts
 			// the calls allowed.
 			for _, q := range []Check{user, org} {
-				if n, err := rdb.Get(ctx, l.key(q)).Int(); err != nil || n != got {
-					t.Fatalf("%s counts %d (%v), want the %d allowed", q.Key, n, err, got)
+				if n := spent(t, rdb, l, q); n != got {
+					t.Fatalf("%s counts %d, want the %d allowed", q.Key, n, got)
 				}
 			}
-			ds, err := l.AllowAll(ctx, []Check{user})
+			// A refusal's decisions refund nothing more: the user's
+			// session a Cluster gave back at once is not given back twice.
+			ds, err := l.AllowAll(ctx, checks)
+			if err != nil || Allowed(checks, ds) {
+				t.Fatalf("past the org's quota: %+v %v", ds, err)
+			}
+			if err := l.RefundQuotas(ctx, checks, ds); err != nil {
+				t.Fatal(err)
+			}
+			if n := spent(t, rdb, l, user); n != got {
+				t.Fatalf("after a refusal and its refund the user's quota counts %d, want %d", n, got)
+			}
+			ds, err = l.AllowAll(ctx, []Check{user})
 			if err != nil || !ds[0].Allowed || ds[0].Remaining != 10-got-1 {
 				t.Fatalf("the user's own quota after: %+v %v, want allowed with %d left", ds, err, 10-got-1)
 			}
@@ -102,9 +135,22 @@ func TestQuotasAreSpentTogetherOrNotAtAll(t *testing.T) {
 }
 
 func TestARefundFreesOnlyTheWindowItSpentIn(t *testing.T) {
-	srv := redistest.New(t)
-	rdb := srv.Client()
-	l := New(rdb, srv.Prefix)
+	// The embedded Redis too: its clock moves only when the daemon moves
+	// it, and a refund must not depend on it.
+	for _, embedded := range []bool{false, true} {
+		t.Run(fmt.Sprint("embedded=", embedded), func(t *testing.T) {
+			var rdb *redis.Client
+			if embedded {
+				rdb = redis.NewClient(&redis.Options{Addr: miniredis.RunT(t).Addr()})
+			} else {
+				rdb = redistest.New(t).Client()
+			}
+			refundOnlyItsWindow(t, New(rdb, "tp"), rdb)
+		})
+	}
+}
+
+func refundOnlyItsWindow(t *testing.T, l *Limiter, rdb redis.UniversalClient) {
 	ctx := context.Background()
 	q := quota("user:bob", 2)
 	var ds []Decision
@@ -118,13 +164,13 @@ func TestARefundFreesOnlyTheWindowItSpentIn(t *testing.T) {
 	if err := l.RefundQuota(ctx, q, ds[0].Window-thousandHours.Period.Milliseconds()); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rdb.Get(ctx, l.key(q)).Int(); n != 2 {
+	if n := spent(t, rdb, l, q); n != 2 {
 		t.Fatalf("a refund for an earlier window changed the count to %d", n)
 	}
 	if err := l.RefundQuotas(ctx, []Check{q}, ds); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rdb.Get(ctx, l.key(q)).Int(); n != 1 {
+	if n := spent(t, rdb, l, q); n != 1 {
 		t.Fatalf("after a refund the quota counts %d, want 1", n)
 	}
 	if got := allowConcurrently(t, l, 5, []Check{q}); got != 1 {

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,16 +25,17 @@ type Usage struct {
 func (l *Limiter) QuotaUsage(ctx context.Context, pattern string, max int) (out []Usage, more bool, err error) {
 	prefix := l.quotaPrefix()
 	var mu sync.Mutex
+	now := time.Now()
 	scan := func(ctx context.Context, c redis.Cmdable) error {
 		it := c.Scan(ctx, 0, escapeGlob(prefix)+pattern, 1000).Iterator()
 		var keys []string
-		for it.Next(ctx) {
+		for it.Next(ctx) && (max <= 0 || len(keys) <= max) {
 			keys = append(keys, it.Val())
 		}
 		if err := it.Err(); err != nil {
 			return err
 		}
-		us, err := readUsage(ctx, c, prefix, keys)
+		us, err := readUsage(ctx, c, prefix, keys, now)
 		mu.Lock()
 		out = append(out, us...)
 		mu.Unlock()
@@ -53,31 +55,28 @@ func (l *Limiter) QuotaUsage(ctx context.Context, pattern string, max int) (out 
 	return out, false, nil
 }
 
-// readUsage reads keys' counts and expiry times in one pipeline on c.
-func readUsage(ctx context.Context, c redis.Cmdable, prefix string, keys []string) ([]Usage, error) {
+// readUsage reads keys' counts and windows in one pipeline on c. A key
+// gone, or of a window that has ended, is Missing.
+func readUsage(ctx context.Context, c redis.Cmdable, prefix string, keys []string, now time.Time) ([]Usage, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
 	pipe := c.Pipeline()
 	gets := make([]*redis.StringCmd, len(keys))
-	ends := make([]*redis.DurationCmd, len(keys))
 	for i, k := range keys {
 		gets[i] = pipe.Get(ctx, k)
-		ends[i] = pipe.PExpireTime(ctx, k)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return nil, err
 	}
 	out := make([]Usage, 0, len(keys))
 	for i, k := range keys {
-		u := Usage{Key: strings.TrimPrefix(k, prefix)}
-		n, err := gets[i].Int()
-		if err != nil {
-			u.Missing = true
-		}
-		u.Used = n
-		if d, err := ends[i].Result(); err == nil && d > 0 {
-			u.Resets = time.UnixMilli(d.Milliseconds())
+		u := Usage{Key: strings.TrimPrefix(k, prefix), Missing: true}
+		count, end, ok := strings.Cut(gets[i].Val(), " ")
+		n, err1 := strconv.Atoi(count)
+		ms, err2 := strconv.ParseInt(end, 10, 64)
+		if ok && err1 == nil && err2 == nil && time.UnixMilli(ms).After(now) {
+			u.Used, u.Resets, u.Missing = n, time.UnixMilli(ms), false
 		}
 		out = append(out, u)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -60,12 +61,20 @@ func (p *Pool) entryID(c mint.Credential) string {
 }
 
 // issuedRef is where a minted handout's record may be, for Return: its
-// shard, and the request whose marker names it.
-type issuedRef struct{ tag, request string }
+// shard, the request whose marker names it, and until when the marker
+// lasts (ms).
+type issuedRef struct {
+	tag, request string
+	until        int64
+}
 
-// markTTL is how long a minted handout's record marker lasts: past any
-// retry of its record call, and the Return of its credential.
-const markTTL = tombstoneTTL
+// markUntil is when a minted handout's record marker goes (ms): once its
+// credential has expired, so the marker outlives any retry of the record
+// call and any put that pools the credential again (a parked one is
+// pooled only while it lasts), and at least tombstoneTTL from now.
+func markUntil(expires time.Time) int64 {
+	return max(expires.UnixMilli(), time.Now().Add(tombstoneTTL).UnixMilli())
+}
 
 // issuedMark is the marker of request's record: the record's id, or "-"
 // once voided. A record call that runs twice (a retry after a lost reply)
@@ -73,9 +82,9 @@ const markTTL = tombstoneTTL
 func (k keys) issuedMark(request string) string { return k.claim(request) + ":r" }
 
 // issuedScript counts a minted handout (ARGV[1], a stats counter; "":
-// none) and appends its record, when ARGV holds one (ARGV[2], the marker's
-// TTL ms, then recordArgs, then the entry id): once per marker, and not
-// after the marker was voided.
+// none) and appends its record, when ARGV holds one (ARGV[2], when the
+// marker expires (ms), then recordArgs, then the entry id): once per
+// marker, and not after the marker was voided.
 //
 // KEYS: stats, issued, the request's record marker
 // Reply: the record's id, "-" (voided: no record), or "" (none asked).
@@ -85,13 +94,14 @@ if mark then return mark end -- a retry: counted and recorded, or voided
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
 if #ARGV < 5 then return '' end
 local xid = issued(KEYS[2], 3, #ARGV - 1, ARGV[#ARGV], redis.call('TIME'))
-redis.call('SET', KEYS[3], xid, 'PX', ARGV[2])
+redis.call('SET', KEYS[3], xid, 'PXAT', ARGV[2])
 return xid
 `)
 
 // voidScript voids a minted handout's record (void()).
 //
-// KEYS: issued, the request's record marker. ARGV: the marker's TTL ms.
+// KEYS: issued, the request's record marker. ARGV: when the marker
+// expires (ms).
 var voidScript = redis.NewScript(luaPrelude + `
 void(KEYS[1], KEYS[2], ARGV[1])
 return 1
@@ -102,11 +112,12 @@ return 1
 // even when the call fails: it may have run.
 func (s *Store) issued(ctx context.Context, tag, request, counter string, rec []any, h *Handout) error {
 	k := s.keys(tag)
-	args := []any{counter, markTTL.Milliseconds()}
+	until := markUntil(h.ExpiresAt)
+	args := []any{counter, until}
 	args = append(args, rec...)
 	if rec != nil {
 		args = append(args, h.ID)
-		h.record = issuedRef{tag: tag, request: request}
+		h.record = issuedRef{tag: tag, request: request, until: until}
 	}
 	id, err := issuedScript.Run(ctx, s.rdb, []string{k.stats(), k.issued(), k.issuedMark(request)}, args...).Text()
 	if err == nil && id == "-" {
@@ -132,7 +143,7 @@ func (s *Store) unrecord(ctx context.Context, r issuedRef) error {
 		return nil
 	}
 	k := s.keys(r.tag)
-	if err := voidScript.Run(ctx, s.rdb, []string{k.issued(), k.issuedMark(r.request)}, markTTL.Milliseconds()).Err(); err != nil {
+	if err := voidScript.Run(ctx, s.rdb, []string{k.issued(), k.issuedMark(r.request)}, r.until).Err(); err != nil {
 		return storeError("unrecord", err)
 	}
 	return nil

@@ -35,45 +35,43 @@ end
 
 -- A take's undo record, beside its claim (<claim key>:u, same TTL): the
 -- quota sessions it spent, as q = {key, window end, ...}, which undoing
--- the take refunds, and its issuance record, x in stream s, which undoing
--- it deletes: nobody received that credential.
-local function undo_key(claim_key)
-  return claim_key .. ':u'
-end
+-- the take refunds, and x, the id of its issuance record in the shard's
+-- stream, which undoing it deletes: nobody received that credential.
+-- (The quota keys are in the take's script only on a single Redis.)
 
--- undo gives back what the take under claim_key spent, once.
-local function undo(claim_key)
-  local v = redis.call('GET', undo_key(claim_key))
+-- undo gives back what the take whose undo record is ukey spent, once.
+local function undo(ukey, stream)
+  local v = redis.call('GET', ukey)
   if not v then return end
   local u = cjson.decode(v)
   if u.q then
     for i = 1, #u.q, 2 do refund_quota(u.q[i], u.q[i + 1]) end
   end
-  if u.x then redis.call('XDEL', u.s, u.x) end
-  redis.call('DEL', undo_key(claim_key))
+  if u.x then redis.call('XDEL', stream, u.x) end
+  redis.call('DEL', ukey)
 end
 
--- unrecord deletes the issuance record of the take under claim_key (its
--- entry could not be opened: nobody received it) and keeps the rest of
--- its undo record.
-local function unrecord(claim_key)
-  local v = redis.call('GET', undo_key(claim_key))
+-- unrecord deletes the issuance record of the take whose undo record is
+-- ukey (its entry could not be opened: nobody received it) and keeps the
+-- rest of the undo record.
+local function unrecord(ukey, stream)
+  local v = redis.call('GET', ukey)
   if not v then return end
   local u = cjson.decode(v)
   if not u.x then return end
-  redis.call('XDEL', u.s, u.x)
-  u.x, u.s = nil, nil
-  redis.call('SET', undo_key(claim_key), cjson.encode(u), 'KEEPTTL')
+  redis.call('XDEL', stream, u.x)
+  u.x = nil
+  redis.call('SET', ukey, cjson.encode(u), 'KEEPTTL')
 end
 
 -- void deletes the record a minted handout's marker names, once: its
 -- credential goes back to the pool (or is dropped), not to its caller. The
--- marker keeps "-" for ttl ms, so a record call that reaches Redis only
+-- marker keeps "-" until at (ms), so a record call that reaches Redis only
 -- now writes nothing.
-local function void(stream, marker, ttl)
+local function void(stream, marker, at)
   local x = redis.call('GET', marker)
   if x and x ~= '-' then redis.call('XDEL', stream, x) end
-  redis.call('SET', marker, '-', 'PX', ttl)
+  redis.call('SET', marker, '-', 'PXAT', at)
 end
 
 -- issued appends the issuance record of entry id to stream: the fields
@@ -89,6 +87,7 @@ local function issued(stream, from, to, id, t)
   local xid = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[from], '*', unpack(fields))
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XTRIM', stream, 'MINID', fmt(now - tonumber(ARGV[from + 1]))) -- exact: no record outlives the retention
+  redis.call('PEXPIRE', stream, ARGV[from + 1]) -- nor one of a stream no record is added to any more
   return xid
 end
 
@@ -198,13 +197,13 @@ type takeCall struct {
 }
 
 // keysArgs are the call's KEYS (ready, entries, stats, claim, handed,
-// issued, then the limits' keys) and ARGV (min remaining ms, claim TTL
+// issued, the claim's undo record, then the limits' keys) and ARGV (min remaining ms, claim TTL
 // ms, now ms, the demand taus (fast, slow) ms, ledger bound, the number
 // of limits n, what to count, the deadline ms, the epoch, the number m of
 // the record's arguments, the m arguments, the n triples, then the
 // prefixes).
 func (c *takeCall) keysArgs() ([]string, []any) {
-	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed(), c.k.issued()}, c.limitKeys...)
+	keys := append([]string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed(), c.k.issued(), c.k.undo(c.claim)}, c.limitKeys...)
 	args := make([]any, 0, 11+len(c.record)+len(c.limitArgs)+len(c.opens))
 	args = append(args, c.minRemaining.Milliseconds(), c.claimTTL, c.now, demandTauFast.Milliseconds(),
 		demandTauSlow.Milliseconds(), c.ledger, len(c.limitKeys), c.counts, c.deadline, c.epoch, len(c.record))
@@ -259,14 +258,15 @@ func parseTakeReply(v any) (takeReply, error) {
 // chaos run's injected bugs, built with -tags chaosbug, can patch it.)
 var takeSource = luaPrelude + limiter.LuaGCRA + `
 -- KEYS and ARGV by name, in takeCall.keysArgs's order; the caller's
--- limits' keys follow KEYS[6]; the issuance record's m arguments follow
+-- limits' keys follow KEYS[7]; the issuance record's m arguments follow
 -- ARGV[11], the limits' triples them, the prefixes the triples.
 local ready, entries, stats, claim_key, handed, issued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local undo_key = KEYS[7]
 local min_remaining, claim_ttl, now_arg = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local tau_fast, tau_slow, ledger_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local n, counts, deadline, epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local m = tonumber(ARGV[11])
-local limit_keys_after, limit_args_after = 6, 11 + m
+local limit_keys_after, limit_args_after = 7, 11 + m
 local opens_from = limit_args_after + 1 + 3 * n
 -- Reply statuses (takeStatus)
 local NOTHING, HANDED, AGAIN, ABANDONED, DENIED, TOO_LATE = 0, 1, 2, 3, 4, 5
@@ -309,12 +309,24 @@ if not claimed then
     end
   end
 end
+-- keep_undo writes the undo record: what this call spent (a first call's
+-- quotas) and its record xid. A retry keeps what the first call spent and
+-- deletes the record of the first call's entry, which nobody received (it
+-- went stale; a retry that finds it fresh hands it out again instead).
 local function keep_undo(xid)
-  if #spent == 0 and not xid then return end
   local u = {}
+  if claimed then
+    local v = redis.call('GET', undo_key)
+    if v then u = cjson.decode(v) end
+    if u.x then
+      redis.call('XDEL', issued_key, u.x)
+      u.x = nil
+    end
+  end
   if #spent > 0 then u.q = spent end
-  if xid then u.x, u.s = xid, issued_key end
-  redis.call('SET', undo_key(claim_key), cjson.encode(u), 'PX', claim_ttl)
+  if xid then u.x = xid end
+  if next(u) == nil then return end
+  redis.call('SET', undo_key, cjson.encode(u), 'PX', claim_ttl)
 end
 if claimed and claimed ~= '0' then
   local id, retire, body = claim(claimed)
@@ -405,7 +417,8 @@ return {NOTHING, '', '', evicted, foreign, lim, now}
 // that claim that reaches Redis only now hands out nothing, and a
 // recovery sent again (its first reply lost) learns what the first did.
 //
-// KEYS: ready, entries, stats, claim, handed
+// KEYS: ready, entries, stats, claim, handed, the claim's undo record, the
+// shard's issued stream
 // ARGV: min remaining ms, the tombstone's TTL ms, now ms (0: TIME), the
 // epoch the take was sent to ("": any), the take's deadline by Redis's
 // clock ms (0: unknown)
@@ -429,7 +442,7 @@ elseif claimed and claimed ~= '0' and string.sub(claimed, 1, 1) ~= '!' then
   r = unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
   if r == 1 then redis.call('HINCRBY', KEYS[3], 'returned', 1) end
 end
-if claimed then undo(KEYS[4]) end
+if claimed then undo(KEYS[6], KEYS[7]) end
 redis.call('SET', KEYS[4], '-' .. r, 'PX', ARGV[2])
 return r
 `
@@ -440,7 +453,8 @@ return r
 // request's demand is taken out of the rates, so a denied request leaves
 // the pool as it was. The claim is left as a tombstone.
 //
-// KEYS: ready, entries, stats, claim, handed
+// KEYS: ready, entries, stats, claim, handed, the claim's undo record, the
+// shard's issued stream
 // ARGV: min remaining ms, claim TTL ms, now ms (0: TIME), demand taus
 // (fast, slow) ms, the take's now ms, 1 if the take counted a miss
 // Reply: as recoverScript's.
@@ -460,7 +474,7 @@ if not claimed then
   if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[3], 'misses', -1) end
   return 0
 end
-undo(KEYS[4])
+undo(KEYS[6], KEYS[7])
 return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + tonumber(ARGV[1]))
 `)
 
@@ -468,9 +482,9 @@ return unclaim(claimed, KEYS[1], KEYS[2], KEYS[3], KEYS[5], clock(ARGV[3]) + ton
 // (tampered with, or not an entry): discarded, not handed out. Its id stays
 // in the ledger, so it is never pooled again; its issuance record goes.
 //
-// KEYS: stats, the take's claim
+// KEYS: stats, the take's undo record, the shard's issued stream
 var discardScript = redis.NewScript(luaPrelude + `
-unrecord(KEYS[2])
+unrecord(KEYS[2], KEYS[3])
 redis.call('HINCRBY', KEYS[1], 'handed_out', -1)
 return redis.call('HINCRBY', KEYS[1], 'discarded', 1)
 `)
@@ -550,7 +564,7 @@ return {grant, usable, inflight, redis.call('ZCARD', KEYS[1]), target, evicted, 
 // record marker
 // ARGV: reservation id, entry id, retire ms, body, min remaining ms, now ms
 // (0: TIME), epoch, 1 if an earlier send may have run (else 0), 1 to void
-// the record (else 0), the marker's TTL ms
+// the record (else 0), when the marker expires (ms)
 // Reply: 1 pooled, 0 wasted (already unusable, or no room) or already
 // handed out, 2 refused: its dataset is gone.
 var putScript = redis.NewScript(putSource)

@@ -353,7 +353,7 @@ func (p *Pool) getLimited(ctx context.Context, pr *profile, is issuance, checks 
 	if pr.Target > 0 {
 		h, taken, tag, err := p.take(ctx, pr, is, checks)
 		p.refill.wake()
-		spent.ds, spent.tag = taken, tag
+		spent.ds, spent.tag, spent.claim = taken, tag, is.requestID
 		if !errors.Is(err, ErrEmpty) {
 			return h, spent, err
 		}
@@ -449,7 +449,7 @@ func (p *Pool) take(ctx context.Context, pr *profile, is issuance, checks []limi
 // on a short context of its own, since the request's is usually what ended.
 // On-demand handouts (settings no pool has) can't be pooled.
 func (p *Pool) Return(h Handout) {
-	if h.Source != SourcePool || h.quota.tag != h.tag {
+	if !h.quota.inTake(h) {
 		p.refund(h.quota) // else recovering the take refunds them
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
@@ -566,8 +566,10 @@ func (p *Pool) MintOnce(ctx context.Context, profileName, requestID string, m mi
 	h.Source, h.quota = SourceOnDemand, spent
 	if rec := p.store.recordArgs(pr, issuance{requestID: requestID, who: who}, SourceOnDemand); rec != nil {
 		if err := p.issuedInAny(ctx, pr, requestID, "", rec, &h); err != nil {
-			p.refund(spent)                     // the credential can't be pooled: it goes unused
-			_ = p.store.unrecord(ctx, h.record) // best effort: a record of a credential nobody got errs on the safe side
+			p.refund(spent) // the credential can't be pooled: it goes unused
+			vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
+			_ = p.store.unrecord(vctx, h.record) // best effort: a record of a credential nobody got errs on the safe side
+			cancel()
 			return Handout{}, spent.ds, err
 		}
 	}

@@ -20,6 +20,13 @@ type quotaSpend struct {
 	checks []limiter.Check
 	ds     []limiter.Decision // the decisions of checks reached
 	tag    string             // the shard whose take script spent them (its undo record refunds them); "": spent beside
+	claim  string             // the claim of that take: its first, under the request's id
+}
+
+// inTake reports whether recovering h's take refunds what q spent: the
+// take that spent them handed h out.
+func (q quotaSpend) inTake(h Handout) bool {
+	return h.Source == SourcePool && q.tag != "" && q.tag == h.tag && q.claim == h.claim
 }
 
 // refund gives back the sessions q spent, on a short context of its own

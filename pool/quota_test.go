@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/tokenpool/tokenpool/internal/redistest"
+	"github.com/tokenpool/tokenpool/ledger"
 	"github.com/tokenpool/tokenpool/limiter"
+	"github.com/tokenpool/tokenpool/mint"
 )
 
 // A request that ends without a credential gives back the quota session
@@ -77,5 +79,51 @@ func TestAnUndoneTakeGivesItsQuotaSessionBack(t *testing.T) {
 			}
 			_ = h
 		})
+	}
+}
+
+// A take sent again after its reply was lost keeps what its first send
+// spent: here the first send found the pool empty (and held the quota's
+// session for a direct mint), the retry found an entry pooled meanwhile
+// and handed it out. Returning that handout gives the session back and
+// deletes its record.
+func TestARetriedTakeKeepsWhatItsFirstSendSpent(t *testing.T) {
+	srv := redistest.New(t)
+	rdb := srv.Client()
+	var st *Store
+	lost := &lostReply{match: takeUnder("retried"), ran: func() {
+		putOne(t, st, "default", "late", time.Now().Add(time.Hour)) // pooled between the two sends
+	}}
+	rdb.AddHook(lost)
+	st = NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, Ledger: ledger.Config{Key: testLedgerKey}})
+	p := newTestPool(t, st, &fakeMinter{ttl: time.Hour}, nil)
+	ctx := context.Background()
+	q := []limiter.Check{{Policy: "day", Key: "day:alice", Quota: true, Limit: limiter.Limit{Rate: 5, Burst: 5, Period: 1000 * time.Hour}}}
+	h, _, err := p.GetLimited(ctx, "default", "retried", &mint.Caller{Subject: "user:alice"}, q)
+	if err != nil || h.ID != "late" || !lost.done.Load() {
+		t.Fatalf("the retried take: %+v %v (lost %v)", h, err, lost.done.Load())
+	}
+	r := &ledger.Reader{RDB: rdb, Streams: p.IssuedStreams()}
+	count := func() (sessions, records int) {
+		t.Helper()
+		us, _, err := limiter.New(rdb, srv.Prefix).QuotaUsage(ctx, "*", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range us {
+			sessions += u.Used
+		}
+		page, err := r.Read(ctx, ledger.Cursor{}, time.Time{}, nil, 10, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sessions, len(page.Records)
+	}
+	if s, n := count(); s != 1 || n != 1 {
+		t.Fatalf("after the handout: %d sessions spent, %d records; want 1 and 1", s, n)
+	}
+	p.Return(h)
+	if s, n := count(); s != 0 || n != 0 {
+		t.Fatalf("after it was returned: %d sessions spent, %d records; want none", s, n)
 	}
 }

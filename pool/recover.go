@@ -84,7 +84,7 @@ const tombstoneTTL = 5 * time.Minute
 // Redis's clock past the take's deadline (it may have expired: unknown).
 func (s *Store) recoverClaim(ctx context.Context, e *UnrecoveredError) (int64, error) {
 	k := s.keys(e.Profile)
-	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(e.Claim), k.handed()},
+	r, err := recoverScript.Run(ctx, s.rdb, []string{k.ready(), k.entries(), k.stats(), k.claim(e.Claim), k.handed(), k.undo(e.Claim), k.issued()},
 		e.MinRemaining.Milliseconds(), max(s.claimTTL, tombstoneTTL).Milliseconds(), s.now(), e.epoch, e.deadline).Int64()
 	if err != nil {
 		return 0, storeError("recover", err)

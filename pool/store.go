@@ -206,14 +206,15 @@ func (n KeyNames) Prewarm() string { return n.k.prewarm() }
 func (n KeyNames) Issued() string  { return n.k.issued() }
 func (n KeyNames) Pattern() string { return n.k.base + "*" }
 
-func (k keys) ready() string          { return k.base + "ready" }
-func (k keys) entries() string        { return k.base + "e" }
-func (k keys) minting() string        { return k.base + "minting" }
-func (k keys) stats() string          { return k.base + "stats" }
-func (k keys) handed() string         { return k.base + "handed" }
-func (k keys) prewarm() string        { return k.base + "prewarm" }
-func (k keys) claim(id string) string { return k.base + "claim:" + id }
-func (k keys) issued() string         { return k.base + "issued" }
+func (k keys) ready() string            { return k.base + "ready" }
+func (k keys) entries() string          { return k.base + "e" }
+func (k keys) minting() string          { return k.base + "minting" }
+func (k keys) stats() string            { return k.base + "stats" }
+func (k keys) handed() string           { return k.base + "handed" }
+func (k keys) prewarm() string          { return k.base + "prewarm" }
+func (k keys) claim(id string) string   { return k.base + "claim:" + id }
+func (k keys) issued() string           { return k.base + "issued" }
+func (k keys) undo(claim string) string { return k.claim(claim) + ":u" }
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

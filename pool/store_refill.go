@@ -154,7 +154,7 @@ func (s *Store) put(ctx context.Context, tag string, a putArgs, minRemaining tim
 	k := s.keys(tag)
 	keys := []string{k.ready(), k.entries(), k.minting(), k.stats(), k.handed(), k.issued(), k.issuedMark(a.void)}
 	args := []any{a.resID, a.entryID, a.retire.UnixMilli(), body, minRemaining.Milliseconds(), s.now(), epoch, mark,
-		boolArg(a.void != ""), markTTL.Milliseconds()}
+		boolArg(a.void != ""), markUntil(a.cred.ExpiresAt)}
 	n, err := s.rdb.EvalSha(ctx, putScript.Hash(), keys, args...).Int64()
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		mark.notRun()

@@ -109,7 +109,8 @@ func (s *Store) takeFrom(ctx context.Context, tag, claimID string, minRemaining 
 			return Handout{ID: t.id, Profile: profileOf(tag), Source: SourcePool, Credential: cred,
 				claim: claim, tag: tag, sentAt: t.sentAt, epoch: t.epoch, deadline: t.deadline}, decisions, nil
 		}
-		if err := discardScript.Run(ctx, s.rdb, []string{s.keys(tag).stats(), s.keys(tag).claim(claim)}).Err(); err != nil {
+		k := s.keys(tag)
+		if err := discardScript.Run(ctx, s.rdb, []string{k.stats(), k.undo(claim), k.issued()}).Err(); err != nil {
 			return Handout{}, decisions, storeError("discard", err)
 		}
 		if attempt+1 >= maxDiscards {
@@ -129,7 +130,7 @@ func (s *Store) untake(ctx context.Context, c *takeCall, t takeResult, err error
 	if c.counts&countMiss != 0 {
 		missed = 1
 	}
-	uerr := untakeScript.Run(uctx, s.rdb, []string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed()},
+	uerr := untakeScript.Run(uctx, s.rdb, []string{c.k.ready(), c.k.entries(), c.k.stats(), c.k.claim(c.claim), c.k.handed(), c.k.undo(c.claim), c.k.issued()},
 		c.minRemaining.Milliseconds(), s.claimTTL.Milliseconds(), s.now(),
 		demandTauFast.Milliseconds(), demandTauSlow.Milliseconds(), t.now, missed).Err()
 	if uerr != nil && err == nil {

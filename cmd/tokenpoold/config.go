@@ -500,7 +500,7 @@ func (e *envReader) debugAddr(name, public string) string {
 func (e *envReader) ledger() ledger.Config {
 	c := ledger.Config{Key: []byte(e.str("TOKENPOOL_LEDGER_KEY", ""))}
 	if raw := e.get("TOKENPOOL_LEDGER_RETENTION"); raw != "" {
-		d, err := window(raw)
+		d, err := api.ParseWindow(raw)
 		if err != nil {
 			e.fail("TOKENPOOL_LEDGER_RETENTION", "must be a duration such as 168h or 7d")
 		}

@@ -118,44 +118,48 @@ func exportStart(since, after string, now time.Time) (ledger.Cursor, error) {
 }
 
 // openExport opens path to append to, and reads the cursor of its last
-// whole line; a partial last line (the export stopped while writing it)
-// is cut off.
+// whole line. A last line without its newline (the export stopped while
+// writing it) is cut off; a whole line that is not a record refuses the
+// file: the export appends only to what it wrote.
 func openExport(path string) (*os.File, ledger.Cursor, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, ledger.Cursor{}, err
 	}
-	var (
-		last ledger.Cursor
-		end  int64 // after the last whole line
-	)
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	var pos int64
-	for sc.Scan() {
-		line := sc.Bytes()
-		pos += int64(len(line)) + 1
-		var rec ledger.Record
-		if json.Unmarshal(line, &rec) == nil && rec.ID != "" {
-			last, end = ledger.Cursor{ID: rec.ID, Stream: rec.Stream}, pos
-		}
-	}
-	if err := sc.Err(); err != nil {
-		f.Close()
-		return nil, ledger.Cursor{}, err
-	}
-	st, err := f.Stat()
-	if err == nil && st.Size() > end {
-		err = f.Truncate(end) // a line cut short, or no newline after the last one
+	last, end, err := lastRecord(f)
+	if err == nil {
+		err = f.Truncate(end)
 	}
 	if err == nil {
 		_, err = f.Seek(end, io.SeekStart)
 	}
 	if err != nil {
 		f.Close()
-		return nil, ledger.Cursor{}, err
+		return nil, ledger.Cursor{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, last, nil
+}
+
+// lastRecord reads r's whole lines, each a record, and returns the last
+// one's cursor and where the whole lines end.
+func lastRecord(r io.Reader) (last ledger.Cursor, end int64, err error) {
+	br := bufio.NewReader(r)
+	for n := 1; ; n++ {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			var rec ledger.Record
+			if json.Unmarshal(line, &rec) != nil || rec.ID == "" || rec.Stream == "" {
+				return last, end, fmt.Errorf("line %d is not a ledger record: the export appends only to a file it wrote", n)
+			}
+			last, end = ledger.Cursor{ID: rec.ID, Stream: rec.Stream}, end+int64(len(line))
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			return last, end, nil
+		case err != nil:
+			return last, end, err
+		}
+	}
 }
 
 // export writes the records after from to w, one JSON line each, until

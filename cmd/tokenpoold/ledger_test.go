@@ -289,3 +289,26 @@ func TestTheLedgerExportResumesWithoutAGapOrADuplicate(t *testing.T) {
 		}
 	}
 }
+
+// The export resumes after the last line that ends with its newline (a
+// line cut short, even one that parses, is written again) and refuses a
+// file holding anything but records.
+func TestTheExportResumesOnlyAfterAWholeLine(t *testing.T) {
+	rec := `{"id":"1-0","stream":"tp:{a}:issued"}`
+	for _, tt := range []struct {
+		file, cursor string
+		end          int
+		err          string
+	}{
+		{"", "", 0, ""},
+		{rec + "\n", "1-0@tp:{a}:issued", len(rec) + 1, ""},
+		{rec + "\n" + rec[:10], "1-0@tp:{a}:issued", len(rec) + 1, ""},
+		{rec + "\n" + strings.Replace(rec, "1-0", "2-0", 1), "1-0@tp:{a}:issued", len(rec) + 1, ""}, // whole, but no newline
+		{"hello\n" + rec + "\n", "", 0, "line 1 is not a ledger record"},
+	} {
+		last, end, err := lastRecord(strings.NewReader(tt.file))
+		if last.String() != tt.cursor || end != int64(tt.end) || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Fatalf("%q: %q %d %v; want %q %d %q", tt.file, last, end, err, tt.cursor, tt.end, tt.err)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -20,9 +19,6 @@ type quotaSpec struct {
 	By       string              `yaml:"by"`
 	When     map[string][]string `yaml:"when"`
 }
-
-// maxQuotaWindow bounds a quota's window.
-const maxQuotaWindow = 366 * 24 * time.Hour
 
 // quotasOf checks a quotas: list. A quota without a name is named after
 // what it counts: "sessions-24h", "org_id-sessions-24h".
@@ -48,7 +44,7 @@ func quotaOf(s quotaSpec) (api.Quota, error) {
 	if s.Sessions <= 0 {
 		return q, fmt.Errorf("sessions: want a positive count, got %d", s.Sessions)
 	}
-	per, err := window(s.Per)
+	per, err := api.ParseWindow(s.Per)
 	if err != nil {
 		return q, fmt.Errorf("per: %w", err)
 	}
@@ -67,26 +63,6 @@ func quotaOf(s quotaSpec) (api.Quota, error) {
 		}
 	}
 	return q, q.Validate()
-}
-
-// window reads a quota's per: a Go duration ("24h", "30m") or whole days
-// ("7d"), from 1s to 366 days, in whole seconds.
-func window(raw string) (time.Duration, error) {
-	var (
-		d   time.Duration
-		err error
-	)
-	if days, ok := strings.CutSuffix(raw, "d"); ok {
-		var n int
-		n, err = strconv.Atoi(days)
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(raw)
-	}
-	if err != nil || d < time.Second || d > maxQuotaWindow || d%time.Second != 0 {
-		return 0, fmt.Errorf("want a window such as 1h, 24h or 7d (whole seconds, 1s to 366d), got %q", raw)
-	}
-	return d, nil
 }
 
 // reuseWindow is how long after a handout one credential of p can still

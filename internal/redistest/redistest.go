@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -41,8 +42,9 @@ type Server struct {
 	url  string
 	args []string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd // guarded by mu; nil when stopped or not a process
+	mu     sync.Mutex
+	cmd    *exec.Cmd     // guarded by mu; nil when stopped or not a process
+	exited chan struct{} // closed once cmd has exited (its Wait returned)
 }
 
 // New returns a Redis for tb, stopped when the test ends.
@@ -77,21 +79,35 @@ func StartProcess(tb testing.TB, extraArgs ...string) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Skip("redistest: redis-server not on PATH")
 	}
-	port := FreePort(tb)
-	s := &Server{
-		Addr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		Prefix: uniquePrefix(),
-		Kind:   "process",
-		tb:     tb,
-		args: append([]string{
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", tb.TempDir(),
-		}, extraArgs...),
+	dir := tb.TempDir()
+	// A port free a moment ago may be taken (an outgoing connection's
+	// ephemeral port) before redis-server binds it: it then exits at
+	// once, and another port is tried.
+	for try := 1; ; try++ {
+		port := FreePort(tb)
+		s := &Server{
+			Addr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			Prefix: uniquePrefix(),
+			Kind:   "process",
+			tb:     tb,
+			args: append([]string{
+				"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+				"--save", "", "--appendonly", "no", "--dir", dir,
+			}, extraArgs...),
+		}
+		err := s.start()
+		if err == nil {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+		if !errors.Is(err, errExited) || try == 5 {
+			tb.Fatalf("redistest: %v", err)
+		}
 	}
-	s.Start()
-	tb.Cleanup(s.Stop)
-	return s
 }
+
+// errExited is a redis-server that exited before it answered.
+var errExited = errors.New("redis-server exited before it answered")
 
 // URL is a redis:// URL for the server.
 func (s *Server) URL() string {
@@ -118,16 +134,29 @@ func (s *Server) Start() {
 	if s.Kind != "process" {
 		s.tb.Fatalf("redistest: cannot start a %s server", s.Kind)
 	}
+	if err := s.start(); err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+}
+
+// start starts the process and waits for PING: errExited when it exited
+// first (its port taken, say).
+func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
-		return
+		return nil
 	}
 	cmd := exec.Command("redis-server", s.args...)
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("redistest: start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
-	s.cmd = cmd
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.cmd, s.exited = cmd, exited
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -136,10 +165,16 @@ func (s *Server) Start() {
 		err := c.Ping(ctx).Err()
 		cancel()
 		if err == nil {
-			return
+			return nil
+		}
+		select {
+		case <-exited:
+			s.cmd = nil
+			return fmt.Errorf("on %s: %w", s.Addr, errExited)
+		default:
 		}
 		if time.Now().After(deadline) {
-			s.tb.Fatalf("redistest: redis-server on %s did not answer: %v", s.Addr, err)
+			return fmt.Errorf("redis-server on %s did not answer: %w", s.Addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -153,7 +188,7 @@ func (s *Server) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
