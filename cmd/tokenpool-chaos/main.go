@@ -59,6 +59,7 @@ type options struct {
 	rate       float64
 	sample     time.Duration
 	inject     string
+	waitFor    time.Duration
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -78,6 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.soak, "soak", 0, "run the soak for this long instead: no faults, steady -rate")
 	fs.Float64Var(&o.rate, "rate", 200, "handouts per second during the soak")
 	fs.DurationVar(&o.sample, "sample", time.Minute, "how often the soak samples the processes")
+	fs.DurationVar(&o.waitFor, "wait-timeout", 0, "the daemons' TOKENPOOL_REDIS_WAIT_TIMEOUT, how long a take waits for the replica (default: the daemon's, 50ms)")
 	fs.StringVar(&o.inject, "inject", "", "run daemons with this bug injected (leave-pooled, drop-take, drop-recovery, skip-record; built with -tags chaosbug): the run must fail")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -145,9 +147,12 @@ var daemonEnv = []string{
 // chaos runs the chaos run and prints its report. ok is false when the
 // promise did not hold.
 func chaos(ctx context.Context, o options, stdout, progress io.Writer) (ok bool, err error) {
-	env := daemonEnv
+	env := append([]string{}, daemonEnv...)
 	if o.inject != "" {
-		env = append(append([]string{}, daemonEnv...), "TOKENPOOL_CHAOSBUG="+o.inject)
+		env = append(env, "TOKENPOOL_CHAOSBUG="+o.inject)
+	}
+	if o.waitFor > 0 {
+		env = append(env, "TOKENPOOL_REDIS_WAIT_TIMEOUT="+o.waitFor.String())
 	}
 	w, err := startWorld(ctx, worldConfig{
 		Replicas: o.replicas, Tokenpoold: o.tokenpoold, Dir: o.dir,
