@@ -27,7 +27,7 @@ func (l *Limiter) QuotaUsage(ctx context.Context, pattern string, max int) (out 
 	var mu sync.Mutex
 	now := time.Now()
 	scan := func(ctx context.Context, c redis.Cmdable) error {
-		it := c.Scan(ctx, 0, escapeGlob(prefix)+pattern, 1000).Iterator()
+		it := c.Scan(ctx, 0, EscapeGlob(prefix)+pattern, 1000).Iterator()
 		var keys []string
 		for it.Next(ctx) && (max <= 0 || len(keys) <= max) {
 			keys = append(keys, it.Val())
@@ -99,9 +99,7 @@ func (l *Limiter) ResetQuotas(ctx context.Context, keys []string) (int, error) {
 }
 
 // EscapeGlob escapes s for a SCAN MATCH pattern.
-func EscapeGlob(s string) string { return escapeGlob(s) }
-
-func escapeGlob(s string) string {
+func EscapeGlob(s string) string {
 	var b strings.Builder
 	for _, r := range s {
 		if strings.ContainsRune(`*?[]\^`, r) {

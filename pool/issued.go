@@ -170,12 +170,9 @@ func IssuedStreams(prefix string, profiles []Profile) []string {
 
 // IssuedStreams names the streams of p's profiles.
 func (p *Pool) IssuedStreams() []string {
-	var out []string
+	ps := make([]Profile, 0, len(p.names))
 	for _, name := range p.names {
-		for _, tag := range p.profiles[name].tags {
-			out = append(out, p.store.streamOf(tag))
-		}
+		ps = append(ps, p.profiles[name].Profile)
 	}
-	slices.Sort(out)
-	return out
+	return IssuedStreams(p.store.prefix, ps)
 }

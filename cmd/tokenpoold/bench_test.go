@@ -116,35 +116,42 @@ func BenchmarkCredentialsRoute(b *testing.B) {
 		{"session-config", "/v1/session-config", `{"profile":"default"}`},
 		{"credentials", "/v1/credentials", `{"profile":"default"}`},
 	}
-	took := make([]time.Duration, len(routes))
-	var ratios []float64 // per round: credentials' handouts/s over session-config's
+	took, median := alternatingRounds(b, rounds, func(i int) time.Duration {
+		return closedLoop(b, d.url+routes[i].path, routes[i].body, bearer, callers, perRound)
+	})
+	if st, _ := d.pool.Stats(context.Background(), "default"); st.Direct != 0 {
+		b.Fatalf("%d handouts missed the pool", st.Direct)
+	}
+	rate := func(i int) float64 { return float64(rounds*perRound) / took[i].Seconds() }
+	b.ReportMetric(rate(0), "session-config-handouts/s")
+	b.ReportMetric(rate(1), "credentials-handouts/s")
+	b.ReportMetric(rate(1)/rate(0), "credentials/session-config")
+	b.ReportMetric(median, "median-round-ratio")
+	b.ReportMetric(0, "ns/op")
+}
+
+// alternatingRounds runs two sides, rounds times each, within b.Loop:
+// side(0) then side(1) in even rounds, the other way in odd ones, so the
+// machine's noise falls on both alike. It returns each side's total time
+// and the median of the rounds' ratios of side 0's time to side 1's (side
+// 1's rate over side 0's): a burst of noise moves one round, not the
+// figure.
+func alternatingRounds(b *testing.B, rounds int, side func(i int) time.Duration) (took [2]time.Duration, median float64) {
+	var ratios []float64
 	for b.Loop() {
 		for r := range rounds {
-			order := []int{0, 1}
-			if r%2 == 1 {
-				order = []int{1, 0}
-			}
 			var round [2]time.Duration
-			for _, i := range order {
-				round[i] = closedLoop(b, d.url+routes[i].path, routes[i].body, bearer, callers, perRound)
+			for k := range 2 {
+				i := (k + r) % 2
+				round[i] = side(i)
 				took[i] += round[i]
 			}
 			ratios = append(ratios, float64(round[0])/float64(round[1]))
 		}
 	}
 	b.StopTimer()
-	if st, _ := d.pool.Stats(context.Background(), "default"); st.Direct != 0 {
-		b.Fatalf("%d handouts missed the pool", st.Direct)
-	}
-	rate := func(i int) float64 { return float64(rounds*perRound) / took[i].Seconds() }
 	sort.Float64s(ratios)
-	b.ReportMetric(rate(0), "session-config-handouts/s")
-	b.ReportMetric(rate(1), "credentials-handouts/s")
-	b.ReportMetric(rate(1)/rate(0), "credentials/session-config")
-	// The median of the rounds' ratios: a burst of the machine's noise
-	// moves one round pair, not the figure.
-	b.ReportMetric(ratios[len(ratios)/2], "median-round-ratio")
-	b.ReportMetric(0, "ns/op")
+	return took, ratios[len(ratios)/2]
 }
 
 // closedLoop sends n POSTs of body to url from callers callers, each
@@ -205,23 +212,9 @@ func BenchmarkLedgerCost(b *testing.B) {
 	}
 	bearer := callerJWT(b, "bench")
 	daemons := []*daemon{off, on}
-	took := make([]time.Duration, 2)
-	var ratios []float64 // per round: on's handouts/s over off's
-	for b.Loop() {
-		for r := range rounds {
-			order := []int{0, 1}
-			if r%2 == 1 {
-				order = []int{1, 0}
-			}
-			var round [2]time.Duration
-			for _, i := range order {
-				round[i] = closedLoop(b, daemons[i].url+"/v1/credentials", `{"profile":"default"}`, bearer, callers, perRound)
-				took[i] += round[i]
-			}
-			ratios = append(ratios, float64(round[0])/float64(round[1]))
-		}
-	}
-	b.StopTimer()
+	took, median := alternatingRounds(b, rounds, func(i int) time.Duration {
+		return closedLoop(b, daemons[i].url+"/v1/credentials", `{"profile":"default"}`, bearer, callers, perRound)
+	})
 	ctx := context.Background()
 	if st, _ := on.pool.Stats(ctx, "default"); st.Direct != 0 {
 		b.Fatalf("%d handouts missed the pool", st.Direct)
@@ -230,10 +223,9 @@ func BenchmarkLedgerCost(b *testing.B) {
 		b.Fatalf("%d records (%v) of the ledger daemon's %d handouts", n, err, rounds*perRound)
 	}
 	rate := func(i int) float64 { return float64(rounds*perRound) / took[i].Seconds() }
-	sort.Float64s(ratios)
 	b.ReportMetric(rate(0), "off-handouts/s")
 	b.ReportMetric(rate(1), "on-handouts/s")
 	b.ReportMetric(rate(1)/rate(0), "on/off")
-	b.ReportMetric(ratios[len(ratios)/2], "median-round-ratio")
+	b.ReportMetric(median, "median-round-ratio")
 	b.ReportMetric(0, "ns/op")
 }
