@@ -94,6 +94,9 @@ type authenticator struct {
 	// assumeEmailVerified: an HS256 token without email_verified counts
 	// as verified (Config.JWTAssumeEmailVerified).
 	assumeEmailVerified bool
+	audiences           []string    // of HS256 tokens (Config.JWTAudiences)
+	cache               *tokenCache // nil: every token is verified each time
+	metrics             *Metrics
 }
 
 // parserOptions are what every JWT is held to, whoever signed it: exp
@@ -120,7 +123,8 @@ func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
 	}
 	return &authenticator{
 		secret: cfg.JWTSecret, hs256: jwt.NewParser(opts...), issuers: issuers, keys: cfg.APIKeys, cookie: cfg.JWTCookie,
-		assumeEmailVerified: cfg.JWTAssumeEmailVerified,
+		assumeEmailVerified: cfg.JWTAssumeEmailVerified, audiences: cfg.JWTAudiences,
+		cache: newTokenCache(cfg.JWTCacheSize, cfg.Now), metrics: cfg.Metrics,
 	}, nil
 }
 
@@ -160,14 +164,22 @@ func (a *authenticator) authenticate(r *http.Request) (caller, error) {
 	return caller{}, errNoCredentials
 }
 
-// jwt verifies a caller JWT. The header's alg picks the verifier: HS256
-// is checked with the shared secret only, any other alg with the keys of
-// the issuer its iss names, with that issuer's algorithms pinned, so a
-// token can't choose a key of the wrong kind (HS256 signed with an RSA
-// public key, alg none).
+// jwt verifies a caller JWT, or finds it verified before in the cache
+// (see tokenCache). The header's alg picks the verifier: HS256 is checked
+// with the shared secret only, any other alg with the keys of the issuer
+// its iss names, with that issuer's algorithms pinned, so a token can't
+// choose a key of the wrong kind (HS256 signed with an RSA public key,
+// alg none).
 func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 	if len(token) > maxCredentialLen {
 		return caller{}, errBadCredentials
+	}
+	if c, ok := a.cache.get(token, a.audiences); ok {
+		a.metrics.verification(true)
+		return c, nil
+	}
+	if a.cache != nil {
+		a.metrics.verification(false)
 	}
 	alg, ok := algOf(token)
 	if !ok {
@@ -178,6 +190,8 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 		userClaim = "sub"
 		prefix    = "user:"
 		assume    = a.assumeEmailVerified
+		keys      *keySet
+		gen       uint64
 		err       error
 	)
 	if alg == jwt.SigningMethodHS256.Alg() {
@@ -196,6 +210,7 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 		if k == nil {
 			return caller{}, errBadCredentials
 		}
+		keys, gen = k, k.generation.Load() // before: a rotation meanwhile makes the cached token stale
 		claims, err = k.verify(ctx, token)
 		userClaim, assume = k.issuer.UserClaim, k.issuer.AssumeEmailVerified
 		if k.issuer.Name != "" {
@@ -206,7 +221,9 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 	if err != nil || user == "" || len(user) > 256 {
 		return caller{}, errBadCredentials
 	}
-	return caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims, assume)}, nil
+	c := caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims, assume)}
+	a.cache.put(token, c, claims, keys, gen)
+	return c, nil
 }
 
 // algOf reads the alg of a JWT's header, which picks its verifier, without

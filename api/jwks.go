@@ -111,10 +111,13 @@ type keySet struct {
 	client *http.Client
 	log    *slog.Logger
 
-	store   jwkset.Storage // the keys verification reads: use sig or none
-	loaded  atomic.Bool
-	refetch *rate.Limiter
-	flight  singleflight.Group // joins concurrent refetches
+	store  jwkset.Storage // the keys verification reads: use sig or none
+	loaded atomic.Bool
+	// generation counts the times the keys were replaced: a token
+	// verified under another generation is verified again (tokenCache).
+	generation atomic.Uint64
+	refetch    *rate.Limiter
+	flight     singleflight.Group // joins concurrent refetches
 }
 
 func newKeySet(is Issuer, cfg Config, log *slog.Logger) (*keySet, error) {
@@ -212,6 +215,7 @@ func (k *keySet) fetch(ctx context.Context, timeout time.Duration) error {
 	if err := k.store.KeyReplaceAll(ctx, all); err != nil {
 		return err
 	}
+	k.generation.Add(1)
 	k.loaded.Store(true)
 	return nil
 }

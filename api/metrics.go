@@ -13,6 +13,9 @@ import (
 type Metrics struct {
 	requests *prometheus.HistogramVec // route, status
 	denials  *prometheus.CounterVec   // policy
+	// cached and verifiedJWTs count caller JWTs found in the verified
+	// token cache and those verified (with a cache).
+	cached, verifiedJWTs prometheus.Counter
 }
 
 // NewMetrics registers the API's metrics with reg.
@@ -28,7 +31,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Requests refused by a rate limit, by policy (ip, ipnet: an IPv6 aggregate, or user).",
 		}, []string{"policy"}),
 	}
-	reg.MustRegister(m.requests, m.denials)
+	jwts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenpool_jwt_verifications_total",
+		Help: "Caller JWTs checked, by result of the verified token cache: cached (the signature was verified before) or verified.",
+	}, []string{"result"})
+	m.cached, m.verifiedJWTs = jwts.WithLabelValues("cached"), jwts.WithLabelValues("verified")
+	reg.MustRegister(m.requests, m.denials, jwts)
 	for _, policy := range []string{"ip", "ipnet", "user"} {
 		m.denials.WithLabelValues(policy)
 	}
@@ -44,5 +52,16 @@ func (m *Metrics) request(route string, status int, took time.Duration) {
 func (m *Metrics) denied(policy string) {
 	if m != nil {
 		m.denials.WithLabelValues(policy).Inc()
+	}
+}
+
+// verification counts a caller JWT found in the cache or verified.
+func (m *Metrics) verification(cached bool) {
+	switch {
+	case m == nil:
+	case cached:
+		m.cached.Inc()
+	default:
+		m.verifiedJWTs.Inc()
 	}
 }

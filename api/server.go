@@ -100,6 +100,9 @@ type Config struct {
 	Issuers []Issuer
 	// JWTCookie names a cookie that may carry the caller JWT. default: none
 	JWTCookie string
+	// JWTCacheSize is how many verified caller JWTs are kept, so that a
+	// token sent again is not verified again (see tokenCache). 0: none
+	JWTCacheSize int
 	// APIKeys are the static keys of server callers.
 	APIKeys []APIKey
 

@@ -124,24 +124,35 @@ redis.call('HDEL', KEYS[2], e[1])
 return body
 `)
 
-// handwritten pools handwrittenEntries answers and returns the handler a
-// user would write: a per-address limit (set high enough not to refuse),
-// then a pop.
-func handwritten(ctx context.Context, rdb *redis.Client, body []byte) (gin.HandlerFunc, error) {
-	const ready, bodies = "tp:bench:hand:ready", "tp:bench:hand:e"
+// The handwritten baseline's keys: pooled answers by expiry, and bodies.
+const handwrittenReady, handwrittenBodies = "tp:bench:hand:ready", "tp:bench:hand:e"
+
+// fillHandwritten adds n answers to the handwritten baseline's pool,
+// under ids that start with prefix.
+func fillHandwritten(ctx context.Context, rdb *redis.Client, body []byte, prefix string, n int) error {
 	exp := time.Now().Add(2 * time.Minute).UnixMilli()
-	for i := 0; i < handwrittenEntries; i += 1000 {
+	for i := 0; i < n; i += 1000 {
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for j := i; j < i+1000; j++ {
-				id := strconv.Itoa(j)
-				p.ZAdd(ctx, ready, redis.Z{Score: float64(exp + int64(j)), Member: id})
-				p.HSet(ctx, bodies, id, body)
+			for j := i; j < min(i+1000, n); j++ {
+				id := prefix + strconv.Itoa(j)
+				p.ZAdd(ctx, handwrittenReady, redis.Z{Score: float64(exp + int64(j)), Member: id})
+				p.HSet(ctx, handwrittenBodies, id, body)
 			}
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("handwritten baseline: filling the pool: %w", err)
+			return fmt.Errorf("handwritten baseline: filling the pool: %w", err)
 		}
+	}
+	return nil
+}
+
+// handwritten pools handwrittenEntries answers and returns the handler a
+// user would write: a per-address limit (set high enough not to refuse),
+// then a pop.
+func handwritten(ctx context.Context, rdb *redis.Client, body []byte) (gin.HandlerFunc, error) {
+	if err := fillHandwritten(ctx, rdb, body, "", handwrittenEntries); err != nil {
+		return nil, err
 	}
 	limiter := redis_rate.NewLimiter(rdb)
 	limit := redis_rate.PerMinute(1_000_000_000)
@@ -156,7 +167,7 @@ func handwritten(ctx context.Context, rdb *redis.Client, body []byte) (gin.Handl
 			c.AbortWithStatus(http.StatusTooManyRequests)
 			return
 		}
-		b, err := popScript.Run(ctx, rdb, []string{ready, bodies}).Text()
+		b, err := popScript.Run(ctx, rdb, []string{handwrittenReady, handwrittenBodies}).Text()
 		if err != nil {
 			c.AbortWithStatus(http.StatusServiceUnavailable)
 			return

@@ -17,6 +17,18 @@ import (
 // TestBenchRunsEveryScenario builds the bench and the daemon and runs each
 // scenario briefly against 2 local replicas, then checks the summary,
 // result.json and report.html are produced and well-formed.
+// buildBinaries builds this command and tokenpoold into dir.
+func buildBinaries(t *testing.T, dir string) (bench, daemon string) {
+	t.Helper()
+	bench, daemon = filepath.Join(dir, "tokenpool-bench"), filepath.Join(dir, "tokenpoold")
+	for bin, pkg := range map[string]string{bench: ".", daemon: "../tokenpoold"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return bench, daemon
+}
+
 func TestBenchRunsEveryScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds binaries and runs replicas")
@@ -25,12 +37,7 @@ func TestBenchRunsEveryScenario(t *testing.T) {
 		t.Skip("redis-server not on PATH")
 	}
 	dir := t.TempDir()
-	bench, daemon := filepath.Join(dir, "tokenpool-bench"), filepath.Join(dir, "tokenpoold")
-	for bin, pkg := range map[string]string{bench: ".", daemon: "../tokenpoold"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-		}
-	}
+	bench, daemon := buildBinaries(t, dir)
 	common := []string{"-local", "2", "-tokenpoold", daemon, "-sim-latency", "20ms", "-users", "20", "-warm", "1"}
 	runs := []struct {
 		name string

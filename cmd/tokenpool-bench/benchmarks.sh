@@ -56,3 +56,7 @@ run c-floor-idle -local 2 $L -scenario steady -rate 1 -idle-after 1s -duration 1
 run d-memory -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms -env TOKENPOOL_POOL_MAX=10000
 run d-memory-sealed -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms -env TOKENPOOL_POOL_MAX=10000 \
     -env "TOKENPOOL_SEAL_KEYS=$(head -c 32 /dev/urandom | base64)"
+
+# (g) CPU per handout of the server and Redis, tokenpoold's lines each
+# paired with the handwritten baseline (needs wrk).
+run g-cpu -scenario cpu $L -concurrency 32 -duration 3s -prewarm 30000 -sim-latency 1ms -rounds 3

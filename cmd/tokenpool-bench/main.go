@@ -58,8 +58,8 @@ type options struct {
 	local, simQuota, poolTarget int
 	tokenpoold, baseline        string
 	simLatency, simTTL          time.Duration
-	direct, cold                bool
-	prewarm                     int
+	direct, cold, pprof         bool
+	prewarm, rounds             int
 	prewarmBefore, prewarmHold  time.Duration
 	env                         listFlag
 	serve, listen, redisURL     string
@@ -71,7 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, *flag.FlagSet, error
 	o := &options{}
 	fs := flag.NewFlagSet("tokenpool-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.sf.Name, "scenario", "steady", "steady, step, spike, ramp, max (closed loop) or memory")
+	fs.StringVar(&o.sf.Name, "scenario", "steady", "steady, step, spike, ramp, max (closed loop), memory or cpu (CPU per request of the handwritten baseline and tokenpoold, closed loop)")
 	fs.Float64Var(&o.sf.Rate, "rate", 50, "requests per second: steady; the step's rate; spike: the base rate")
 	fs.Float64Var(&o.sf.From, "from", 0, "ramp: first rate; step: rate before the step")
 	fs.Float64Var(&o.sf.To, "to", 200, "ramp: last rate")
@@ -104,9 +104,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, *flag.FlagSet, error
 	fs.BoolVar(&o.cold, "cold", false, "-local: start the load at once instead of when the pool holds its floor")
 	fs.Var(&o.env, "env", "-local: extra KEY=VALUE for the replicas (repeatable)")
 	fs.StringVar(&o.baseline, "baseline", "", "start a baseline instead: bare (a Gin handler answering the same bytes), redis (plus one Redis GET) or handwritten (one redis_rate check and one Lua pop, no auth, no logs)")
-	fs.IntVar(&o.prewarm, "prewarm", 0, "prewarm the profile to N ready before the load (needs an admin key); memory: credentials to measure")
+	fs.IntVar(&o.prewarm, "prewarm", 0, "prewarm the profile to N ready before the load (needs an admin key); memory: credentials to measure; cpu: credentials pooled before each line (default 15,000 per second of -duration, at most 100,000)")
 	fs.DurationVar(&o.prewarmBefore, "prewarm-before", time.Minute, "how long before the load the prewarm is set")
 	fs.DurationVar(&o.prewarmHold, "prewarm-hold", -1, "how long into the load the prewarm lasts (default: the whole load; 0: it ends as the load starts)")
+	fs.IntVar(&o.rounds, "rounds", 3, "cpu: how often every line runs; each figure is the median of its rounds")
+	fs.BoolVar(&o.pprof, "pprof", false, "cpu: also take a CPU profile of tokenpoold during each line (cpu-*.pprof); it costs CPU itself, so keep it off for the table")
 	fs.StringVar(&o.serve, "serve-baseline", "", "internal: serve a baseline")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "internal: the baseline's address")
 	fs.StringVar(&o.redisURL, "redis-url", "", "internal: the redis baseline's Redis")
@@ -147,6 +149,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := os.MkdirAll(o.outDir, 0o755); err != nil {
 		return fail("%v", err)
+	}
+	if sc.Name == "cpu" {
+		if err := o.runCPU(ctx, stdout); err != nil {
+			return fail("cpu: %v", err)
+		}
+		fmt.Fprintf(stdout, "\nwrote %s\n", filepath.Join(o.outDir, "cpu.json"))
+		return 0
 	}
 	cfg := map[string]string{}
 	fs.Visit(func(f *flag.Flag) {
@@ -239,6 +248,12 @@ func (o *options) scenario() (Scenario, error) {
 		return Scenario{}, errors.New("memory needs -local N and -prewarm N")
 	case memory:
 		return Scenario{Name: "memory", Describe: fmt.Sprintf("memory of %d pooled credentials", o.prewarm)}, nil
+	case o.sf.Name == "cpu" && (o.local > 0 || o.baseline != "" || o.targets != ""):
+		return Scenario{}, errors.New("cpu starts its own servers: no -local, -baseline or -targets")
+	case o.sf.Name == "cpu" && (o.sf.Duration <= 0 || o.sf.MaxConcurrency <= 0):
+		return Scenario{}, errors.New("cpu needs a positive -duration and -concurrency")
+	case o.sf.Name == "cpu":
+		return Scenario{Name: "cpu"}, nil
 	}
 	return o.sf.Build()
 }
@@ -277,11 +292,8 @@ func (o *options) startWorld(ctx context.Context) (*started, error) {
 		o.targets, r.check, r.mode = url, false, "baseline "+o.baseline
 		o.jwtSecret = randomHex(32)
 	case o.local > 0:
-		if o.tokenpoold == "" {
-			o.tokenpoold = filepath.Join(o.outDir, "tokenpoold")
-			if out, err := exec.Command("go", "build", "-o", o.tokenpoold, "./cmd/tokenpoold").CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("go build ./cmd/tokenpoold (run from the repository root, or give -tokenpoold): %v\n%s", err, out)
-			}
+		if err := o.buildDaemon(); err != nil {
+			return nil, err
 		}
 		w, err := StartWorld(ctx, WorldConfig{
 			Replicas: o.local, Tokenpoold: o.tokenpoold, Dir: o.outDir, SimLatency: o.simLatency, SimTTL: o.simTTL,
@@ -312,6 +324,19 @@ func (o *options) startWorld(ctx context.Context) (*started, error) {
 		r.mode = "targets " + o.targets
 	}
 	return r, nil
+}
+
+// buildDaemon builds tokenpoold into the output directory unless
+// -tokenpoold names a binary.
+func (o *options) buildDaemon() error {
+	if o.tokenpoold != "" {
+		return nil
+	}
+	o.tokenpoold = filepath.Join(o.outDir, "tokenpoold")
+	if out, err := exec.Command("go", "build", "-o", o.tokenpoold, "./cmd/tokenpoold").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/tokenpoold (run from the repository root, or give -tokenpoold): %v\n%s", err, out)
+	}
+	return nil
 }
 
 // prewarmFor sets the prewarm -prewarm asks for, held -prewarm-hold into

@@ -120,6 +120,11 @@ func latencyOf(h *hdrhistogram.Histogram) Latency {
 	}
 }
 
+// machine is this machine.
+func machine() Machine {
+	return Machine{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), Go: runtime.Version()}
+}
+
 // result assembles a Result from a recorder.
 func (r *Recorder) result(sc Scenario, mode string, cfg map[string]string, started time.Time, warm int) *Result {
 	r.mu.Lock()
@@ -127,7 +132,7 @@ func (r *Recorder) result(sc Scenario, mode string, cfg map[string]string, start
 	res := &Result{
 		Scenario: sc.Name, Describe: sc.Describe, Mode: mode, Started: started,
 		Seconds: time.Since(started).Seconds(),
-		Machine: Machine{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), Go: runtime.Version()},
+		Machine: machine(),
 		Config:  cfg, Status: map[string]int{}, Dropped: r.dropCount, Timeline: r.seconds,
 		Checks: Checks{Credentials: r.checked, Duplicates: r.duplicates, ShortLived: r.shortLived, Foreign: r.foreignN, Checked: r.checked > 0},
 	}

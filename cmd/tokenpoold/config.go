@@ -57,6 +57,7 @@ type Config struct {
 	JWTIssuer    string   // TOKENPOOL_JWT_ISSUER
 	JWTAudiences []string // TOKENPOOL_JWT_AUDIENCE, comma-separated
 	JWTCookie    string   // TOKENPOOL_JWT_COOKIE
+	JWTCacheSize int      // TOKENPOOL_JWT_CACHE_SIZE: verified caller JWTs kept; 0: none
 	// JWTAssumeEmailVerified is TOKENPOOL_JWT_ASSUME_EMAIL_VERIFIED: HS256
 	// tokens and the environment's issuer's count an email as verified
 	// without an email_verified claim.
@@ -137,6 +138,7 @@ func LoadConfig(getenv func(string) string, demo bool) (Config, error) {
 		JWTIssuer:              e.str("TOKENPOOL_JWT_ISSUER", ""),
 		JWTAudiences:           e.list("TOKENPOOL_JWT_AUDIENCE"),
 		JWTCookie:              e.str("TOKENPOOL_JWT_COOKIE", ""),
+		JWTCacheSize:           e.intIn("TOKENPOOL_JWT_CACHE_SIZE", api.DefaultJWTCacheSize, 0, 1_000_000),
 		JWTAssumeEmailVerified: e.boolean("TOKENPOOL_JWT_ASSUME_EMAIL_VERIFIED"),
 		APIKeys:                e.apiKeys("TOKENPOOL_API_KEYS"),
 		AdminKeys:              e.apiKeys("TOKENPOOL_ADMIN_KEYS"),

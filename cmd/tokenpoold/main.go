@@ -341,6 +341,7 @@ func (m *Main) openAPI(reg *prometheus.Registry) error {
 		Pool: m.pool, Limiter: lim, QuotaAdmin: lim, Ledger: books,
 		Profiles: apiProfiles, DefaultProfile: ps.Default, Quotas: ps.Quotas, TenantClaim: cfg.LedgerTenantClaim,
 		JWTSecret: cfg.JWTSecret, JWTIssuer: cfg.JWTIssuer, JWTAudiences: cfg.JWTAudiences, JWTCookie: cfg.JWTCookie,
+		JWTCacheSize:           cfg.JWTCacheSize,
 		JWTAssumeEmailVerified: cfg.JWTAssumeEmailVerified,
 		Issuers:                cfg.Issuers,
 		APIKeys:                cfg.APIKeys, PerUser: cfg.PerUser, PerIP: cfg.PerIP,

@@ -56,14 +56,29 @@ const NoKID = "-"
 // Start runs a Server on 127.0.0.1 until the test ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	s := &Server{keys: map[string]signer{}}
-	for _, alg := range []string{"RS256", "ES256"} {
-		s.rotateLocked(tb, alg)
+	s, err := New()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	tb.Cleanup(s.srv.Close)
+	tb.Cleanup(s.Close)
 	return s
 }
+
+// New runs a Server on 127.0.0.1 until Close, for a program that is not a
+// test (the bench's identity provider).
+func New() (*Server, error) {
+	s := &Server{keys: map[string]signer{}}
+	for _, alg := range []string{"RS256", "ES256"} {
+		if err := s.rotateLocked(alg); err != nil {
+			return nil, err
+		}
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s, nil
+}
+
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
 
 // URL is the issuer's URL, its iss.
 func (s *Server) URL() string { return s.srv.URL }
@@ -94,10 +109,12 @@ func (s *Server) Rotate(tb testing.TB, alg string) {
 	tb.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rotateLocked(tb, alg)
+	if err := s.rotateLocked(alg); err != nil {
+		tb.Fatal(err)
+	}
 }
 
-func (s *Server) rotateLocked(tb testing.TB, alg string) {
+func (s *Server) rotateLocked(alg string) error {
 	s.serial++
 	kid := fmt.Sprintf("%s-key-%d", alg, s.serial)
 	var (
@@ -113,9 +130,10 @@ func (s *Server) rotateLocked(tb testing.TB, alg string) {
 		err = fmt.Errorf("idptest: no key for %s", alg)
 	}
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	s.keys[alg] = signer{kid: kid, key: key}
+	return nil
 }
 
 // Sign signs claims with alg's current key, its kid in the header. exp is
@@ -129,11 +147,24 @@ func (s *Server) Sign(tb testing.TB, alg string, claims jwt.MapClaims) string {
 // another algorithm of the same key type), under kid ("": the key's own).
 func (s *Server) SignWith(tb testing.TB, keyAlg string, method jwt.SigningMethod, kid string, claims jwt.MapClaims) string {
 	tb.Helper()
+	tok, err := s.signWith(keyAlg, method, kid, claims)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// Token is Sign for a program that is not a test.
+func (s *Server) Token(alg string, claims jwt.MapClaims) (string, error) {
+	return s.signWith(alg, jwt.GetSigningMethod(alg), "", claims)
+}
+
+func (s *Server) signWith(keyAlg string, method jwt.SigningMethod, kid string, claims jwt.MapClaims) (string, error) {
 	s.mu.Lock()
 	k, ok := s.keys[keyAlg]
 	s.mu.Unlock()
 	if !ok {
-		tb.Fatalf("idptest: no key for %s", keyAlg)
+		return "", fmt.Errorf("idptest: no key for %s", keyAlg)
 	}
 	c := jwt.MapClaims{"iss": s.URL(), "exp": time.Now().Add(time.Hour).Unix()}
 	for name, v := range claims {
@@ -146,11 +177,7 @@ func (s *Server) SignWith(tb testing.TB, keyAlg string, method jwt.SigningMethod
 	if kid != NoKID {
 		t.Header["kid"] = kid
 	}
-	tok, err := t.SignedString(k.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
+	return t.SignedString(k.key)
 }
 
 // PublicKeyPEM is the RS256 key's public half as PEM, as anyone can get it:
