@@ -124,7 +124,7 @@ func newAuthenticator(cfg Config, log *slog.Logger) (*authenticator, error) {
 	return &authenticator{
 		secret: cfg.JWTSecret, hs256: jwt.NewParser(opts...), issuers: issuers, keys: cfg.APIKeys, cookie: cfg.JWTCookie,
 		assumeEmailVerified: cfg.JWTAssumeEmailVerified, audiences: cfg.JWTAudiences,
-		cache: newTokenCache(cfg.JWTCacheSize, cfg.Now), metrics: cfg.Metrics,
+		cache: newTokenCache(cfg.JWTCacheSize, cfg.Now, claimsRead(cfg)), metrics: cfg.Metrics,
 	}, nil
 }
 
@@ -178,9 +178,6 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 		a.metrics.verification(true)
 		return c, nil
 	}
-	if a.cache != nil {
-		a.metrics.verification(false)
-	}
 	alg, ok := algOf(token)
 	if !ok {
 		return caller{}, errBadCredentials
@@ -222,7 +219,10 @@ func (a *authenticator) jwt(ctx context.Context, token string) (caller, error) {
 		return caller{}, errBadCredentials
 	}
 	c := caller{subject: prefix + user, kind: "jwt", claims: claims, email: emailOf(claims, assume)}
-	a.cache.put(token, c, claims, keys, gen)
+	if a.cache != nil {
+		a.metrics.verification(false)
+		a.cache.put(token, c, claims, keys, gen)
+	}
 	return c, nil
 }
 

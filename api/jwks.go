@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,9 +115,11 @@ type keySet struct {
 
 	store  jwkset.Storage // the keys verification reads: use sig or none
 	loaded atomic.Bool
-	// generation counts the times the keys were replaced: a token
-	// verified under another generation is verified again (tokenCache).
+	// generation counts the times the keys changed: a token verified
+	// under another generation is verified again (tokenCache).
 	generation atomic.Uint64
+	digestMu   sync.Mutex
+	digest     [sha256.Size]byte // guarded by digestMu; of the keys last fetched
 	refetch    *rate.Limiter
 	flight     singleflight.Group // joins concurrent refetches
 }
@@ -215,9 +219,34 @@ func (k *keySet) fetch(ctx context.Context, timeout time.Duration) error {
 	if err := k.store.KeyReplaceAll(ctx, all); err != nil {
 		return err
 	}
-	k.generation.Add(1)
+	k.changed(all)
 	k.loaded.Store(true)
 	return nil
+}
+
+// changed counts a new generation of keys when all differs from the keys
+// fetched before: a refetch that finds the same keys (every scheduled
+// one, mostly) leaves the cached tokens be.
+func (k *keySet) changed(all []jwkset.JWK) {
+	keys := make([]string, len(all))
+	for i, j := range all {
+		b, _ := json.Marshal(j.Marshal())
+		keys[i] = string(b)
+	}
+	slices.Sort(keys) // in whatever order the JWKS lists them
+	h := sha256.New()
+	for _, key := range keys {
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	k.digestMu.Lock()
+	defer k.digestMu.Unlock()
+	if sum != k.digest {
+		k.digest = sum
+		k.generation.Add(1)
+	}
 }
 
 // keyfunc finds a token's keys (see keysFor). A kid no key has makes the

@@ -14,7 +14,7 @@ type Metrics struct {
 	requests *prometheus.HistogramVec // route, status
 	denials  *prometheus.CounterVec   // policy
 	// cached and verifiedJWTs count caller JWTs found in the verified
-	// token cache and those verified (with a cache).
+	// token cache and those that passed verification (with a cache).
 	cached, verifiedJWTs prometheus.Counter
 }
 
@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	jwts := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenpool_jwt_verifications_total",
-		Help: "Caller JWTs checked, by result of the verified token cache: cached (the signature was verified before) or verified.",
+		Help: "Caller JWTs accepted, by whether the verified token cache had them: cached (the signature verified before) or verified (checked now). Refused tokens are in neither.",
 	}, []string{"result"})
 	m.cached, m.verifiedJWTs = jwts.WithLabelValues("cached"), jwts.WithLabelValues("verified")
 	reg.MustRegister(m.requests, m.denials, jwts)

@@ -21,11 +21,15 @@ const DefaultJWTCacheSize = 10_000
 // force, and its issuer's keys: when they changed since (a rotation, a
 // refetch), the token is verified again. At most size tokens are kept,
 // the least recently used dropped first; a token is at most
-// maxCredentialLen bytes, so its entry is bounded too. It is safe for
-// concurrent use; a nil *tokenCache keeps nothing.
+// maxCredentialLen bytes, and its entry keeps of its claims only those a
+// request reads (read: the profiles' allow.claims, the quotas' by and
+// when, the tenant claim), so an entry's size does not grow with claims
+// nobody reads (a groups list, say). It is safe for concurrent use; a nil
+// *tokenCache keeps nothing.
 type tokenCache struct {
 	entries *lru.Cache[[sha256.Size]byte, *verified]
 	now     func() time.Time
+	read    map[string]bool
 }
 
 // verified is a token that passed verification, and what must hold for
@@ -38,8 +42,9 @@ type verified struct {
 	generation    uint64  // of keys when it was verified
 }
 
-// newTokenCache keeps size tokens; size ≤ 0 is no cache.
-func newTokenCache(size int, now func() time.Time) *tokenCache {
+// newTokenCache keeps size tokens, and of their claims those named in
+// read; size ≤ 0 is no cache.
+func newTokenCache(size int, now func() time.Time, read map[string]bool) *tokenCache {
 	if size <= 0 {
 		return nil
 	}
@@ -50,7 +55,37 @@ func newTokenCache(size int, now func() time.Time) *tokenCache {
 	if now == nil {
 		now = time.Now
 	}
-	return &tokenCache{entries: entries, now: now}
+	return &tokenCache{entries: entries, now: now, read: read}
+}
+
+// claimsRead are the claims a request reads from its caller, by cfg: the
+// profiles' allow.claims, the quotas' by and when, and the tenant claim.
+// (The email is read when the token is verified, into caller.email.)
+func claimsRead(cfg Config) map[string]bool {
+	read := map[string]bool{}
+	quotas := func(qs []Quota) {
+		for _, q := range qs {
+			if q.By != "" {
+				read[q.By] = true
+			}
+			for name := range q.When {
+				read[name] = true
+			}
+		}
+	}
+	quotas(cfg.Quotas)
+	for _, p := range cfg.Profiles {
+		if p.Access != nil {
+			for name := range p.Access.Claims {
+				read[name] = true
+			}
+		}
+		quotas(p.Quotas)
+	}
+	if cfg.TenantClaim != "" {
+		read[cfg.TenantClaim] = true
+	}
+	return read
 }
 
 // get returns the caller of a token verified before that still passes.
@@ -116,6 +151,12 @@ func (tc *tokenCache) put(token string, c caller, claims jwt.MapClaims, keys *ke
 		v.aud = aud
 	}
 	v.caller.viaCookie = false
+	v.caller.claims = jwt.MapClaims{}
+	for name := range tc.read {
+		if value, ok := claims[name]; ok {
+			v.caller.claims[name] = value
+		}
+	}
 	tc.entries.Add(sha256.Sum256([]byte(token)), v)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,12 +36,15 @@ func (c *fakeClock) add(d time.Duration) {
 
 // cachedAuth is an authenticator with a verified token cache of size,
 // HS256 tokens and idp's, both for the audience "app", on clock.
+// A profile reads the plan claim, a quota org_id.
 func cachedAuth(t *testing.T, idp *idptest.Server, size int, clock *fakeClock) (*authenticator, *Metrics) {
 	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
 	a, err := newAuthenticator(Config{
 		JWTSecret: testSecret, JWTAudiences: []string{"app"}, JWTCacheSize: size, Now: clock.now, Metrics: m,
-		Issuers: []Issuer{{URL: idp.URL(), JWKSURL: idp.JWKSURL(), Audiences: []string{"app"}, MinRefetch: time.Millisecond}},
+		Issuers:  []Issuer{{URL: idp.URL(), JWKSURL: idp.JWKSURL(), Audiences: []string{"app"}, MinRefetch: time.Millisecond}},
+		Profiles: map[string]ProfileInfo{"pro": {Access: &Access{Claims: map[string][]string{"plan": {"pro"}}}}},
+		Quotas:   []Quota{{Name: "org", Sessions: 5, Per: time.Hour, By: "org_id"}},
 	}, discardLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -78,9 +80,10 @@ func TestTheVerifiedTokenCache(t *testing.T) {
 			idp.Sign(t, "ES256", claims("es", time.Hour, "app")),
 		}
 		for range 3 {
-			for _, tok := range tokens {
-				if c, err := a.jwt(ctx, tok); err != nil || c.kind != "jwt" || !strings.HasSuffix(c.subject, c.claims["sub"].(string)) {
-					t.Fatalf("%+v, %v", c, err)
+			for i, tok := range tokens {
+				want := "user:" + []string{"hs", "rs", "es"}[i]
+				if c, err := a.jwt(ctx, tok); err != nil || c.kind != "jwt" || c.subject != want {
+					t.Fatalf("%+v, %v; want %s", c, err, want)
 				}
 			}
 		}
@@ -174,14 +177,62 @@ func TestTheVerifiedTokenCache(t *testing.T) {
 		}
 	})
 
+	t.Run("a cached caller keeps the claims requests read, and allows as verified", func(t *testing.T) {
+		a, m := cachedAuth(t, idp, 100, clock)
+		pro, free := claims("p", time.Hour, "app"), claims("f", time.Hour, "app")
+		for _, c := range []jwt.MapClaims{pro, free} {
+			c["org_id"], c["groups"] = "acme", []string{"a", "b"}
+		}
+		pro["plan"], free["plan"] = "pro", "free"
+		access := &Access{Claims: map[string][]string{"plan": {"pro"}}}
+		for _, tc := range []struct {
+			token string
+			may   bool
+		}{{hs(pro), true}, {idp.Sign(t, "ES256", free), false}} {
+			for range 2 {
+				c, err := a.jwt(ctx, tc.token)
+				if err != nil || access.allows(c) != tc.may || c.claims["org_id"] != "acme" {
+					t.Fatalf("%+v, %v; want allowed %v, org_id acme", c, err, tc.may)
+				}
+			}
+			c, _ := a.jwt(ctx, tc.token)
+			if _, kept := c.claims["groups"]; kept || len(c.claims) != 2 {
+				t.Fatalf("a cached caller keeps %v; want plan and org_id only", c.claims)
+			}
+		}
+		if v, c := testutil.ToFloat64(m.verifiedJWTs), testutil.ToFloat64(m.cached); v != 2 || c != 4 {
+			t.Fatalf("%v verified, %v from the cache; want 2 and 4", v, c)
+		}
+	})
+
+	t.Run("the keys fetched again unchanged leave the cache be", func(t *testing.T) {
+		a, m := cachedAuth(t, idp, 100, clock)
+		tok := idp.Sign(t, "RS256", claims("rs", time.Hour, "app"))
+		if !accepted(a, tok) {
+			t.Fatal("a fresh token was refused")
+		}
+		if err := a.issuers.get(idp.URL()).fetch(ctx, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if !accepted(a, tok) || testutil.ToFloat64(m.cached) != 1 {
+			t.Fatalf("after a refetch of the same keys: %v from the cache, want 1", testutil.ToFloat64(m.cached))
+		}
+	})
+
 	t.Run("the cache stays within its size under a flood of tokens", func(t *testing.T) {
-		const size, flood = 100, 5000
+		const size, flood = 1000, 5000
 		a, _ := cachedAuth(t, idp, size, clock)
-		pad := strings.Repeat("x", 2500) // each token near the 4 KiB a credential may be
+		// Each token near the 4 KiB a credential may be, most of it a
+		// claim no request reads: 600 numbers, each a value of its own
+		// once decoded.
+		groups := make([]int, 600)
+		for i := range groups {
+			groups[i] = 100 + i
+		}
 		tokens := make([]string, flood)
 		for i := range tokens {
 			c := claims("u"+strconv.Itoa(i), time.Hour, "app")
-			c["pad"] = pad
+			c["groups"], c["org_id"] = groups, "acme"
 			tokens[i] = hs(c)
 		}
 		before := heapInUse()
@@ -198,8 +249,8 @@ func TestTheVerifiedTokenCache(t *testing.T) {
 		if n := a.cache.len(); n != size {
 			t.Fatalf("%d tokens kept, want %d", n, size)
 		}
-		// Each kept token holds its claims (about its own size); all
-		// 5,000 would be some 30 MiB.
+		// Decoded whole, each token's claims take some 20 KiB: 1,000 of
+		// them, 20 MiB.
 		if grew > 4<<20 {
 			t.Fatalf("the heap grew %d KiB for a cache of %d", grew/1024, size)
 		}

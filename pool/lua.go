@@ -135,12 +135,18 @@ local function unclaim(claimed, ready, entries, stats, handed, cutoff)
   return 1
 end
 
--- ledgerKept keeps the ledger's TTL at its latest retire time and bounds
--- its size, once an id retiring at retire was added to it.
-local function ledgerKept(handed, stats, retire, now, bound)
+-- ledgerKept keeps the ledger's TTL past its latest retire time and
+-- bounds its size, once an id retiring at retire was added to it. The TTL
+-- is set a minute past retire, so that the takes of the next minute of
+-- retire times leave it alone. The size is checked by about one take in
+-- k, k = bound / 1024 from 1 to 64 (those whose Redis clock's
+-- microseconds, us, are a multiple of k): a large ledger may pass its
+-- bound by about k ids before it is trimmed back, a small one never.
+local function ledgerKept(handed, stats, retire, now, bound, us)
   if redis.call('PTTL', handed) < retire - now then
-    redis.call('PEXPIREAT', handed, fmt(retire))
+    redis.call('PEXPIREAT', handed, fmt(retire + 60000))
   end
+  if us % math.min(math.max(math.floor(bound / 1024), 1), 64) ~= 0 then return end
   local over = redis.call('ZCARD', handed) - bound
   if over > 0 then
     redis.call('ZREMRANGEBYRANK', handed, 0, over - 1)
@@ -387,7 +393,7 @@ if counts % 2 == 1 and not claimed then
   table.insert(fields, fmt(now))
 end
 if hit then
-  ledgerKept(handed, stats, hit_retire, now, ledger_max)
+  ledgerKept(handed, stats, hit_retire, now, ledger_max, tonumber(t[2]))
   table.insert(fields, 'handed_out')
   table.insert(fields, fmt((tonumber(st[4]) or 0) + 1))
   if math.floor(counts / 4) % 2 == 1 then

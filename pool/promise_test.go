@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -308,14 +309,53 @@ func TestPromiseTheLedgerIsBounded(t *testing.T) {
 	}
 	rdb := srv.Client()
 	k := st.keys("p").handed()
-	if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 || ttl > time.Hour {
-		t.Fatalf("ledger TTL = %v, want the latest retire time (≤ 1h)", ttl)
+	latest := rdb.ZRangeWithScores(ctx, k, -1, -1).Val()[0].Score
+	if ttl, left := rdb.PTTL(ctx, k).Val(), time.Until(time.UnixMilli(int64(latest))); ttl < left || ttl > left+time.Minute+time.Second {
+		t.Fatalf("ledger TTL = %v, want up to a minute past the latest retire time, %v away", ttl, left)
 	}
 	if n := rdb.ZCard(ctx, k).Val(); n != 3 {
 		t.Fatalf("ledger holds %d ids, want LedgerMax 3", n)
 	}
 	if s := mustStats(t, st, "p"); s.LedgerTrimmed != 2 || s.HandedOut != 5 {
 		t.Fatalf("stats %+v; want 2 trimmed, 5 handed out", s)
+	}
+}
+
+// A large ledger's size is checked by about one take in k (k = bound /
+// 1024, at most 64): it passes its bound by a few ids at most, and every
+// id handed out is in it or counted trimmed.
+func TestALargeLedgerStaysNearItsBound(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.New(t)
+	rdb := srv.Client()
+	const bound, takes = 4096, 4600 // k = 4
+	st := NewStore(rdb, StoreConfig{KeyPrefix: srv.Prefix, LedgerMax: bound})
+	k := st.keys("p")
+	body, err := encodeEntry(mint.Credential{Token: "t", ExpiresAt: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range takes {
+			id := "e" + strconv.Itoa(i)
+			p.ZAdd(ctx, k.ready(), redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: id})
+			p.HSet(ctx, k.entries(), id, body)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	most := int64(0)
+	for i := range takes {
+		if _, err := st.Take(ctx, "p", "req-"+strconv.Itoa(i), 0); err != nil {
+			t.Fatal(err)
+		}
+		most = max(most, rdb.ZCard(ctx, k.handed()).Val())
+	}
+	n, s := rdb.ZCard(ctx, k.handed()).Val(), mustStats(t, st, "p")
+	t.Logf("bound %d, %d takes: %d ids at the end, %d at most, %d trimmed", bound, takes, n, most, s.LedgerTrimmed)
+	if most > bound+64 || n+s.LedgerTrimmed != takes || s.LedgerTrimmed < takes-bound-64 {
+		t.Fatalf("%d ids at the end, %d at most, %d trimmed; want at most %d, every take kept or trimmed", n, most, s.LedgerTrimmed, bound+64)
 	}
 }
 

@@ -128,7 +128,10 @@ type StoreConfig struct {
 	WaitTimeout time.Duration
 	// LedgerMax bounds the handout ledger of each profile (ids handed out
 	// and not yet retired, which guard against a replayed put). Past it the
-	// ids that retire soonest are dropped and counted (ledger_trimmed).
+	// ids that retire soonest are dropped and counted (ledger_trimmed); the
+	// size is checked by about one handout in k (k = LedgerMax / 1024, from
+	// 1 to 64), so a large ledger may pass its bound by about k ids (a
+	// thousandth of it) before it is trimmed back.
 	// default: 1,000,000 (100,000 entry ids take 13.6 MB of Redis memory)
 	LedgerMax int
 	// Ledger turns on the issuance ledger (package ledger): a record per

@@ -14,9 +14,6 @@ import (
 	"golang.org/x/net/html"
 )
 
-// TestBenchRunsEveryScenario builds the bench and the daemon and runs each
-// scenario briefly against 2 local replicas, then checks the summary,
-// result.json and report.html are produced and well-formed.
 // buildBinaries builds this command and tokenpoold into dir.
 func buildBinaries(t *testing.T, dir string) (bench, daemon string) {
 	t.Helper()
@@ -29,6 +26,9 @@ func buildBinaries(t *testing.T, dir string) (bench, daemon string) {
 	return bench, daemon
 }
 
+// TestBenchRunsEveryScenario builds the bench and the daemon and runs each
+// scenario briefly against 2 local replicas, then checks the summary,
+// result.json and report.html are produced and well-formed.
 func TestBenchRunsEveryScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds binaries and runs replicas")

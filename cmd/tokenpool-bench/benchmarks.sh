@@ -59,4 +59,4 @@ run d-memory-sealed -local 1 $L -scenario memory -prewarm 10000 -sim-latency 5ms
 
 # (g) CPU per handout of the server and Redis, tokenpoold's lines each
 # paired with the handwritten baseline (needs wrk).
-run g-cpu -scenario cpu $L -concurrency 32 -duration 3s -prewarm 30000 -sim-latency 1ms -rounds 3
+run g-cpu -scenario cpu $L -concurrency 32 -duration 3s -sim-latency 1ms -rounds 3
