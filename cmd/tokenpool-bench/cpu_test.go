@@ -10,21 +10,6 @@ import (
 	"testing"
 )
 
-func TestStatTicksReadsUserAndSystemTime(t *testing.T) {
-	// A command name may hold spaces and parentheses; utime and stime are
-	// the 14th and 15th fields.
-	line := "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1000 0 0 0 731 269 0 0 20 0 9 0 123 456 789\n"
-	got, err := statTicks(line)
-	if err != nil || got != 1000 {
-		t.Fatalf("statTicks = %d, %v; want 731 + 269", got, err)
-	}
-	for _, bad := range []string{"", "4242 (x S 1", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 u s 0"} {
-		if _, err := statTicks(bad); err == nil {
-			t.Errorf("statTicks(%q) took it", bad)
-		}
-	}
-}
-
 func TestMedianLinesTakesEachFigureApart(t *testing.T) {
 	round := func(server, redis, rate, ratio float64) []CPULine {
 		return []CPULine{
